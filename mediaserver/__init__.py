@@ -1,0 +1,1 @@
+"""Media plane of the consultation server: an SFU forwarding RTP bytes over aiortc transports."""

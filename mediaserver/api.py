@@ -1,0 +1,54 @@
+"""The media plane's public API: the only module `signaling/` and `recorder/` import.
+
+Object model: Node -> Room -> Participant -> Publication / Subscription -> Forwarder.
+Only a parent creates its children; `close(reason)` is idempotent and cascades.
+
+Negotiation contract (one RTCPeerConnection per participant, max-bundle, one transport):
+- The client may offer (to publish): `await participant.handle_offer(sdp, tracks)` returns the
+  answer SDP, or None when the offer collided with a server offer in flight (glare). The
+  server is the impolite peer: the client rolls back, answers the server's offer, and offers
+  again when stable (perfect negotiation).
+- The server offers (to add or remove subscriptions, or after `request_publish`): the
+  participant emits "offer" (sdp: str, tracks: dict[mid, dict]) and the client answers with
+  `await participant.handle_answer(sdp)`. At most one server offer is in flight; changes made
+  meanwhile are folded into the next one.
+- `participant.request_publish([TrackMeta, ...])` lets a client that never offers (aiortc
+  clients, devices) publish: the server's next offer carries recvonly m-lines for them, listed in
+  `tracks` with `"direction": "recvonly"` and the requested source; the client attaches its
+  tracks to those transceivers in its answer.
+- Trickled client candidates: `await participant.add_ice_candidate(candidate, sdp_mid)`.
+Errors: `NegotiationError` (a ValueError) for a broken SDP or an answer with no offer pending; the
+participant stays usable.
+"""
+
+from .config import IceConfig, IceServer, MediaConfig
+from .events import (
+    CloseReason,
+    DirectionStats,
+    LinkStats,
+    NodeCounters,
+    Role,
+    TrackInfo,
+    TrackMeta,
+)
+from .node import Node
+from .participant import NegotiationError, Participant
+from .room import Room, RoomOptions
+
+__all__ = [
+    "CloseReason",
+    "DirectionStats",
+    "IceConfig",
+    "IceServer",
+    "LinkStats",
+    "MediaConfig",
+    "NegotiationError",
+    "Node",
+    "NodeCounters",
+    "Participant",
+    "Role",
+    "Room",
+    "RoomOptions",
+    "TrackInfo",
+    "TrackMeta",
+]

@@ -1,0 +1,1 @@
+"""RTP/RTCP byte-level helpers and the seam into aiortc (tap)."""
