@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import logging
 
-from .emitter import Emitter
-
 from .config import MediaConfig
+from .emitter import Emitter
 from .events import CloseReason, NodeCounters
 from .room import Room, RoomOptions
 from .rtp.ice import PortAllocator

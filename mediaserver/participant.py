@@ -1,22 +1,105 @@
-"""Participant: one peer's media session (one RTCPeerConnection, max-bundle). STUB: in progress."""
+"""Participant: one peer's media session (one RTCPeerConnection, max-bundle, one transport).
+
+It owns its publications (what it sends) and subscriptions (what it receives), demultiplexes
+its RTP by SSRC and its RTCP by type, writes its reports every interval, and drives
+server-side renegotiation (the server is the impolite peer).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import random
+import re
+import secrets
+import time
 from typing import TYPE_CHECKING, Any
+
+from aiortc import RTCRtpSender, RTCSessionDescription
+from aiortc.codecs import is_rtx
+from aiortc.rtcrtpparameters import (
+    RTCRtpCodecCapability,
+    RTCRtpCodecParameters,
+    RTCRtpReceiveParameters,
+    RTCRtpSendParameters,
+)
+from aiortc.rtcrtptransceiver import RTCRtpTransceiver
+from aiortc.sdp import candidate_from_sdp
 
 from .emitter import Emitter
 from .events import CloseReason, LinkStats, Role, TrackMeta
+from .forwarder import ExtensionIds
+from .publication import CodecInfo, Publication, extension_value
+from .rtp import rtcp
+from .rtp.tap import (
+    MediaTransport,
+    ServerPeerConnection,
+    TapHooks,
+    sender_ssrcs,
+    set_codec_preferences,
+)
+from .subscription import Subscription
 
 if TYPE_CHECKING:
-    from .publication import Publication
     from .room import Room
+
+logger = logging.getLogger(__name__)
+
+MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
+OPUS_FMTP = "minptime=10;useinbandfec=1"
+_OPUS_RTPMAP = re.compile(r"^a=rtpmap:(\d+) opus/48000/2\r?$", re.MULTILINE | re.IGNORECASE)
 
 
 class NegotiationError(ValueError):
     """A broken SDP, or an answer with no offer pending. The participant stays usable."""
 
 
-class Participant(Emitter):
+def add_opus_fmtp(sdp: str) -> str:
+    """aiortc writes no Opus fmtp: ask for in-band FEC (browsers then also send mono 10-20 ms)."""
+    for pt in _OPUS_RTPMAP.findall(sdp):
+        if f"a=fmtp:{pt} " not in sdp:
+            sdp = re.sub(
+                rf"^(a=rtpmap:{pt} opus/48000/2)\r?$",
+                rf"\1\r\na=fmtp:{pt} {OPUS_FMTP}",
+                sdp,
+                count=1,
+                flags=re.MULTILINE | re.IGNORECASE,
+            )
+    return sdp
+
+
+def capabilities(
+    kind: str, mime_type: str, parameters: dict[str, Any] | None = None
+) -> list[RTCRtpCodecCapability]:
+    """aiortc's capabilities for one codec (and RTX for video), in preference order."""
+    caps = RTCRtpSender.getCapabilities(kind).codecs
+    chosen = [c for c in caps if c.mimeType.lower() == mime_type.lower()]
+    if parameters and "packetization-mode" in parameters:
+        mode = parameters["packetization-mode"]
+        chosen = [c for c in chosen if c.parameters.get("packetization-mode") == mode] or chosen
+    if kind == "video":
+        chosen += [c for c in caps if c.mimeType.lower() == "video/rtx"]
+    return chosen
+
+
+def _codec_info(codecs: list[RTCRtpCodecParameters]) -> CodecInfo:
+    main = next(c for c in codecs if not is_rtx(c))
+    rtx = next(
+        (c for c in codecs if is_rtx(c) and c.parameters.get("apt") == main.payloadType), None
+    )
+    return CodecInfo(
+        mime_type=main.mimeType,
+        clock_rate=main.clockRate,
+        channels=main.channels,
+        parameters=dict(main.parameters),
+        payload_type=main.payloadType or 0,
+        rtx_payload_type=(rtx.payloadType or 0) if rtx else 0,
+        nack=any(fb.type == "nack" and not fb.parameter for fb in main.rtcpFeedback),
+    )
+
+
+class Participant(Emitter, TapHooks):
     """Events: "offer" (sdp, tracks), "data" (text), "publication" (Publication),
     "connectionstatechange" (state), "close" (reason)."""
 
@@ -27,42 +110,475 @@ class Participant(Emitter):
         self.id = participant_id
         self.role = role
         self.room = room
-        self.video_codecs = video_codecs
+        self.video_codecs = frozenset(c.upper() for c in video_codecs)
+        node = room.node
+        self._config = node.config
+        self._counters = node.counters
         self.publications: dict[str, Publication] = {}
+        self.subscriptions: dict[str, Subscription] = {}
+        self.transport: MediaTransport | None = None
+        self.rtcp_ssrc = random.randrange(1, 1 << 32)
+        self.cname = secrets.token_hex(8)
+        self._pub_by_ssrc: dict[int, Publication] = {}
+        self._rtx_by_ssrc: dict[int, Publication] = {}
+        self._sub_by_ssrc: dict[int, Subscription] = {}
+        self._sub_by_transceiver: dict[RTCRtpTransceiver, Subscription] = {}
+        self._requested: dict[RTCRtpTransceiver, TrackMeta] = {}
+        self._track_meta: dict[str, TrackMeta] = {}
+        self._mid_ext_id = 0
+        self._unrouted = 0
+        self._link = LinkStats()
+        self._sdp_lock = asyncio.Lock()
+        self._needs_offer = False
+        self._answered = asyncio.Event()
         self._closed = False
+        self.pc = ServerPeerConnection(hooks=self, ports=node.ports)
+        self.channel = self.pc.createDataChannel("consult", negotiated=True, id=0)
+        self.channel.on("message", self._on_channel_message)
+        self.pc.on("connectionstatechange", self._on_connection_state)
+        self._negotiation: asyncio.Task[None] | None = None
+        self._rtcp_task = asyncio.get_running_loop().create_task(self._rtcp_loop())
+
+    # -- control-plane API -----------------------------------------------------------------
 
     @property
     def connection_state(self) -> str:
-        return "new"
+        return str(self.pc.connectionState)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     async def handle_offer(self, sdp: str, tracks: dict[str, TrackMeta]) -> str | None:
-        raise NotImplementedError
+        """Answer a client offer; None when it crossed a server offer (glare)."""
+        self._check_open()
+        async with self._sdp_lock:
+            if self.pc.signalingState != "stable":
+                return None
+            self._track_meta.update(tracks)
+            try:
+                await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+                answer = await self.pc.createAnswer()
+                await self.pc.setLocalDescription(
+                    RTCSessionDescription(sdp=add_opus_fmtp(answer.sdp), type="answer")
+                )
+            except Exception as exc:
+                raise NegotiationError(f"cannot apply offer: {exc}") from exc
+            result = self.pc.localDescription.sdp
+        if self._needs_offer:
+            self._kick_negotiation()
+        return result
 
     async def handle_answer(self, sdp: str) -> None:
-        raise NotImplementedError
+        self._check_open()
+        async with self._sdp_lock:
+            if self.pc.signalingState != "have-local-offer":
+                raise NegotiationError("no offer pending")
+            try:
+                await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
+            except Exception as exc:
+                raise NegotiationError(f"cannot apply answer: {exc}") from exc
+        self._answered.set()
+
+    def pending_offer(self) -> tuple[str, dict[str, dict[str, str]]] | None:
+        """The server offer still waiting for an answer (to re-send after a resume)."""
+        if self._closed or self.pc.signalingState != "have-local-offer":
+            return None
+        return self.pc.localDescription.sdp, self._offer_tracks()
 
     async def add_ice_candidate(self, candidate: str | None, sdp_mid: str | None) -> None:
-        raise NotImplementedError
+        self._check_open()
+        if not candidate:
+            return  # end of candidates: nothing to do for aioice here
+        try:
+            parsed = candidate_from_sdp(candidate.removeprefix("candidate:"))
+            parsed.sdpMid = sdp_mid
+            parsed.sdpMLineIndex = 0 if sdp_mid is None else None
+            if sdp_mid is None:
+                parsed.sdpMid = self._first_mid()
+            await self.pc.addIceCandidate(parsed)
+        except Exception as exc:
+            raise NegotiationError(f"bad candidate: {exc}") from exc
 
     def request_publish(self, tracks: list[TrackMeta]) -> None:
-        raise NotImplementedError
+        """Offer recvonly m-lines for tracks the client will attach in its answer."""
+        self._check_open()
+        for meta in tracks:
+            if meta.kind not in ("audio", "video"):
+                raise ValueError("kind must be audio or video")
+            transceiver = self.pc.addTransceiver(meta.kind, direction="recvonly")
+            self._requested[transceiver] = meta
+        self._schedule_offer()
 
     def subscribe(self, publication: Publication) -> None:
-        pass
+        """Receive a publication of another participant (renegotiates)."""
+        if self._closed or publication.closed or publication.track_id in self.subscriptions:
+            return
+        codec = publication.codec
+        if publication.kind == "video" and codec.name not in self.video_codecs:
+            logger.info("participant cannot decode %s: not subscribed", codec.name)
+            return
+        transceiver = self.pc.addTransceiver(publication.kind, direction="sendonly")
+        set_codec_preferences(
+            transceiver, capabilities(publication.kind, codec.mime_type, codec.parameters)
+        )
+        sub = Subscription(publication, send_rtp=self._send, counters=self._counters)
+        self.subscriptions[publication.track_id] = sub
+        self._sub_by_transceiver[transceiver] = sub
+        sub.once("close", lambda _reason: self._subscription_closed(transceiver, sub))
+        self._schedule_offer()
 
     def send_data(self, text: str) -> bool:
-        return False
+        if self.channel.readyState != "open":
+            return False
+        self.channel.send(text)
+        return True
 
     def link_stats(self) -> LinkStats:
-        return LinkStats()
+        return self._link
 
     def info(self) -> dict[str, Any]:
-        return {"id": self.id, "role": self.role.value, "tracks": [], "link": {}}
+        return {
+            "id": self.id,
+            "role": self.role.value,
+            "connection": self.connection_state,
+            "tracks": [
+                {
+                    "track_id": p.track_id,
+                    "kind": p.kind,
+                    "source": p.source,
+                    "codec": p.codec.name,
+                }
+                for p in self.publications.values()
+            ],
+            "subscriptions": len(self.subscriptions),
+            "link": self._link.as_dict(),
+        }
+
+    # -- negotiation internals --------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise NegotiationError("participant is closed")
+
+    def _first_mid(self) -> str | None:
+        for t in self.pc.getTransceivers():
+            if t.mid is not None:
+                return str(t.mid)
+        return None
+
+    def _schedule_offer(self) -> None:
+        self._needs_offer = True
+        self._kick_negotiation()
+
+    def _kick_negotiation(self) -> None:
+        if not self._closed and (self._negotiation is None or self._negotiation.done()):
+            self._negotiation = asyncio.get_running_loop().create_task(self._negotiate())
+
+    async def _negotiate(self) -> None:
+        while self._needs_offer and not self._closed:
+            async with self._sdp_lock:
+                if self.pc.signalingState == "stable":
+                    self._needs_offer = False
+                    self._answered.clear()
+                    offer = await self.pc.createOffer()
+                    await self.pc.setLocalDescription(
+                        RTCSessionDescription(sdp=add_opus_fmtp(offer.sdp), type="offer")
+                    )
+                    self.emit("offer", self.pc.localDescription.sdp, self._offer_tracks())
+            await self._answered.wait()
+
+    def _offer_tracks(self) -> dict[str, dict[str, str]]:
+        """mid -> what it carries, for the client (direction as in the server's SDP)."""
+        tracks: dict[str, dict[str, str]] = {}
+        for t in self.pc.getTransceivers():
+            if t.mid is None:
+                continue
+            sub = self._sub_by_transceiver.get(t)
+            if sub is not None and not sub.closed:
+                pub = sub.publication
+                tracks[t.mid] = {
+                    "participant": pub.participant_id,
+                    "track": pub.track_id,
+                    "kind": pub.kind,
+                    "source": pub.source,
+                    "direction": "sendonly",
+                }
+            meta = self._requested.get(t)
+            if meta is not None:
+                tracks[t.mid] = {"kind": meta.kind, "source": meta.source, "direction": "recvonly"}
+        return tracks
+
+    def _subscription_closed(self, transceiver: RTCRtpTransceiver, sub: Subscription) -> None:
+        self.subscriptions.pop(sub.publication.track_id, None)
+        self._sub_by_transceiver.pop(transceiver, None)
+        for ssrc in (sub.ssrc, sub.rtx_ssrc):
+            if self._sub_by_ssrc.get(ssrc) is sub:
+                del self._sub_by_ssrc[ssrc]
+        if not self._closed:
+            transceiver.direction = "inactive"
+            self._schedule_offer()
+
+    # -- tap hooks (called by ServerPeerConnection) -------------------------------------------
+
+    def transport_created(self, transport: MediaTransport) -> None:
+        self.transport = transport
+        transport.on_rtp = self._on_rtp
+        transport.on_rtcp = self._on_rtcp
+
+    def transceiver_created(self, transceiver: RTCRtpTransceiver) -> None:
+        if transceiver.kind == "video":
+            set_codec_preferences(
+                transceiver, capabilities("video", f"video/{self.room.video_codec()}")
+            )
+        else:
+            set_codec_preferences(transceiver, capabilities("audio", "audio/opus"))
+
+    def receiver_started(
+        self, transceiver: RTCRtpTransceiver, parameters: RTCRtpReceiveParameters
+    ) -> None:
+        if self._closed or not parameters.codecs:
+            return
+        mid = str(parameters.muxId)
+        meta = (
+            self._track_meta.pop(mid, None)
+            or self._requested.pop(transceiver, None)
+            or TrackMeta.default(transceiver.kind)
+        )
+        ext = {h.uri: h.id for h in parameters.headerExtensions}
+        self._mid_ext_id = ext.get(MID_URI, self._mid_ext_id)
+        encoding = parameters.encodings[0] if parameters.encodings else None
+        pub = Publication(
+            participant_id=self.id,
+            kind=transceiver.kind,
+            source=meta.source,
+            mid=mid,
+            codec=_codec_info(parameters.codecs),
+            ssrc=encoding.ssrc if encoding else None,
+            rtx_ssrc=encoding.rtx.ssrc if encoding and encoding.rtx else None,
+            audio_level_id=ExtensionIds.from_uris(ext).audio_level,
+            cache_size=self._config.packet_cache_size,
+            counters=self._counters,
+            send_rtcp=self._send,
+            rtcp_ssrc=self.rtcp_ssrc,
+            pli_throttle_s=self._config.pli_throttle_s,
+        )
+        if pub.ssrc is not None:
+            self._pub_by_ssrc[pub.ssrc] = pub
+        if pub.rtx_ssrc is not None:
+            self._rtx_by_ssrc[pub.rtx_ssrc] = pub
+        self.publications[pub.track_id] = pub
+        pub.once("close", lambda _reason: self._publication_closed(pub))
+        self.emit("publication", pub)
+
+    def sender_started(
+        self, transceiver: RTCRtpTransceiver, parameters: RTCRtpSendParameters
+    ) -> None:
+        sub = self._sub_by_transceiver.get(transceiver)
+        if sub is None or sub.closed or not parameters.codecs:
+            return
+        codec = _codec_info(parameters.codecs)
+        ssrc, rtx_ssrc = sender_ssrcs(transceiver)
+        sub.start(
+            mid=str(parameters.muxId),
+            ssrc=ssrc,
+            rtx_ssrc=rtx_ssrc,
+            payload_type=codec.payload_type,
+            rtx_payload_type=codec.rtx_payload_type,
+            ext=ExtensionIds.from_uris({h.uri: h.id for h in parameters.headerExtensions}),
+        )
+        self._sub_by_ssrc[ssrc] = sub
+        if sub.rtx_ssrc:
+            self._sub_by_ssrc[sub.rtx_ssrc] = sub
+
+    def _publication_closed(self, pub: Publication) -> None:
+        self.publications.pop(pub.track_id, None)
+        for table in (self._pub_by_ssrc, self._rtx_by_ssrc):
+            for ssrc in [s for s, p in table.items() if p is pub]:
+                del table[ssrc]
+
+    # -- the packet path -------------------------------------------------------------------
+
+    def _send(self, packet: bytes) -> bool:
+        transport = self.transport
+        return transport is not None and transport.send(packet)
+
+    def _on_rtp(self, data: bytes, arrival: float) -> None:
+        ssrc = int.from_bytes(data[8:12], "big")
+        pub = self._pub_by_ssrc.get(ssrc)
+        if pub is not None:
+            pub.on_rtp(data, arrival)
+            return
+        pub = self._rtx_by_ssrc.get(ssrc)
+        if pub is not None:
+            pub.on_rtx(data, arrival)
+            return
+        self._learn_ssrc(data, ssrc, arrival)
+
+    def _learn_ssrc(self, data: bytes, ssrc: int, arrival: float) -> None:
+        """An SSRC the SDP did not announce: route it by mid extension, else by payload type."""
+        pt = data[1] & 0x7F
+        mid = extension_value(data, self._mid_ext_id) if self._mid_ext_id else None
+        pubs = list(self.publications.values())
+        if mid is not None:
+            pubs = [p for p in pubs if p.mid == mid.decode(errors="replace")]
+        pubs = [p for p in pubs if pt in (p.codec.payload_type, p.codec.rtx_payload_type)]
+        if len(pubs) != 1:
+            self._unrouted += 1
+            return
+        pub = pubs[0]
+        if pt == pub.codec.rtx_payload_type:
+            pub.rtx_ssrc = ssrc
+            self._rtx_by_ssrc[ssrc] = pub
+            pub.on_rtx(data, arrival)
+        elif pub.ssrc is None or pub.ssrc not in self._pub_by_ssrc or mid is not None:
+            pub.ssrc = ssrc
+            self._pub_by_ssrc[ssrc] = pub
+            pub.on_rtp(data, arrival)
+        else:
+            self._unrouted += 1
+
+    def _on_rtcp(self, data: bytes) -> None:
+        arrival = time.monotonic()
+        subs = self._sub_by_ssrc
+        for item in rtcp.parse(data):
+            if isinstance(item, rtcp.SenderReport):
+                pub = self._pub_by_ssrc.get(item.ssrc)
+                if pub is not None:
+                    pub.on_sender_report(item, arrival)
+                self._on_report_blocks(item.reports)
+            elif isinstance(item, rtcp.ReceiverReport):
+                self._on_report_blocks(item.reports)
+            elif isinstance(item, rtcp.Nack):
+                sub = subs.get(item.media_ssrc)
+                if sub is not None:
+                    sub.on_nack(item.lost)
+            elif isinstance(item, rtcp.KeyframeRequest):
+                sub = subs.get(item.media_ssrc)
+                if sub is not None:
+                    sub.on_keyframe_request()
+            elif isinstance(item, rtcp.Remb):
+                for ssrc in item.ssrcs:
+                    sub = subs.get(ssrc)
+                    if sub is not None:
+                        sub.on_remb(item.bitrate)
+
+    def _on_report_blocks(self, blocks: tuple[rtcp.ReportBlock, ...]) -> None:
+        for block in blocks:
+            sub = self._sub_by_ssrc.get(block.ssrc)
+            if sub is not None:
+                sub.on_report(block)
+
+    # -- reports and link state (once per interval) ------------------------------------------
+
+    async def _rtcp_loop(self) -> None:
+        interval = self._config.rtcp_interval_s
+        last = time.monotonic()
+        sent_octets: dict[int, int] = {}
+        received: dict[int, int] = {}
+        while True:
+            await asyncio.sleep(interval * (0.75 + random.random() / 2))
+            now = time.monotonic()
+            elapsed, last = now - last, now
+            try:
+                self._report(elapsed, sent_octets, received)
+            except Exception:
+                logger.exception("RTCP report failed")
+
+    def _report(self, elapsed: float, sent: dict[int, int], received: dict[int, int]) -> None:
+        if self.transport is None or self.pc.connectionState != "connected":
+            return
+        now = time.monotonic()
+        up = self._link.uplink
+        down = self._link.downlink
+        blocks: list[rtcp.ReportBlock] = []
+        rembs: list[bytes] = []
+        up_loss = up_jitter = 0.0
+        up_bytes = 0
+        estimate = 0
+        for pub in self.publications.values():
+            if pub.ssrc is None or not pub.stats.started:
+                continue
+            fraction, _ = pub.stats.interval()
+            up_loss = max(up_loss, fraction)
+            up_jitter = max(up_jitter, pub.stats.jitter / pub.codec.clock_rate * 1000)
+            key = id(pub)
+            up_bytes += pub.stats.bytes - received.get(key, 0)
+            received[key] = pub.stats.bytes
+            lsr = dlsr = 0
+            if pub.last_sr is not None:
+                lsr = (pub.last_sr[0] >> 16) & 0xFFFFFFFF
+                dlsr = int((now - pub.last_sr[2]) * 65536)
+            blocks.append(pub.stats.report_block(pub.ssrc, fraction, lsr, dlsr))
+            if pub.kind == "video":
+                pub.estimate_bps = self._estimate(pub, fraction)
+                estimate += pub.estimate_bps
+                rembs.append(rtcp.remb(self.rtcp_ssrc, pub.estimate_bps, [pub.ssrc]))
+        if blocks:
+            self._send(rtcp.receiver_report(self.rtcp_ssrc, blocks) + b"".join(rembs))
+        down_loss = down_jitter = 0.0
+        down_bytes = 0
+        rtts: list[float] = []
+        remb: int | None = None
+        for sub in self.subscriptions.values():
+            report = sub.sender_report(self.cname)
+            if report is None:
+                continue
+            self._send(report)
+            down_loss = max(down_loss, sub.fraction_lost)
+            down_jitter = max(down_jitter, sub.jitter / sub.publication.codec.clock_rate * 1000)
+            key = id(sub)
+            down_bytes += sub.octets_sent - sent.get(key, 0)
+            sent[key] = sub.octets_sent
+            if sub.rtt is not None:
+                rtts.append(sub.rtt)
+            if sub.remb_bps is not None:
+                remb = sub.remb_bps if remb is None else min(remb, sub.remb_bps)
+        rtt_ms = sum(rtts) / len(rtts) * 1000 if rtts else None
+        up.loss, up.jitter_ms, up.rtt_ms = up_loss, up_jitter, rtt_ms
+        up.bitrate_bps = int(up_bytes * 8 / elapsed) if elapsed > 0 else 0
+        up.estimated_bps = estimate or None
+        down.loss, down.jitter_ms, down.rtt_ms = down_loss, down_jitter, rtt_ms
+        down.bitrate_bps = int(down_bytes * 8 / elapsed) if elapsed > 0 else 0
+        down.estimated_bps = remb
+
+    def _estimate(self, pub: Publication, loss: float) -> int:
+        """Loss-based rate control (Galene), capped by what its subscribers can take."""
+        cfg = self._config
+        est = pub.estimate_bps or cfg.max_video_bitrate_bps
+        if loss > 0.10:
+            est = int(est * (1 - 0.5 * loss))
+        elif loss < 0.02:
+            est = int(est * 1.08)
+        caps = [s.remb_bps for s in pub.subscriptions if s.remb_bps]
+        if caps:
+            est = min(est, int(min(caps) * 1.5))
+        return max(cfg.min_video_bitrate_bps, min(cfg.max_video_bitrate_bps, est))
+
+    # -- events and lifecycle -----------------------------------------------------------------
+
+    def _on_channel_message(self, message: object) -> None:
+        if isinstance(message, str):
+            self.emit("data", message)
+
+    def _on_connection_state(self) -> None:
+        self.emit("connectionstatechange", self.connection_state)
 
     async def close(self, reason: CloseReason = CloseReason.LEFT) -> None:
         if self._closed:
             return
         self._closed = True
+        tasks = [t for t in (self._rtcp_task, self._negotiation) if t is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for pub in list(self.publications.values()):
+            await pub._parent_closed(reason)
+        for sub in list(self.subscriptions.values()):
+            await sub._parent_closed(reason)
+        await self.pc.close()
         self.emit("close", reason)
         self.remove_all_listeners()
 

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .emitter import Emitter
-
 from .events import CloseReason, Role, TrackInfo
 from .participant import Participant
 from .publication import Publication

@@ -1,10 +1,81 @@
-"""Server-side ICE: bind configured addresses within a UDP port range. STUB: in progress."""
+"""Server-side ICE gathering: configured addresses, a fixed UDP port range, announced address.
+
+aioice binds every non-loopback interface on a random port; a server behind a firewall needs a
+known range and a public address in its candidates (mediasoup's announcedIp), and tests on
+loopback need 127.0.0.1.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import socket
+from typing import Any
+
+import aioice
+from aioice import Candidate
+from aioice.ice import StunProtocol, candidate_foundation, candidate_priority, get_host_addresses
+
 from ..config import IceConfig
+
+RCVBUF = 1024 * 1024
 
 
 class PortAllocator:
+    """Binds UDP sockets on configured addresses, cycling through the configured port range."""
+
     def __init__(self, config: IceConfig) -> None:
         self.config = config
+        self._next = config.min_port
+
+    def addresses(self) -> list[str]:
+        if self.config.host_addresses:
+            return list(self.config.host_addresses)
+        return ["127.0.0.1", *get_host_addresses(use_ipv4=True, use_ipv6=False)]
+
+    async def bind(
+        self, address: str, factory: Any
+    ) -> tuple[asyncio.DatagramTransport, StunProtocol]:
+        loop = asyncio.get_running_loop()
+        if not self.config.min_port:
+            return await loop.create_datagram_endpoint(factory, local_addr=(address, 0))
+        span = self.config.max_port - self.config.min_port + 1
+        for _ in range(span):
+            port = self._next
+            self._next = port + 1 if port < self.config.max_port else self.config.min_port
+            try:
+                return await loop.create_datagram_endpoint(factory, local_addr=(address, port))
+            except OSError:
+                continue
+        raise OSError(f"no free UDP port in {self.config.min_port}-{self.config.max_port}")
+
+    def install(self, connection: aioice.Connection) -> None:
+        """Replace the connection's host-candidate gathering with ours."""
+
+        async def gather_candidates() -> None:
+            if connection._local_candidates_start:
+                return
+            connection._local_candidates_start = True
+            for address in self.addresses():
+                try:
+                    transport, protocol = await self.bind(address, lambda: StunProtocol(connection))
+                except OSError:
+                    continue
+                sock = transport.get_extra_info("socket")
+                if sock is not None:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+                bound = transport.get_extra_info("sockname")
+                host = self.config.announced_address or bound[0]
+                protocol.local_candidate = Candidate(
+                    foundation=candidate_foundation("host", "udp", host),
+                    component=1,
+                    transport="udp",
+                    priority=candidate_priority(1, "host"),
+                    host=host,
+                    port=bound[1],
+                    type="host",
+                )
+                connection._protocols.append(protocol)
+                connection._local_candidates.append(protocol.local_candidate)
+            connection._local_candidates_end = True
+
+        connection.gather_candidates = gather_candidates  # type: ignore[method-assign]

@@ -1,0 +1,190 @@
+"""The one seam into aiortc's private API (aiortc pinned to 1.16.*).
+
+aiortc negotiates SDP, ICE and DTLS for us. Everything else on the media path is ours:
+- received SRTP is taken straight from the aioice socket callback (no queue hop, no task
+  wake-up per datagram), decrypted and handed to `on_rtp(bytes, arrival)` / `on_rtcp(bytes)`;
+- aiortc's RTCRtpReceiver never starts its jitter buffer, decoder thread or RTCP task;
+- aiortc's RTCRtpSender never starts its encoder loop or its RTCP task (we write the reports);
+- sending is synchronous: SRTP protect and `sendto` on the nominated pair's socket.
+
+`tests/test_tap.py` fails loudly if one of these seams moves in a new aiortc.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pylibsrtp
+from aiortc import RTCConfiguration, RTCPeerConnection
+from aiortc.rtcconfiguration import RTCBundlePolicy
+from aiortc.rtcdtlstransport import RTCDtlsTransport
+from aiortc.rtcrtpparameters import RTCRtpReceiveParameters, RTCRtpSendParameters
+from aiortc.rtcrtptransceiver import RTCRtpTransceiver
+
+from .ice import PortAllocator
+
+logger = logging.getLogger(__name__)
+
+RtpHandler = Callable[[bytes, float], None]
+RtcpHandler = Callable[[bytes], None]
+now = time.monotonic
+
+
+def is_rtcp(data: bytes) -> bool:
+    return len(data) >= 2 and 192 <= data[1] <= 223
+
+
+class MediaTransport:
+    """Byte-level access to one bundled DTLS transport."""
+
+    __slots__ = ("_conn", "_dtls", "_fallback", "decrypt_errors", "on_rtcp", "on_rtp")
+
+    def __init__(self, dtls: RTCDtlsTransport) -> None:
+        self._dtls = dtls
+        self._conn = dtls.transport._connection
+        self.on_rtp: RtpHandler = _drop_rtp
+        self.on_rtcp: RtcpHandler = _drop_rtcp
+        self.decrypt_errors = 0
+        # aiortc's own path (only reached before SRTP keys exist): route to ours anyway.
+        dtls._handle_rtp_data = self._rtp_from_aiortc  # type: ignore[method-assign]
+        dtls._handle_rtcp_data = self._rtcp_from_aiortc  # type: ignore[method-assign]
+        self._fallback = self._conn.data_received
+        self._conn.data_received = self._datagram  # type: ignore[method-assign]
+
+    @property
+    def dtls(self) -> RTCDtlsTransport:
+        return self._dtls
+
+    def _datagram(self, data: bytes, component: int) -> None:
+        # Called by aioice's StunProtocol for every non-STUN datagram.
+        rx = self._dtls._rx_srtp
+        if rx is None or not 127 < data[0] < 192 or len(data) < 12:
+            self._fallback(data, component)  # DTLS (and SCTP inside it) keeps aiortc's path
+            return
+        try:
+            if is_rtcp(data):
+                self.on_rtcp(rx.unprotect_rtcp(data))
+            else:
+                self.on_rtp(rx.unprotect(data), now())
+        except pylibsrtp.Error:
+            self.decrypt_errors += 1
+
+    async def _rtp_from_aiortc(self, data: bytes, arrival_time_ms: int) -> None:
+        self.on_rtp(data, now())
+
+    async def _rtcp_from_aiortc(self, data: bytes) -> None:
+        self.on_rtcp(data)
+
+    def send(self, packet: bytes) -> bool:
+        """Protect and send one RTP or RTCP packet; False when not connected."""
+        tx = self._dtls._tx_srtp
+        pair = self._conn._nominated.get(1)
+        if tx is None or pair is None or self._dtls._state.name != "CONNECTED":
+            return False
+        data = tx.protect_rtcp(packet) if is_rtcp(packet) else tx.protect(packet)
+        # The server gathers host candidates only (rtp/ice.py): every pair is a plain socket.
+        pair.protocol.transport.sendto(data, pair.remote_addr)
+        return True
+
+
+def _drop_rtp(data: bytes, arrival: float) -> None:
+    pass
+
+
+def _drop_rtcp(data: bytes) -> None:
+    pass
+
+
+class TapHooks:
+    """What the media plane provides to a ServerPeerConnection."""
+
+    def transport_created(self, transport: MediaTransport) -> None:
+        raise NotImplementedError
+
+    def transceiver_created(self, transceiver: RTCRtpTransceiver) -> None:
+        raise NotImplementedError
+
+    def receiver_started(
+        self, transceiver: RTCRtpTransceiver, parameters: RTCRtpReceiveParameters
+    ) -> None:
+        raise NotImplementedError
+
+    def sender_started(
+        self, transceiver: RTCRtpTransceiver, parameters: RTCRtpSendParameters
+    ) -> None:
+        raise NotImplementedError
+
+
+class ServerPeerConnection(RTCPeerConnection):
+    """An RTCPeerConnection whose media is forwarded as bytes, never decoded or encoded."""
+
+    def __init__(self, *, hooks: TapHooks, ports: PortAllocator) -> None:
+        super().__init__(RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE))
+        self._hooks = hooks
+        self._ports = ports
+        self.media_transport: MediaTransport | None = None
+
+    def _RTCPeerConnection__createDtlsTransport(self) -> RTCDtlsTransport:
+        dtls: RTCDtlsTransport = RTCPeerConnection._RTCPeerConnection__createDtlsTransport(self)  # type: ignore[attr-defined]
+        self._ports.install(dtls.transport.iceGatherer._connection)
+        if self.media_transport is None:
+            self.media_transport = MediaTransport(dtls)
+            self._hooks.transport_created(self.media_transport)
+        return dtls
+
+    def _RTCPeerConnection__createSctpTransport(self) -> None:
+        # The data channel is created first, so the SCTP transport owns the one bundled DTLS
+        # transport. aiortc marks it unbundled, and a remote offer listing media first would
+        # then make aiortc stop that transport as a "slave" of itself: mark it bundled.
+        RTCPeerConnection._RTCPeerConnection__createSctpTransport(self)  # type: ignore[attr-defined]
+        bundle_data_channel(self)
+
+    def _RTCPeerConnection__createTransceiver(
+        self, direction: str, kind: str, sender_track: Any = None
+    ) -> RTCRtpTransceiver:
+        transceiver: RTCRtpTransceiver = RTCPeerConnection._RTCPeerConnection__createTransceiver(  # type: ignore[attr-defined]
+            self, direction, kind, sender_track
+        )
+        hooks = self._hooks
+
+        async def receive(parameters: RTCRtpReceiveParameters) -> None:
+            if not getattr(transceiver, "_tap_receiving", False):
+                transceiver._tap_receiving = True  # type: ignore[attr-defined]
+                hooks.receiver_started(transceiver, parameters)
+
+        async def send(parameters: RTCRtpSendParameters) -> None:
+            if not getattr(transceiver, "_tap_sending", False):
+                transceiver._tap_sending = True  # type: ignore[attr-defined]
+                hooks.sender_started(transceiver, parameters)
+
+        transceiver.receiver.receive = receive  # type: ignore[method-assign]
+        transceiver.sender.send = send  # type: ignore[method-assign]
+        hooks.transceiver_created(transceiver)
+        return transceiver
+
+
+def bundle_data_channel(pc: RTCPeerConnection) -> None:
+    """Work around aiortc with max-bundle when the data channel exists before any transceiver.
+
+    Its SCTP transport then owns the one DTLS transport but is marked unbundled, and a
+    description whose BUNDLE group lists media first makes aiortc stop that transport as a
+    "slave" of itself (every track is dead). Any aiortc peer (our clients too) calls this
+    right after creating its first data channel.
+    """
+    sctp = pc._RTCPeerConnection__sctp  # type: ignore[attr-defined]
+    if sctp is not None:
+        sctp._bundled = True
+
+
+def sender_ssrcs(transceiver: RTCRtpTransceiver) -> tuple[int, int]:
+    """The SSRC and RTX SSRC aiortc announced for this transceiver's sender."""
+    sender = transceiver.sender
+    return sender._ssrc, sender._rtx_ssrc
+
+
+def set_codec_preferences(transceiver: RTCRtpTransceiver, codecs: list[Any]) -> None:
+    """Preferences that also apply to a transceiver created by a remote offer."""
+    transceiver._preferred_codecs = codecs

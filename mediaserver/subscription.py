@@ -1,0 +1,170 @@
+"""Subscription: one publication sent to one participant through its own Forwarder."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from .emitter import Emitter
+from .events import CloseReason, NodeCounters
+from .forwarder import ExtensionIds, Forwarder
+from .publication import Publication, payload_offset
+from .rtp import rtcp
+
+RTT_ALPHA = 0.85
+
+
+class Subscription(Emitter):
+    """Created by the subscribing Participant; closed with its Publication.
+
+    Events: "close" (reason).
+    """
+
+    def __init__(
+        self,
+        publication: Publication,
+        *,
+        send_rtp: Callable[[bytes], bool],
+        counters: NodeCounters,
+    ) -> None:
+        super().__init__()
+        self.publication = publication
+        self.mid: str | None = None
+        self.kind = publication.kind
+        self.forwarder: Forwarder | None = None
+        self.ssrc = 0
+        self.rtx_ssrc = 0
+        self.packets_sent = 0
+        self.octets_sent = 0
+        self.paused = False
+        # From the subscriber's receiver reports and REMB.
+        self.fraction_lost = 0.0
+        self.jitter = 0
+        self.rtt: float | None = None
+        self.remb_bps: int | None = None
+        self._send_rtp = send_rtp
+        self._counters = counters
+        self._sr_sent: dict[int, float] = {}
+        self._closed = False
+
+    def start(
+        self,
+        *,
+        mid: str,
+        ssrc: int,
+        rtx_ssrc: int,
+        payload_type: int,
+        rtx_payload_type: int,
+        ext: ExtensionIds,
+    ) -> None:
+        """The subscriber's sender is negotiated: start forwarding (from a keyframe)."""
+        self.mid = mid
+        self.ssrc = ssrc
+        self.rtx_ssrc = rtx_ssrc if rtx_payload_type else 0
+        self.forwarder = Forwarder(
+            ssrc=ssrc,
+            payload_type=payload_type,
+            mid=mid,
+            ext=ext,
+            gate_on_keyframe=self.kind == "video",
+            rtx_ssrc=rtx_ssrc,
+            rtx_payload_type=rtx_payload_type,
+        )
+        self.publication.attach(self)
+
+    # -- the packet path -------------------------------------------------------------------
+
+    def send(
+        self, data: bytes, off: int, seq: int, ts: int, keyframe: bool, abs3: bytes, level: int
+    ) -> None:
+        if self.paused:
+            return
+        packet = self.forwarder.rewrite(data, off, seq, ts, keyframe, abs3, level)  # type: ignore[union-attr]
+        if packet is not None and self._send_rtp(packet):
+            self.packets_sent += 1
+            self.octets_sent += len(data) - off
+            counters = self._counters
+            counters.packets_forwarded += 1
+            counters.bytes_forwarded += len(packet)
+
+    # -- RTCP from the subscriber -----------------------------------------------------------
+
+    def on_nack(self, lost: tuple[int, ...]) -> None:
+        fwd = self.forwarder
+        if fwd is None:
+            return
+        counters = self._counters
+        counters.nacks_received += 1
+        cache = self.publication.cache
+        missing: list[int] = []
+        abs3 = (int(time.time() * 262144) & 0xFFFFFF).to_bytes(3, "big")
+        for out_seq in lost:
+            src = fwd.source_seq(out_seq)
+            data = cache.get(src)
+            if data is None:
+                counters.nack_misses += 1
+                missing.append(src)
+                continue
+            if self._send_rtp(fwd.retransmission(data, payload_offset(data), abs3)):
+                counters.retransmissions += 1
+        if missing:
+            self.publication.resend_upstream(missing)
+
+    def on_keyframe_request(self) -> None:
+        self._counters.plis_received += 1
+        self.publication.request_keyframe()
+
+    def on_report(self, block: rtcp.ReportBlock) -> None:
+        self.fraction_lost = block.fraction_lost / 256
+        self.jitter = block.jitter
+        sent = self._sr_sent.get(block.lsr)
+        if sent is not None and block.lsr:
+            rtt = time.monotonic() - sent - block.dlsr / 65536
+            if rtt >= 0:
+                self.rtt = rtt if self.rtt is None else RTT_ALPHA * self.rtt + (1 - RTT_ALPHA) * rtt
+
+    def on_remb(self, bitrate: int) -> None:
+        self.remb_bps = bitrate
+
+    def sender_report(self, cname: str) -> bytes | None:
+        """SR + SDES for this stream, mapped onto the publisher's clock when it sent an SR."""
+        fwd = self.forwarder
+        if fwd is None or not fwd.started:
+            return None
+        now = time.monotonic()
+        wall = time.time()
+        pub = self.publication
+        rate = pub.codec.clock_rate
+        if pub.last_sr is not None:
+            ntp_src, rtp_src, arrival = pub.last_sr
+            elapsed = now - arrival
+            ntp = ntp_src + int(elapsed * (1 << 32))
+            out_ts = rtp_src + int(elapsed * rate) + fwd.ts_offset
+        else:
+            ntp = rtcp.ntp_time(wall)
+            out_ts = fwd.last_ts
+        lsr = (ntp >> 16) & 0xFFFFFFFF
+        self._sr_sent[lsr] = now
+        if len(self._sr_sent) > 8:
+            self._sr_sent.pop(next(iter(self._sr_sent)))
+        sr = rtcp.SenderReport(
+            self.ssrc, ntp, out_ts & 0xFFFFFFFF, self.packets_sent, self.octets_sent
+        )
+        return rtcp.sender_report(sr) + rtcp.sdes_cname(self.ssrc, cname)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def close(self, reason: CloseReason = CloseReason.LEFT) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.publication.detach(self)
+        self.emit("close", reason)
+        self.remove_all_listeners()
+
+    async def _parent_closed(self, reason: CloseReason) -> None:
+        await self.close(reason)
