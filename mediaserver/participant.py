@@ -17,6 +17,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from aiortc import RTCRtpSender, RTCSessionDescription
+from aiortc import sdp as aiortc_sdp
 from aiortc.codecs import is_rtx
 from aiortc.rtcrtpparameters import (
     RTCRtpCodecCapability,
@@ -67,6 +68,25 @@ def add_opus_fmtp(sdp: str) -> str:
                 flags=re.MULTILINE | re.IGNORECASE,
             )
     return sdp
+
+
+def validate_sdp(text: str) -> None:
+    """Refuse what aiortc would accept but cannot use (it takes "v=0" alone as a session)."""
+    if not text.startswith("v=0"):
+        raise NegotiationError("not an SDP (must start with v=0)")
+    try:
+        description = aiortc_sdp.SessionDescription.parse(text)
+    except Exception as exc:
+        raise NegotiationError(f"unparsable SDP: {exc}") from exc
+    if not description.media:
+        raise NegotiationError("SDP has no media section")
+    for media in description.media:
+        if media.kind not in ("audio", "video", "application"):
+            raise NegotiationError(f"unsupported media kind {media.kind!r}")
+        if media.ice is None or not media.ice.usernameFragment or not media.ice.password:
+            raise NegotiationError("ICE username fragment or password is missing")
+        if media.dtls is None or not media.dtls.fingerprints:
+            raise NegotiationError("DTLS fingerprint is missing")
 
 
 def capabilities(
@@ -155,6 +175,7 @@ class Participant(Emitter, TapHooks):
         async with self._sdp_lock:
             if self.pc.signalingState != "stable":
                 return None
+            validate_sdp(sdp)
             self._track_meta.update(tracks)
             try:
                 await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
@@ -174,6 +195,7 @@ class Participant(Emitter, TapHooks):
         async with self._sdp_lock:
             if self.pc.signalingState != "have-local-offer":
                 raise NegotiationError("no offer pending")
+            validate_sdp(sdp)
             try:
                 await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
             except Exception as exc:

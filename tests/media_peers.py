@@ -80,10 +80,10 @@ class Peer:
             self.pc.addTransceiver(track, direction="sendonly")
         offer = await self.pc.createOffer()
         await self.pc.setLocalDescription(offer)
-        meta = {}
+        meta: dict[str, TrackMeta] = {}
         for t in self.pc.getTransceivers():
             for source, track in tracks.items():
-                if t.sender.track is track:
+                if t.sender.track is track and t.mid is not None:
                     meta[t.mid] = TrackMeta(kind=track.kind, source=source)
         answer = await self.participant.handle_offer(self.pc.localDescription.sdp, meta)
         assert answer is not None
