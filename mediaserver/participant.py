@@ -488,7 +488,7 @@ class Participant(Emitter, TapHooks):
     def _on_report_blocks(self, blocks: tuple[rtcp.ReportBlock, ...]) -> None:
         for block in blocks:
             sub = self._sub_by_ssrc.get(block.ssrc)
-            if sub is not None:
+            if sub is not None and block.ssrc == sub.ssrc:  # not the RTX stream's report
                 sub.on_report(block)
 
     # -- reports and link state (once per interval) ------------------------------------------

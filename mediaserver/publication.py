@@ -152,7 +152,7 @@ class Publication(Emitter):
             return
         keyframe = True if self._keyframe is None else self._keyframe(data, off)
         level = _one_byte_extension(data, self._level_id) if self._level_id else -1
-        abs3 = (int(time.time() * 262144) & 0xFFFFFF).to_bytes(3, "big")
+        abs3 = (int(arrival * 262144) & 0xFFFFFF).to_bytes(3, "big")  # 6.18 fixed point
         for sub in self.subscriptions:
             sub.send(data, off, seq, ts, keyframe, abs3, level)
 

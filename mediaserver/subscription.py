@@ -97,7 +97,7 @@ class Subscription(Emitter):
         counters.nacks_received += 1
         cache = self.publication.cache
         missing: list[int] = []
-        abs3 = (int(time.time() * 262144) & 0xFFFFFF).to_bytes(3, "big")
+        abs3 = (int(time.monotonic() * 262144) & 0xFFFFFF).to_bytes(3, "big")
         for out_seq in lost:
             src = fwd.source_seq(out_seq)
             data = cache.get(src)
