@@ -12,7 +12,7 @@ APT_ENV := DEBIAN_FRONTEND=noninteractive
 
 $(STAMP): pyproject.toml
 	@command -v python3 >/dev/null || { apt-get update -q && $(APT_ENV) apt-get install -yq python3 python3-venv; }
-	@test -x $(PY) || python3 -m venv $(VENV) || { $(APT_ENV) apt-get install -yq python3-venv && python3 -m venv $(VENV); }
+	@test -x $(PY) || python3 -m venv $(VENV) || { apt-get update -q && $(APT_ENV) apt-get install -yq python3-venv && python3 -m venv $(VENV); }
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
 	@touch $(STAMP)

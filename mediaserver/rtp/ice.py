@@ -20,6 +20,16 @@ from ..config import IceConfig
 RCVBUF = 1024 * 1024
 
 
+class MediaStunProtocol(StunProtocol):
+    """aioice's socket protocol, with RTP/RTCP (first byte 128-191) skipping the STUN parse."""
+
+    def datagram_received(self, data: bytes | str, addr: tuple[Any, ...]) -> None:
+        if type(data) is bytes and data and 127 < data[0] < 192:
+            self.receiver.data_received(data, 1)
+            return
+        super().datagram_received(data, addr)
+
+
 class PortAllocator:
     """Binds UDP sockets on configured addresses, cycling through the configured port range."""
 
@@ -57,7 +67,9 @@ class PortAllocator:
             connection._local_candidates_start = True
             for address in self.addresses():
                 try:
-                    transport, protocol = await self.bind(address, lambda: StunProtocol(connection))
+                    transport, protocol = await self.bind(
+                        address, lambda: MediaStunProtocol(connection)
+                    )
                 except OSError:
                     continue
                 sock = transport.get_extra_info("socket")
