@@ -33,6 +33,7 @@ from .events import CloseReason, LinkStats, Role, TrackMeta
 from .forwarder import ExtensionIds
 from .publication import CodecInfo, Publication, extension_value
 from .rtp import rtcp
+from .rtp.bundle import harmonize
 from .rtp.tap import (
     MediaTransport,
     ServerPeerConnection,
@@ -304,9 +305,13 @@ class Participant(Emitter, TapHooks):
                     self._needs_offer = False
                     self._answered.clear()
                     offer = await self.pc.createOffer()
-                    await self.pc.setLocalDescription(
-                        RTCSessionDescription(sdp=add_opus_fmtp(offer.sdp), type="offer")
-                    )
+                    established = [
+                        d.sdp
+                        for d in (self.pc.remoteDescription, self.pc.localDescription)
+                        if d is not None
+                    ]
+                    text = add_opus_fmtp(harmonize(offer.sdp, established))
+                    await self.pc.setLocalDescription(RTCSessionDescription(sdp=text, type="offer"))
                     self.emit("offer", self.pc.localDescription.sdp, self._offer_tracks())
             await self._answered.wait()
 

@@ -1,0 +1,96 @@
+"""Keep payload types and header-extension ids consistent across one BUNDLE session.
+
+aiortc's createOffer() rewrites every m-line with its own defaults (Opus 96, VP8 97, mid id 1,
+audio level id 2), while the browser already negotiated its own (Chromium: VP8 96, Opus 111,
+audio level id 1, mid id 4). A browser refuses an offer in which one id or payload type means two
+things inside a bundle ("RTP extension ID reassignment not supported"). `harmonize()` maps the
+offer onto what is already established, and gives new codecs and extensions unused numbers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiortc import sdp
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+
+CodecKey = tuple[Any, ...]
+DYNAMIC = range(96, 128)
+EXT_IDS = range(1, 15)
+
+
+def _base_key(codec: RTCRtpCodecParameters) -> CodecKey:
+    mime = codec.mimeType.lower()
+    params: tuple[Any, ...] = ()
+    if mime == "video/h264":
+        params = (
+            str(codec.parameters.get("packetization-mode", "0")),
+            str(codec.parameters.get("profile-level-id", "")).lower(),
+        )
+    return (mime, codec.clockRate, codec.channels or 1, params)
+
+
+def _keys(media: sdp.MediaDescription) -> dict[int, CodecKey]:
+    """payload type -> codec key (RTX keyed by the codec it repairs)."""
+    by_pt = {c.payloadType: c for c in media.rtp.codecs}
+    keys: dict[int, CodecKey] = {}
+    for codec in media.rtp.codecs:
+        if codec.mimeType.lower().endswith("/rtx"):
+            base = by_pt.get(codec.parameters.get("apt"))  # type: ignore[arg-type]
+            if base is None:
+                continue
+            keys[codec.payloadType] = ("rtx", codec.clockRate, _base_key(base))  # type: ignore[index]
+        else:
+            keys[codec.payloadType] = _base_key(codec)  # type: ignore[index]
+    return keys
+
+
+def _pick(preferred: int, used: set[int], pool: range) -> int:
+    if preferred in pool and preferred not in used:
+        return preferred
+    return next(n for n in pool if n not in used)
+
+
+def harmonize(offer: str, established: list[str]) -> str:
+    """The offer with the payload types and extension ids of the established descriptions."""
+    pts: dict[CodecKey, int] = {}
+    used_pts: set[int] = set()
+    ext_ids: dict[str, int] = {}
+    used_ids: set[int] = set()
+    for text in established:
+        for media in sdp.SessionDescription.parse(text).media:
+            if media.kind not in ("audio", "video"):
+                continue
+            for pt, key in _keys(media).items():
+                pts.setdefault(key, pt)
+                used_pts.add(pt)
+            for ext in media.rtp.headerExtensions:
+                ext_ids.setdefault(ext.uri, ext.id)
+                used_ids.add(ext.id)
+    description = sdp.SessionDescription.parse(offer)
+    for media in description.media:
+        if media.kind not in ("audio", "video"):
+            continue
+        keys = _keys(media)
+        mapping: dict[int, int] = {}
+        for codec in sorted(media.rtp.codecs, key=lambda c: c.mimeType.lower().endswith("/rtx")):
+            old = codec.payloadType
+            key = keys.get(old)  # type: ignore[arg-type]
+            if key is None or old is None:
+                continue
+            if key not in pts:
+                pts[key] = _pick(old, used_pts, DYNAMIC) if old >= 96 else old
+                used_pts.add(pts[key])
+            mapping[old] = pts[key]
+        for codec in media.rtp.codecs:
+            codec.payloadType = mapping.get(codec.payloadType, codec.payloadType)  # type: ignore[arg-type]
+            apt = codec.parameters.get("apt")
+            if isinstance(apt, int) and apt in mapping:
+                codec.parameters["apt"] = mapping[apt]
+        media.fmt = [mapping.get(pt, pt) for pt in media.fmt]
+        for ext in media.rtp.headerExtensions:
+            if ext.uri not in ext_ids:
+                ext_ids[ext.uri] = _pick(ext.id, used_ids, EXT_IDS)
+                used_ids.add(ext_ids[ext.uri])
+            ext.id = ext_ids[ext.uri]
+    return str(description)

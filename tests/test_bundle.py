@@ -1,0 +1,68 @@
+"""Server offers keep the payload types and extension ids a browser negotiated."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import defaultdict
+from pathlib import Path
+
+from aiortc import sdp
+
+from mediaserver.api import IceConfig, MediaConfig, Node, Role, TrackMeta
+from mediaserver.rtp.bundle import harmonize
+
+CHROMIUM_OFFER = json.loads(
+    (Path(__file__).parent / "fixtures" / "chromium_offer.json").read_text()
+)["offer"]
+
+
+def assert_consistent(*texts: str) -> None:
+    """One meaning per extension id and per payload type across every m-line of every text."""
+    ext: dict[int, set[str]] = defaultdict(set)
+    pts: dict[int, set[str]] = defaultdict(set)
+    for text in texts:
+        for media in sdp.SessionDescription.parse(text).media:
+            for h in media.rtp.headerExtensions:
+                ext[h.id].add(h.uri)
+            for c in media.rtp.codecs:
+                pts[c.payloadType].add(c.mimeType.lower())  # type: ignore[index]
+    assert all(len(v) == 1 for v in ext.values()), dict(ext)
+    assert all(len(v) == 1 for v in pts.values()), dict(pts)
+
+
+def test_harmonize_maps_aiortc_defaults_onto_chromium_numbers() -> None:
+    aiortc_style = CHROMIUM_OFFER.replace(
+        "a=extmap:4 urn:ietf:params:rtp-hdrext:sdes:mid",
+        "a=extmap:1 urn:ietf:params:rtp-hdrext:sdes:mid",
+    )
+    fixed = harmonize(aiortc_style, [CHROMIUM_OFFER])
+    assert_consistent(fixed, CHROMIUM_OFFER)
+
+
+async def test_server_offer_after_a_chromium_offer_is_consistent() -> None:
+    node = Node(MediaConfig(ice=IceConfig(host_addresses=("127.0.0.1",))))
+    room = node.create_room("r")
+    participant = room.add_participant("d", role=Role.DOCTOR)
+    offers: list[str] = []
+    participant.on("offer", lambda text, tracks: offers.append(text))
+    try:
+        answer = await participant.handle_offer(CHROMIUM_OFFER, {})
+        assert answer is not None
+        participant.request_publish(
+            [TrackMeta("audio", "stethoscope"), TrackMeta("video", "exam-camera")]
+        )
+        for _ in range(200):
+            if offers:
+                break
+            await asyncio.sleep(0.02)
+        assert offers
+        assert_consistent(CHROMIUM_OFFER, answer, offers[0])
+        media = sdp.SessionDescription.parse(offers[0]).media
+        assert len(media) == 5  # the three negotiated m-lines keep their place, two are new
+        mid_ids = {
+            h.id for m in media for h in m.rtp.headerExtensions if h.uri.endswith("sdes:mid")
+        }
+        assert mid_ids == {4}  # Chromium's id for mid
+    finally:
+        await node.close()
