@@ -1,0 +1,1 @@
+"""Control plane of the consultation server: auth, waiting room, chat, protocol, HTTP API."""

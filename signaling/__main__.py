@@ -1,0 +1,129 @@
+"""Command line: `python -m signaling run [...]` and `python -m signaling token [...]`.
+
+The console script `mediaserver` maps here, so `mediaserver token ...` works too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from urllib.parse import urlencode
+
+from aiohttp import web
+
+from mediaserver.api import Role
+
+from .app import AccessLogger, create_app
+from .auth import encode_token
+from .config import DEV_TOKEN_SECRET, ENV_PREFIX, ServerConfig, add_run_arguments, config_from_args
+
+DEMO_ROOM = "demo"
+DEMO_TTL_S = 12 * 3600
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mediaserver", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run a node")
+    add_run_arguments(run)
+    run.add_argument("--log-level", default=os.environ.get(ENV_PREFIX + "LOG_LEVEL", "INFO"))
+    token = sub.add_parser("token", help="mint a participant token (HS256 JWT)")
+    token.add_argument("--room", required=True)
+    token.add_argument("--sub", required=True, help="the platform's user id")
+    token.add_argument("--role", required=True, choices=[r.value for r in Role])
+    token.add_argument("--name", required=True, help="display name")
+    token.add_argument("--ttl", type=float, default=3600.0, help="seconds of validity")
+    token.add_argument(
+        "--secret",
+        default=os.environ.get(ENV_PREFIX + "TOKEN_SECRET", DEV_TOKEN_SECRET),
+        help="HS256 secret (CONSULT_TOKEN_SECRET; the dev secret by default)",
+    )
+    return parser
+
+
+def demo_urls(config: ServerConfig, *, room: str = DEMO_ROOM) -> dict[str, str]:
+    host = "127.0.0.1" if config.host in ("0.0.0.0", "::", "") else config.host
+    base = f"http://{host}:{config.port}/demo"
+    urls = {}
+    for role, name in ((Role.DOCTOR, "Dr. Demo"), (Role.PATIENT, "Demo Patient")):
+        token = encode_token(
+            secret=config.token_secret,
+            room=room,
+            sub=f"dev-{role.value}",
+            role=role,
+            name=name,
+            ttl_s=DEMO_TTL_S,
+        )
+        urls[role.value] = f"{base}?{urlencode({'room': room, 'token': token})}"
+    return urls
+
+
+def _banner(config: ServerConfig) -> str:
+    lines = [f"consultation node on http://{config.host}:{config.port}"]
+    if config.dev:
+        lines += [
+            "DEV MODE: in-memory state, rooms created on first join, demo page enabled",
+            f"  API key:      {config.api_key}",
+            f"  token secret: {config.token_secret}",
+        ]
+        for role, url in demo_urls(config).items():
+            lines.append(f"  {role:8s} {url}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if logging.getLogger().level > logging.DEBUG:
+        logging.getLogger("aioice").setLevel(logging.WARNING)  # per-pair lines with addresses
+    try:
+        config = config_from_args(args)
+    except ValueError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    except ImportError:
+        pass
+    print(_banner(config), flush=True)
+    web.run_app(
+        create_app(config=config),
+        host=config.host,
+        port=config.port,
+        access_log_class=AccessLogger,
+        print=None,
+    )
+    return 0
+
+
+def token(args: argparse.Namespace) -> int:
+    print(
+        encode_token(
+            secret=args.secret,
+            room=args.room,
+            sub=args.sub,
+            role=Role(args.role),
+            name=args.name,
+            ttl_s=args.ttl,
+        )
+    )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "run":
+        return run(args)
+    return token(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,431 @@
+"""ConsultClient: a Python client of the signaling protocol (aiohttp WebSocket + aiortc).
+
+Used by the tests and the load-test harness. It never sends its own offer: to publish it sends
+`publish` and attaches its tracks to the recvonly transceivers of the server's next offer.
+
+    client = ConsultClient("http://127.0.0.1:8080")
+    await client.connect(token)
+    await client.wait_state("admitted")
+    await client.publish(video_track, audio_track)
+    track = await client.wait_track(participant_id, "video")
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+from aiortc import (
+    RTCBundlePolicy,
+    RTCConfiguration,
+    RTCDataChannel,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCSessionDescription,
+)
+from aiortc.mediastreams import MediaStreamTrack
+
+from mediaserver.rtp.tap import bundle_data_channel
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT_S = 15.0
+TERMINAL_STATES = frozenset({"denied", "kicked", "ended", "left", "closed"})
+
+
+class ServerError(Exception):
+    """The server answered a request with `error`."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+class JoinRefused(Exception):
+    """The server closed the socket instead of answering `join`."""
+
+    def __init__(self, code: int | None, reason: str) -> None:
+        super().__init__(f"join refused ({code}): {reason}")
+        self.code = code
+        self.reason = reason
+
+
+class ConsultClient:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        codecs: list[str] | None = None,
+        http: aiohttp.ClientSession | None = None,
+        auto_answer: bool = True,
+    ) -> None:
+        """`auto_answer=False` leaves server offers unanswered (tests of glare use it)."""
+        self.ws_url = base_url.rstrip("/").replace("http", "ws", 1) + "/ws"
+        self.codecs = codecs
+        self.auto_answer = auto_answer
+        self._http = http
+        self._own_http = http is None
+        self._ids = itertools.count(1)
+        self.ws: aiohttp.ClientWebSocketResponse | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._changed = asyncio.Condition()
+        self.messages: list[dict[str, Any]] = []
+        self._taken: set[int] = set()
+        self.token: str | None = None
+        self.state = "new"
+        self.participant_id: str | None = None
+        self.room: str | None = None
+        self.resume_token: str | None = None
+        self.ice_servers: list[dict[str, Any]] = []
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self.pc: RTCPeerConnection | None = None
+        self.channel: RTCDataChannel | None = None
+        self.data_messages: list[str] = []
+        self._publish_queue: list[tuple[str, MediaStreamTrack]] = []
+        self._track_meta: dict[str, dict[str, Any]] = {}
+        self.remote_tracks: dict[tuple[str, str], MediaStreamTrack] = {}
+        self._negotiation = asyncio.Lock()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.negotiations = 0
+
+    # -- connection ---------------------------------------------------------------------------
+
+    async def connect(self, token: str, *, resume: str | None = None) -> dict[str, Any]:
+        """Open the socket and join; returns `joined`. Raises JoinRefused on a close."""
+        self.token = token
+        join: dict[str, Any] = {"type": "join", "id": self._next_id(), "v": 1, "token": token}
+        if resume:
+            join["resume"] = resume
+        if self.codecs:
+            join["codecs"] = self.codecs
+        return await self.connect_raw(join)
+
+    async def connect_raw(self, join: dict[str, Any]) -> dict[str, Any]:
+        """Open the socket and send `join` as given (tests use it for bad joins)."""
+        return await self.connect_raw_text(json.dumps(join), ref=join.get("id"))
+
+    async def connect_raw_text(self, first: str, *, ref: Any = None) -> dict[str, Any]:
+        """Open the socket, send `first` as the first frame, wait for the reply to `ref`."""
+        if self._http is None:
+            self._http = aiohttp.ClientSession()
+        self.close_code = None
+        self.close_reason = ""
+        self.ws = await self._http.ws_connect(self.ws_url, autoping=True)
+        future = self._expect(ref if isinstance(ref, str) else "\0no-ref")
+        await self.ws.send_str(first)
+        self._reader = asyncio.create_task(self._read(self.ws))
+        waiting: set[asyncio.Future[Any]] = {future, self._reader}
+        done, _ = await asyncio.wait(
+            waiting, timeout=DEFAULT_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED
+        )
+        if future in done and not future.exception():
+            return future.result()
+        future.cancel()
+        if self._reader in done or future.done():
+            raise JoinRefused(self.close_code, self.close_reason)
+        raise TimeoutError("no answer to join")
+
+    async def resume(self) -> dict[str, Any]:
+        """Reconnect after a dropped socket with the last resume token."""
+        assert self.token is not None and self.resume_token is not None
+        return await self.connect(self.token, resume=self.resume_token)
+
+    async def drop(self) -> None:
+        """Lose the socket without `leave` (what a network failure looks like to the server)."""
+        ws = self.ws
+        if ws is not None:
+            await ws.close()
+        if self._reader is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._reader
+
+    async def close(self) -> None:
+        """Close everything locally (no `leave`)."""
+        await self.drop()
+        for task in list(self._tasks):
+            task.cancel()
+        if self.pc is not None:
+            await self.pc.close()
+        if self._own_http and self._http is not None:
+            await self._http.close()
+            self._http = None
+
+    def _next_id(self) -> str:
+        return f"c{next(self._ids)}"
+
+    def _expect(self, ref: str) -> asyncio.Future[dict[str, Any]]:
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[ref] = future
+        return future
+
+    async def send(self, msg: dict[str, Any]) -> None:
+        assert self.ws is not None, "not connected"
+        await self.ws.send_str(json.dumps(msg))
+
+    async def send_raw(self, text: str) -> None:
+        assert self.ws is not None, "not connected"
+        await self.ws.send_str(text)
+
+    async def request(
+        self, kind: str, timeout_s: float = DEFAULT_TIMEOUT_S, **fields: Any
+    ) -> dict[str, Any]:
+        """Send a message and wait for the reply carrying its ref; raise ServerError on error."""
+        msg = {"type": kind, "id": self._next_id(), **fields}
+        future = self._expect(msg["id"])
+        await self.send(msg)
+        try:
+            reply = await asyncio.wait_for(future, timeout_s)
+        finally:
+            self._pending.pop(msg["id"], None)
+        if reply.get("type") == "error":
+            raise ServerError(reply.get("code", ""), reply.get("message", ""))
+        return reply
+
+    # -- reading ------------------------------------------------------------------------------
+
+    async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        try:
+            while True:
+                frame = await ws.receive()
+                if frame.type == aiohttp.WSMsgType.TEXT:
+                    await self._handle(json.loads(frame.data))
+                    continue
+                if frame.type == aiohttp.WSMsgType.CLOSE:
+                    if ws is self.ws:
+                        self.close_reason = str(frame.extra or "")
+                    await ws.close()
+                break
+        finally:
+            if ws is self.ws:
+                self.close_code = ws.close_code
+                if self.state not in TERMINAL_STATES and self.close_code in (4003, 4004, 4005):
+                    self.state = {4003: "denied", 4004: "kicked", 4005: "ended"}[self.close_code]
+            for future in self._pending.values():
+                if not future.done():
+                    future.set_exception(ConnectionError("socket closed"))
+            self._pending.clear()
+            async with self._changed:
+                self._changed.notify_all()
+
+    async def _handle(self, msg: dict[str, Any]) -> None:
+        kind = msg.get("type")
+        if kind == "joined":
+            self.participant_id = msg["participant"]["id"]
+            self.room = msg["room"]
+            self.resume_token = msg["resume"]
+            self.ice_servers = msg.get("iceServers") or []
+            self.state = msg["state"]
+        elif kind == "waiting":
+            self.state = "waiting"
+        elif kind == "admitted":
+            self.state = "admitted"
+            self._ensure_pc()
+        elif kind in ("denied", "kicked", "ended"):
+            self.state = kind
+        elif kind == "offer" and self.auto_answer:
+            self._spawn(self._answer_offer(msg))
+        ref = msg.get("ref")
+        if ref is not None and ref in self._pending:
+            future = self._pending.pop(ref)
+            if not future.done():
+                future.set_result(msg)
+        async with self._changed:
+            self.messages.append(msg)
+            self._changed.notify_all()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def wait_for(
+        self,
+        kind: str,
+        predicate: Callable[[dict[str, Any]], bool] | None = None,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+    ) -> dict[str, Any]:
+        """Return the first not-yet-taken received message of `kind` matching `predicate`."""
+
+        def find() -> dict[str, Any] | None:
+            for i, msg in enumerate(self.messages):
+                if i in self._taken or msg.get("type") != kind:
+                    continue
+                if predicate is None or predicate(msg):
+                    self._taken.add(i)
+                    return msg
+            return None
+
+        async def wait() -> dict[str, Any]:
+            async with self._changed:
+                while True:
+                    found = find()
+                    if found is not None:
+                        return found
+                    await self._changed.wait()
+
+        return await asyncio.wait_for(wait(), timeout_s)
+
+    def received(self, kind: str) -> list[dict[str, Any]]:
+        return [m for m in self.messages if m.get("type") == kind]
+
+    async def wait_state(self, state: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+        async def wait() -> None:
+            async with self._changed:
+                await self._changed.wait_for(lambda: self.state == state)
+
+        await asyncio.wait_for(wait(), timeout_s)
+
+    async def wait_closed(self, timeout_s: float = DEFAULT_TIMEOUT_S) -> int | None:
+        if self._reader is not None:
+            await asyncio.wait_for(asyncio.shield(self._reader), timeout_s)
+        return self.close_code
+
+    # -- requests -----------------------------------------------------------------------------
+
+    async def ping(self) -> dict[str, Any]:
+        return await self.request("ping")
+
+    async def chat(self, text: str) -> dict[str, Any]:
+        return await self.request("chat", text=text)
+
+    async def admit(self, participant: str) -> dict[str, Any]:
+        return await self.request("admit", participant=participant)
+
+    async def deny(self, participant: str) -> dict[str, Any]:
+        return await self.request("deny", participant=participant)
+
+    async def kick(self, participant: str) -> dict[str, Any]:
+        return await self.request("kick", participant=participant)
+
+    async def end(self) -> dict[str, Any]:
+        return await self.request("end")
+
+    async def leave(self) -> None:
+        self.state = "left"
+        await self.send({"type": "leave", "id": self._next_id()})
+        await self.wait_closed()
+
+    # -- media --------------------------------------------------------------------------------
+
+    def _ensure_pc(self) -> RTCPeerConnection:
+        if self.pc is None:
+            servers = [
+                RTCIceServer(
+                    urls=s["urls"], username=s.get("username"), credential=s.get("credential")
+                )
+                for s in self.ice_servers
+            ]
+            self.pc = RTCPeerConnection(
+                RTCConfiguration(iceServers=servers, bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
+            )
+            self.channel = self.pc.createDataChannel("consult", negotiated=True, id=0)
+            _bundle_data_channel(self.pc)
+            # aiortc max-bundle bug: see mediaserver/rtp/tap.py bundle_data_channel.
+            bundle_data_channel(self.pc)
+            self.channel.on("message", self._on_data)
+            self.pc.on("track", self._on_track)
+        return self.pc
+
+    def _on_data(self, message: str | bytes) -> None:
+        if isinstance(message, str):
+            self.data_messages.append(message)
+
+    def send_data(self, text: str) -> None:
+        assert self.channel is not None
+        self.channel.send(text)
+
+    async def publish(self, *tracks: MediaStreamTrack, sources: list[str] | None = None) -> None:
+        """Ask the server to receive these tracks; they go out with the next server offer."""
+        if sources is None:
+            sources = ["microphone" if t.kind == "audio" else "camera" for t in tracks]
+        self._ensure_pc()
+        for track, source in zip(tracks, sources, strict=True):
+            self._publish_queue.append((source, track))
+        await self.request(
+            "publish",
+            tracks=[{"kind": t.kind, "source": s} for t, s in zip(tracks, sources, strict=True)],
+        )
+
+    def _take_track(self, kind: str, source: str | None) -> MediaStreamTrack | None:
+        for i, (src, track) in enumerate(self._publish_queue):
+            if track.kind == kind and (source is None or src == source):
+                del self._publish_queue[i]
+                return track
+        return None
+
+    async def _answer_offer(self, msg: dict[str, Any]) -> None:
+        async with self._negotiation:
+            pc = self._ensure_pc()
+            tracks: dict[str, dict[str, Any]] = msg.get("tracks") or {}
+            self._track_meta.update(tracks)
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=msg["sdp"], type="offer"))
+            for transceiver in pc.getTransceivers():
+                meta = tracks.get(transceiver.mid or "")
+                if meta is None or meta.get("direction") != "recvonly":
+                    continue
+                if transceiver.sender.track is not None:
+                    continue
+                track = self._take_track(transceiver.kind, meta.get("source"))
+                track = track or self._take_track(transceiver.kind, None)
+                if track is not None:
+                    transceiver.sender.replaceTrack(track)
+                    transceiver.direction = "sendonly"
+            answer = await pc.createAnswer()
+            await pc.setLocalDescription(answer)
+            await self.request("answer", sdp=pc.localDescription.sdp)
+            self.negotiations += 1
+            async with self._changed:
+                self._changed.notify_all()
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        assert self.pc is not None
+        for transceiver in self.pc.getTransceivers():
+            if transceiver.receiver.track is track:
+                meta = self._track_meta.get(transceiver.mid or "")
+                if meta is not None and meta.get("participant"):
+                    key = (str(meta["participant"]), str(meta.get("source") or track.kind))
+                    self.remote_tracks[key] = track
+        self._spawn(self._notify())
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def wait_track(
+        self, participant: str, kind: str, timeout_s: float = DEFAULT_TIMEOUT_S
+    ) -> MediaStreamTrack:
+        """The received track of `participant` with this kind (any source)."""
+
+        def find() -> MediaStreamTrack | None:
+            for (pid, _source), track in self.remote_tracks.items():
+                if pid == participant and track.kind == kind:
+                    return track
+            return None
+
+        async def wait() -> MediaStreamTrack:
+            async with self._changed:
+                await self._changed.wait_for(lambda: find() is not None)
+            found = find()
+            assert found is not None
+            return found
+
+        return await asyncio.wait_for(wait(), timeout_s)
+
+
+def _bundle_data_channel(pc: RTCPeerConnection) -> None:
+    """aiortc 1.16 with max-bundle: a data channel created before any transceiver leaves the
+    SCTP transport marked unbundled, and a server offer whose BUNDLE group lists media first
+    then stops the one transport. Same workaround as mediaserver.rtp.tap.bundle_data_channel
+    (the client does not import the media plane's internals)."""
+    sctp = getattr(pc, "_RTCPeerConnection__sctp", None)
+    if sctp is not None:
+        sctp._bundled = True

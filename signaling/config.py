@@ -1,0 +1,149 @@
+"""Server configuration: a frozen keyword-only dataclass, loaded from CLI flags and env vars."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from mediaserver.api import IceConfig, IceServer, MediaConfig
+
+ENV_PREFIX = "CONSULT_"
+DEV_TOKEN_SECRET = "dev-token-secret-not-for-production"
+DEV_API_KEY = "dev-api-key"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServerConfig:
+    """Everything a node needs; `media` is handed to the media plane unchanged."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    api_key: str
+    token_secret: str
+    dev: bool = False
+    resume_grace_s: float = 30.0
+    peer_timeout_s: float = 15.0
+    join_timeout_s: float = 10.0
+    ws_heartbeat_s: float = 20.0
+    max_message_bytes: int = 65536
+    max_chat_chars: int = 4000
+    auto_create_rooms: bool | None = None
+    stats_interval_s: float = 5.0
+    media: MediaConfig = field(default_factory=MediaConfig)
+
+    def __post_init__(self) -> None:
+        if not self.api_key or not self.token_secret:
+            raise ValueError("api_key and token_secret are required (or use dev mode)")
+        if self.auto_create_rooms is None:
+            object.__setattr__(self, "auto_create_rooms", self.dev)
+        if self.max_message_bytes < 1024:
+            raise ValueError("max_message_bytes must be at least 1024")
+        for name in ("resume_grace_s", "peer_timeout_s", "join_timeout_s", "stats_interval_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+
+    @property
+    def rooms_auto_created(self) -> bool:
+        return bool(self.auto_create_rooms)
+
+
+def parse_port_range(text: str) -> tuple[int, int]:
+    """'40000-40100' -> (40000, 40100)."""
+    low, sep, high = text.partition("-")
+    if not sep:
+        raise ValueError("port range must look like 40000-40100")
+    return int(low), int(high)
+
+
+def parse_ice_servers(text: str) -> tuple[IceServer, ...]:
+    """A JSON list of {urls, username?, credential?}, or comma-separated URLs."""
+    text = text.strip()
+    if not text:
+        return ()
+    if text.startswith("["):
+        items = json.loads(text)
+        return tuple(
+            IceServer(
+                urls=[item["urls"]] if isinstance(item["urls"], str) else list(item["urls"]),
+                username=item.get("username"),
+                credential=item.get("credential"),
+            )
+            for item in items
+        )
+    return tuple(IceServer(urls=[url.strip()]) for url in text.split(",") if url.strip())
+
+
+def _bool(text: str) -> bool:
+    return text.strip().lower() in ("1", "true", "yes", "on")
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of `python -m signaling run`; each falls back to CONSULT_<NAME> in the env."""
+    add = parser.add_argument
+    add("--dev", action="store_true", default=None, help="dev mode (env CONSULT_DEV)")
+    add("--host", help="listen address (CONSULT_HOST, default 127.0.0.1)")
+    add("--port", type=int, help="listen port (CONSULT_PORT, default 8080)")
+    add("--api-key", help="HTTP API bearer key (CONSULT_API_KEY)")
+    add("--token-secret", help="HS256 secret for participant tokens (CONSULT_TOKEN_SECRET)")
+    add("--resume-grace", type=float, help="seconds a dropped socket may resume (30)")
+    add("--peer-timeout", type=float, help="seconds a disconnected peer is kept (15)")
+    add("--max-message-bytes", type=int, help="largest WebSocket message (65536)")
+    add("--auto-create-rooms", choices=("true", "false"), help="create rooms on first join")
+    add("--ice-host", action="append", help="address to bind media sockets on (repeatable)")
+    add("--ice-announce", help="address announced in ICE candidates (public address)")
+    add("--rtc-ports", help="UDP port range for media, e.g. 40000-40100")
+    add("--ice-servers", help="STUN/TURN for clients: JSON list or comma-separated URLs")
+
+
+def config_from_args(
+    args: argparse.Namespace, env: Mapping[str, str] | None = None
+) -> ServerConfig:
+    """Merge CLI flags over CONSULT_* env vars over embedded defaults."""
+    env = os.environ if env is None else env
+
+    def pick(flag: object, name: str) -> str | None:
+        if flag is not None:
+            return str(flag)
+        return env.get(ENV_PREFIX + name)
+
+    dev_text = pick(args.dev, "DEV")
+    dev = dev_text is not None and _bool(dev_text)
+    api_key = pick(args.api_key, "API_KEY") or (DEV_API_KEY if dev else "")
+    secret = pick(args.token_secret, "TOKEN_SECRET") or (DEV_TOKEN_SECRET if dev else "")
+    hosts_text = ",".join(args.ice_host) if args.ice_host else env.get(ENV_PREFIX + "ICE_HOSTS", "")
+    ports_text = pick(args.rtc_ports, "RTC_PORTS")
+    min_port, max_port = parse_port_range(ports_text) if ports_text else (0, 0)
+    ice = IceConfig(
+        host_addresses=tuple(h.strip() for h in hosts_text.split(",") if h.strip()),
+        announced_address=pick(args.ice_announce, "ICE_ANNOUNCE") or None,
+        min_port=min_port,
+        max_port=max_port,
+        ice_servers=parse_ice_servers(pick(args.ice_servers, "ICE_SERVERS") or ""),
+    )
+    values: dict[str, object] = {}
+    for attr, flag, name, conv in (
+        ("host", args.host, "HOST", str),
+        ("port", args.port, "PORT", int),
+        ("resume_grace_s", args.resume_grace, "RESUME_GRACE_S", float),
+        ("peer_timeout_s", args.peer_timeout, "PEER_TIMEOUT_S", float),
+        ("max_message_bytes", args.max_message_bytes, "MAX_MESSAGE_BYTES", int),
+        ("auto_create_rooms", args.auto_create_rooms, "AUTO_CREATE_ROOMS", _bool),
+    ):
+        text = pick(flag, name)
+        if text is not None:
+            values[attr] = conv(text)
+    return ServerConfig(
+        api_key=api_key,
+        token_secret=secret,
+        dev=dev,
+        media=MediaConfig(ice=ice),
+        **values,  # type: ignore[arg-type]
+    )
+
+
+def random_secret() -> str:
+    return secrets.token_urlsafe(32)

@@ -1,0 +1,460 @@
+"""Consultation: the control-plane state of one room (sessions, waiting room, chat).
+
+The media Room is created with the consultation; a session gets its media Participant only
+when admitted. Nothing of the room reaches a waiting session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from mediaserver.api import CloseReason, Participant, Role, Room, RoomOptions
+
+from .auth import TokenClaims
+from .chat import ChatLog, ChatMessage
+from .protocol import PROTOCOL_VERSION, CloseCode, ErrorCode, ProtocolError
+from .session import Session, SessionState
+
+if TYPE_CHECKING:
+    from .hub import Hub
+
+logger = logging.getLogger(__name__)
+
+CLOSE_CODES: dict[CloseReason, CloseCode] = {
+    CloseReason.LEFT: CloseCode.NORMAL,
+    CloseReason.KICKED: CloseCode.KICKED,
+    CloseReason.DENIED: CloseCode.DENIED,
+    CloseReason.TIMEOUT: CloseCode.TIMEOUT,
+    CloseReason.FAILED: CloseCode.TIMEOUT,
+    CloseReason.SHUTDOWN: CloseCode.GOING_AWAY,
+    CloseReason.ENDED: CloseCode.ENDED,
+}
+
+
+class RoomUnavailable(Exception):
+    """A join refused because of the room (full); the caller closes with 4007."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConsultationOptions:
+    waiting_room: bool = True
+    video_codec: str = "VP8"
+    max_participants: int = 8
+
+    def media_options(self) -> RoomOptions:
+        return RoomOptions(video_codec=self.video_codec, max_participants=self.max_participants)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "waiting_room": self.waiting_room,
+            "video_codec": self.video_codec,
+            "max_participants": self.max_participants,
+        }
+
+
+class Consultation:
+    def __init__(
+        self,
+        room_id: str,
+        options: ConsultationOptions,
+        *,
+        hub: Hub,
+        media_room: Room,
+        auto_created: bool = False,
+    ) -> None:
+        self.id = room_id
+        self.options = options
+        self.hub = hub
+        self.media_room = media_room
+        self.auto_created = auto_created
+        self.created_at = time.time()
+        self.sessions: dict[str, Session] = {}
+        self.waiting: list[str] = []
+        self.chat = ChatLog()
+        self.ended = False
+
+    # -- views --------------------------------------------------------------------------------
+
+    def admitted(self) -> list[Session]:
+        return [s for s in self.sessions.values() if s.state is SessionState.ADMITTED]
+
+    def doctors(self) -> list[Session]:
+        return [s for s in self.admitted() if s.is_doctor]
+
+    def position(self, session: Session) -> int:
+        return self.waiting.index(session.id) + 1
+
+    def describe(self, session: Session) -> dict[str, Any]:
+        info = session.public()
+        info["tracks"] = _tracks(session.media)
+        return info
+
+    def waiting_list(self) -> list[dict[str, Any]]:
+        return [
+            {**self.sessions[pid].public(), "position": i + 1} for i, pid in enumerate(self.waiting)
+        ]
+
+    def room_message(self, session: Session) -> dict[str, Any]:
+        msg: dict[str, Any] = {
+            "type": "room",
+            "room": self.id,
+            "participants": [self.describe(s) for s in self.admitted()],
+            "chat": self.chat.history(),
+        }
+        if session.is_doctor:
+            msg["waiting"] = self.waiting_list()
+        return msg
+
+    def info(self) -> dict[str, Any]:
+        """What the HTTP API returns (no display names)."""
+        participants = []
+        for s in self.sessions.values():
+            entry: dict[str, Any] = {
+                "id": s.id,
+                "sub": s.sub,
+                "role": s.role.value,
+                "state": s.state.value,
+                "connected": s.connected,
+            }
+            if s.media is not None:
+                entry.update(_media_info(s.media))
+            participants.append(entry)
+        return {
+            "id": self.id,
+            "options": self.options.as_dict(),
+            "created_at": int(self.created_at),
+            "video_codec": _safe(self.media_room.video_codec, self.options.video_codec),
+            "participants": participants,
+            "tracks": _room_tracks(self.media_room),
+            "chat_messages": len(self.chat),
+        }
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "created_at": int(self.created_at),
+            "participants": len(self.admitted()),
+            "waiting": len(self.waiting),
+        }
+
+    # -- messaging ----------------------------------------------------------------------------
+
+    def broadcast(self, msg: dict[str, Any], *, exclude: Session | None = None) -> None:
+        for s in self.admitted():
+            if s is not exclude:
+                s.send(msg)
+
+    def _to_doctors(self, msg: dict[str, Any]) -> None:
+        for s in self.doctors():
+            s.send(msg)
+
+    def _send_positions(self) -> None:
+        for i, pid in enumerate(self.waiting):
+            self.sessions[pid].send({"type": "waiting", "position": i + 1})
+
+    def post_chat(self, session: Session, text: str) -> ChatMessage:
+        if session.state is not SessionState.ADMITTED:
+            raise ProtocolError(ErrorCode.NOT_ADMITTED, "chat is open after admission")
+        message = self.chat.append(
+            sender=session.id, name=session.name, role=session.role.value, text=text
+        )
+        self.broadcast({"type": "chat", "message": message.as_dict()})
+        return message
+
+    # -- joining ------------------------------------------------------------------------------
+
+    def _joined(self, session: Session, ref: str | None, *, resumed: bool) -> dict[str, Any]:
+        return {
+            "type": "joined",
+            "ref": ref,
+            "v": PROTOCOL_VERSION,
+            "room": self.id,
+            "participant": session.public(),
+            "state": session.state.value,
+            "resume": self.hub.resume_tokens.issue(self.id, session.id),
+            "resumed": resumed,
+            "iceServers": self.hub.node.ice_servers(),
+        }
+
+    async def join(
+        self,
+        claims: TokenClaims,
+        *,
+        codecs: frozenset[str] | None,
+        ws: web.WebSocketResponse,
+        ref: str | None,
+    ) -> Session:
+        session = Session(
+            consultation=self, role=claims.role, name=claims.name, sub=claims.sub, codecs=codecs
+        )
+        waits = claims.role is Role.PATIENT and self.options.waiting_room
+        if not waits:
+            try:
+                self._create_media(session)
+            except ValueError as exc:
+                raise RoomUnavailable("room is full") from exc
+        self.sessions[session.id] = session
+        session.attach(ws)
+        logger.info(
+            "participant %s joined room %s as %s (%s)",
+            session.id,
+            self.id,
+            session.role.value,
+            "waiting" if waits else "admitted",
+        )
+        if waits:
+            self.waiting.append(session.id)
+            session.send(self._joined(session, ref, resumed=False))
+            session.send({"type": "waiting", "position": self.position(session)})
+            self._to_doctors({"type": "knock", "participant": session.public()})
+        else:
+            session.state = SessionState.ADMITTED
+            session.send(self._joined(session, ref, resumed=False))
+            self._on_admitted(session)
+        return session
+
+    def take_resume(self, token: str, sub: str) -> Session | None:
+        """The session a resume token reattaches (consuming the token), if it is the user's."""
+        pid = self.hub.resume_tokens.peek(token, self.id)
+        session = self.sessions.get(pid) if pid is not None else None
+        if session is None or session.state is SessionState.CLOSED or not session.owns_sub(sub):
+            return None  # someone else's token stays valid for its owner
+        self.hub.resume_tokens.consume(token, self.id)
+        return session
+
+    def resume(self, session: Session, *, ws: web.WebSocketResponse, ref: str | None) -> None:
+        _cancel(session, "grace_task")
+        session.attach(ws)
+        logger.info("participant %s resumed in room %s", session.id, self.id)
+        session.send(self._joined(session, ref, resumed=True))
+        if session.state is SessionState.WAITING:
+            session.send({"type": "waiting", "position": self.position(session)})
+        else:
+            session.send({"type": "admitted"})
+            session.send(self.room_message(session))
+            pending = _safe(session.media.pending_offer, None) if session.media else None
+            if pending is not None:
+                sdp, tracks = pending
+                session.send({"type": "offer", "sdp": sdp, "tracks": tracks})
+
+    def socket_closed(self, session: Session, ws: web.WebSocketResponse) -> None:
+        """The socket ended without leave: keep the session for the grace period."""
+        if not session.detach(ws) or session.state is SessionState.CLOSED or self.ended:
+            return
+        grace = self.hub.config.resume_grace_s
+        self.hub.resume_tokens.start_expiry(session.id, grace)
+        logger.info("participant %s lost its socket; grace %.0fs", session.id, grace)
+
+        async def expire() -> None:
+            await asyncio.sleep(grace)
+            await self.remove(session, CloseReason.TIMEOUT)
+
+        session.grace_task = self.hub.spawn(expire())
+
+    # -- admission ----------------------------------------------------------------------------
+
+    async def admit(self, session: Session) -> None:
+        if session.state is not SessionState.WAITING:
+            raise ProtocolError(ErrorCode.NOT_FOUND, "participant is not waiting")
+        try:
+            self._create_media(session)
+        except ValueError as exc:
+            raise ProtocolError(ErrorCode.ROOM_FULL, "room is full") from exc
+        self.waiting.remove(session.id)
+        session.state = SessionState.ADMITTED
+        logger.info("participant %s admitted to room %s", session.id, self.id)
+        self._on_admitted(session)
+        self._send_positions()
+
+    def _on_admitted(self, session: Session) -> None:
+        self.hub.metrics.observe_join(time.monotonic() - session.joined_at)
+        session.send({"type": "admitted"})
+        session.send(self.room_message(session))
+        self.broadcast(
+            {"type": "participant-joined", "participant": self.describe(session)}, exclude=session
+        )
+
+    async def deny(self, session: Session) -> None:
+        if session.state is not SessionState.WAITING:
+            raise ProtocolError(ErrorCode.NOT_FOUND, "participant is not waiting")
+        await self.remove(session, CloseReason.DENIED, notice={"type": "denied"})
+
+    # -- media wiring -------------------------------------------------------------------------
+
+    def _create_media(self, session: Session) -> Participant:
+        media = self.media_room.add_participant(
+            session.id, role=session.role, video_codecs=session.codecs
+        )
+        session.media = media
+        media.on("offer", self._listener(session, self._on_media_offer))
+        media.on("data", self._listener(session, self._on_media_data))
+        media.on("connectionstatechange", self._listener(session, self._on_media_state))
+        media.on("mode", self._listener(session, self._on_media_mode))
+        media.on("close", self._listener(session, self._on_media_close))
+        return media
+
+    def _listener(self, session: Session, handler: Callable[..., None]) -> Callable[..., None]:
+        def listener(*args: Any) -> None:
+            try:
+                handler(session, *args)
+            except Exception:
+                logger.exception("media event handler failed for participant %s", session.id)
+
+        return listener
+
+    def _on_media_offer(self, session: Session, sdp: str, tracks: dict[str, Any]) -> None:
+        session.send({"type": "offer", "sdp": sdp, "tracks": tracks})
+
+    def _on_media_data(self, session: Session, text: str) -> None:
+        try:
+            msg = json.loads(text)
+        except ValueError:
+            return
+        if not isinstance(msg, dict) or msg.get("type") != "chat":
+            return
+        body = msg.get("text")
+        if isinstance(body, str) and body and len(body) <= self.hub.config.max_chat_chars:
+            self.post_chat(session, body)
+
+    def _on_media_mode(self, session: Session, direction: str, mode: str, reason: str) -> None:
+        msg = {
+            "type": "mode",
+            "participant": session.id,
+            "direction": direction,
+            "mode": mode,
+            "reason": reason,
+        }
+        self.broadcast(msg)
+
+    def _on_media_state(self, session: Session, state: str) -> None:
+        if state in ("failed", "closed"):
+            self.hub.spawn(self.remove(session, CloseReason.FAILED))
+        elif state == "disconnected":
+            if session.peer_timer is None or session.peer_timer.done():
+                session.peer_timer = self.hub.spawn(self._peer_timeout(session))
+        elif state in ("connected", "connecting"):
+            _cancel(session, "peer_timer")
+
+    async def _peer_timeout(self, session: Session) -> None:
+        await asyncio.sleep(self.hub.config.peer_timeout_s)
+        media = session.media
+        if media is not None and media.connection_state in ("disconnected", "failed"):
+            await self.remove(session, CloseReason.TIMEOUT)
+
+    def _on_media_close(self, session: Session, reason: CloseReason) -> None:
+        if session.state is not SessionState.CLOSED:
+            self.hub.spawn(self.remove(session, reason))
+
+    # -- leaving ------------------------------------------------------------------------------
+
+    async def remove(
+        self,
+        session: Session,
+        reason: CloseReason,
+        *,
+        notice: dict[str, Any] | None = None,
+    ) -> None:
+        """Remove a session once: close its socket and media, tell the others."""
+        if session.state is SessionState.CLOSED:
+            return
+        was = session.state
+        session.state = SessionState.CLOSED
+        self.sessions.pop(session.id, None)
+        if session.id in self.waiting:
+            self.waiting.remove(session.id)
+        self.hub.resume_tokens.revoke(session.id)
+        session.cancel_timers()
+        if notice is not None:
+            session.send(notice)
+        session.close_socket(CLOSE_CODES.get(reason, CloseCode.NORMAL), reason.value)
+        logger.info(
+            "participant %s left room %s (%s, was %s)", session.id, self.id, reason.value, was.value
+        )
+        if session.media is not None:
+            try:
+                await session.media.close(reason)
+            except Exception:
+                logger.exception("closing media of participant %s failed", session.id)
+        left = {"type": "participant-left", "participant": session.id, "reason": reason.value}
+        if was is SessionState.ADMITTED:
+            self.broadcast(left)
+        else:
+            self._to_doctors(left)
+            self._send_positions()
+        if self.auto_created and not self.sessions:
+            await self.end(CloseReason.ENDED)  # nobody left in a room nobody created
+
+    async def end(self, reason: CloseReason = CloseReason.ENDED) -> None:
+        """End the consultation: everyone gets `ended` and close 4005 (1001 on shutdown)."""
+        if self.ended:
+            return
+        self.ended = True
+        code = CloseCode.GOING_AWAY if reason is CloseReason.SHUTDOWN else CloseCode.ENDED
+        for session in list(self.sessions.values()):
+            session.state = SessionState.CLOSED
+            session.cancel_timers()
+            self.hub.resume_tokens.revoke(session.id)
+            session.send({"type": "ended", "reason": reason.value})
+            session.close_socket(code, reason.value)
+        self.sessions.clear()
+        self.waiting.clear()
+        try:
+            await self.media_room.close(reason)
+        except Exception:
+            logger.exception("closing media room %s failed", self.id)
+        self.hub.forget(self)
+        logger.info("room %s ended (%s)", self.id, reason.value)
+
+
+def _cancel(session: Session, attr: str) -> None:
+    task = getattr(session, attr)
+    if task is not None and not task.done() and task is not asyncio.current_task():
+        task.cancel()
+    setattr(session, attr, None)
+
+
+def _safe(fn: Callable[[], Any], default: Any) -> Any:
+    try:
+        return fn()
+    except Exception:
+        return default
+
+
+def _tracks(media: Participant | None) -> list[dict[str, Any]]:
+    if media is None:
+        return []
+    out = []
+    for pub in list(media.publications.values()):
+        info = _safe(pub.info, None)
+        if info is not None:
+            out.append({"id": info.track_id, "kind": info.kind, "source": info.source})
+    return out
+
+
+def _room_tracks(room: Room) -> list[dict[str, Any]]:
+    infos = _safe(room.tracks, [])
+    return [
+        {
+            "id": t.track_id,
+            "participant": t.participant_id,
+            "kind": t.kind,
+            "source": t.source,
+            "codec": t.codec,
+            "mid": t.mid,
+        }
+        for t in infos
+    ]
+
+
+def _media_info(media: Participant) -> dict[str, Any]:
+    """The media plane's view of a participant (connection, tracks, link stats...)."""
+    info = _safe(media.info, {})
+    return {"media": {k: v for k, v in info.items() if k not in ("id", "role")}}

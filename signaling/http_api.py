@@ -1,0 +1,156 @@
+"""The platform's HTTP API under /api/v1 (Bearer API key), plus health and metrics routes."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from mediaserver.api import CloseReason
+
+from .consultation import ConsultationOptions
+from .hub import Draining, Hub, RoomExists
+from .metrics import CONTENT_TYPE
+
+logger = logging.getLogger(__name__)
+
+HUB = web.AppKey("hub", Hub)
+
+
+def _error(status: int, code: str, message: str) -> web.Response:
+    return web.json_response({"error": code, "message": message}, status=status)
+
+
+@web.middleware
+async def api_key_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    if request.path.startswith("/api/"):
+        expected = request.app[HUB].config.api_key
+        header = request.headers.get("Authorization", "")
+        scheme, _, key = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            key.strip().encode(), expected.encode()
+        ):
+            response = _error(401, "unauthorized", "missing or wrong API key")
+            response.headers["WWW-Authenticate"] = 'Bearer realm="consult"'
+            return response
+    result: web.StreamResponse = await handler(request)
+    return result
+
+
+def _options(body: dict[str, Any]) -> ConsultationOptions:
+    waiting_room = body.get("waiting_room", True)
+    video_codec = body.get("video_codec", "VP8")
+    max_participants = body.get("max_participants", 8)
+    if not isinstance(waiting_room, bool):
+        raise ValueError("waiting_room must be a boolean")
+    if not isinstance(video_codec, str) or video_codec.upper() not in ("VP8", "H264"):
+        raise ValueError("video_codec must be VP8 or H264")
+    if isinstance(max_participants, bool) or not isinstance(max_participants, int):
+        raise ValueError("max_participants must be an integer")
+    if not 1 <= max_participants <= 64:
+        raise ValueError("max_participants must be within 1..64")
+    return ConsultationOptions(
+        waiting_room=waiting_room,
+        video_codec=video_codec.upper(),
+        max_participants=max_participants,
+    )
+
+
+async def create_room(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    try:
+        body = await request.json() if request.can_read_body else {}
+    except ValueError:
+        return _error(400, "bad-json", "body is not valid JSON")
+    if not isinstance(body, dict):
+        return _error(400, "bad-request", "body must be a JSON object")
+    room_id = body.get("id")
+    if room_id is not None and not isinstance(room_id, str):
+        return _error(400, "bad-request", "id must be a string")
+    try:
+        options = _options(body)
+        consultation = hub.create(room_id, options)
+    except Draining:
+        return _error(503, "draining", "node is draining: no new rooms")
+    except RoomExists:
+        return _error(409, "exists", "room exists")
+    except ValueError as exc:
+        return _error(400, "bad-request", str(exc))
+    return web.json_response(consultation.info(), status=201)
+
+
+async def list_rooms(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    return web.json_response({"rooms": [c.summary() for c in hub.consultations.values()]})
+
+
+async def get_room(request: web.Request) -> web.Response:
+    consultation = request.app[HUB].get(request.match_info["room_id"])
+    if consultation is None:
+        return _error(404, "not-found", "no such room")
+    return web.json_response(consultation.info())
+
+
+async def end_room(request: web.Request) -> web.Response:
+    ended = await request.app[HUB].end(request.match_info["room_id"], CloseReason.ENDED)
+    if not ended:
+        return _error(404, "not-found", "no such room")
+    return web.json_response({"id": request.match_info["room_id"], "ended": True})
+
+
+async def remove_participant(request: web.Request) -> web.Response:
+    consultation = request.app[HUB].get(request.match_info["room_id"])
+    session = consultation.sessions.get(request.match_info["pid"]) if consultation else None
+    if consultation is None or session is None:
+        return _error(404, "not-found", "no such participant")
+    await consultation.remove(session, CloseReason.KICKED, notice={"type": "kicked"})
+    return web.json_response({"id": session.id, "removed": True})
+
+
+async def drain(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    hub.draining = True
+    logger.info("node draining: new rooms refused")
+    return web.json_response({"draining": True, "rooms": len(hub.consultations)})
+
+
+async def node_info(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    return web.json_response(
+        {
+            "draining": hub.draining,
+            "rooms": len(hub.consultations),
+            "participants": sum(len(c.sessions) for c in hub.consultations.values()),
+        }
+    )
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    hub = request.app.get(HUB)
+    if hub is None or hub.draining or hub.node.closed:
+        return web.json_response({"status": "draining"}, status=503)
+    return web.json_response({"status": "ready"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = request.app[HUB].metrics.render()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/api/v1/rooms", create_room)
+    app.router.add_get("/api/v1/rooms", list_rooms)
+    app.router.add_get("/api/v1/rooms/{room_id}", get_room)
+    app.router.add_delete("/api/v1/rooms/{room_id}", end_room)
+    app.router.add_delete("/api/v1/rooms/{room_id}/participants/{pid}", remove_participant)
+    app.router.add_get("/api/v1/node", node_info)
+    app.router.add_post("/api/v1/node/drain", drain)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)

@@ -1,0 +1,97 @@
+"""Hub: the node's consultations, the media Node, resume tokens and background tasks."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import secrets
+from collections.abc import Coroutine
+from typing import Any
+
+from mediaserver.api import CloseReason, Node
+
+from .auth import ResumeTokens
+from .config import ServerConfig
+from .consultation import Consultation, ConsultationOptions
+from .metrics import Metrics
+
+logger = logging.getLogger(__name__)
+
+ROOM_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class Draining(Exception):
+    """The node refuses new rooms."""
+
+
+class RoomExists(Exception):
+    pass
+
+
+class Hub:
+    def __init__(self, *, config: ServerConfig, node: Node, metrics: Metrics) -> None:
+        self.config = config
+        self.node = node
+        self.metrics = metrics
+        self.resume_tokens = ResumeTokens()
+        self.consultations: dict[str, Consultation] = {}
+        self.draining = False
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Run a background task owned by the hub (cancelled on close, errors logged)."""
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("background task failed: %r", task.exception())
+
+    def get(self, room_id: str) -> Consultation | None:
+        return self.consultations.get(room_id)
+
+    def create(
+        self,
+        room_id: str | None = None,
+        options: ConsultationOptions | None = None,
+        *,
+        auto_created: bool = False,
+    ) -> Consultation:
+        if self.draining:
+            raise Draining("node is draining")
+        room_id = room_id or "r_" + secrets.token_hex(6)
+        if not ROOM_ID.match(room_id):
+            raise ValueError("room id must be 1-64 characters of A-Z a-z 0-9 _ . -")
+        if room_id in self.consultations:
+            raise RoomExists(room_id)
+        options = options or ConsultationOptions()
+        media_room = self.node.create_room(room_id, options.media_options())
+        consultation = Consultation(
+            room_id, options, hub=self, media_room=media_room, auto_created=auto_created
+        )
+        self.consultations[room_id] = consultation
+        logger.info("room %s created%s", room_id, " (auto)" if auto_created else "")
+        return consultation
+
+    def forget(self, consultation: Consultation) -> None:
+        if self.consultations.get(consultation.id) is consultation:
+            del self.consultations[consultation.id]
+
+    async def end(self, room_id: str, reason: CloseReason = CloseReason.ENDED) -> bool:
+        consultation = self.consultations.get(room_id)
+        if consultation is None:
+            return False
+        await consultation.end(reason)
+        return True
+
+    async def close(self) -> None:
+        for consultation in list(self.consultations.values()):
+            await consultation.end(CloseReason.SHUTDOWN)
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,345 @@
+"""The `/ws` endpoint: the join handshake, then one handler per message type.
+
+A handler's exception never escapes: client mistakes become `error` messages, anything else
+is logged (participant id only) and answered with error `internal`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from mediaserver.api import CloseReason, NegotiationError, TrackMeta
+
+from .auth import TokenError, verify_token
+from .consultation import Consultation, RoomUnavailable
+from .hub import Draining, Hub, RoomExists
+from .protocol import (
+    PROTOCOL_VERSION,
+    CloseCode,
+    ErrorCode,
+    ProtocolError,
+    error_message,
+    mid_kinds,
+    parse_codecs,
+    parse_message,
+    require_sdp,
+    require_str,
+)
+from .session import Session, SessionState
+
+logger = logging.getLogger(__name__)
+
+Handler = Callable[[Hub, Session, dict[str, Any]], Awaitable[None]]
+
+
+async def _refuse(ws: web.WebSocketResponse, code: CloseCode, reason: str) -> None:
+    logger.info("join refused: %s (%d)", reason, int(code))
+    await ws.close(code=code, message=reason.encode()[:120])
+
+
+async def handshake(hub: Hub, ws: web.WebSocketResponse) -> Session | None:
+    """Wait for `join`; return the session, or close the socket and return None."""
+    try:
+        return await _handshake(hub, ws)
+    except Exception as exc:
+        logger.error("join failed: %s", type(exc).__name__, exc_info=exc)
+        await ws.close(code=WSCloseCode.INTERNAL_ERROR, message=b"internal error")
+        return None
+
+
+async def _handshake(hub: Hub, ws: web.WebSocketResponse) -> Session | None:
+    config = hub.config
+    try:
+        first = await ws.receive(timeout=config.join_timeout_s)
+    except TimeoutError:
+        await _refuse(ws, CloseCode.PROTOCOL, "join timeout")
+        return None
+    if first.type != WSMsgType.TEXT:
+        if first.type not in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
+            await _refuse(ws, CloseCode.PROTOCOL, "first message must be join")
+        return None
+    try:
+        msg = parse_message(first.data, max_bytes=config.max_message_bytes)
+    except ProtocolError:
+        await _refuse(ws, CloseCode.PROTOCOL, "first message must be join")
+        return None
+    if msg["type"] != "join":
+        await _refuse(ws, CloseCode.PROTOCOL, "first message must be join")
+        return None
+    if msg.get("v", PROTOCOL_VERSION) != PROTOCOL_VERSION:
+        await _refuse(ws, CloseCode.PROTOCOL, "unsupported protocol version")
+        return None
+    token = msg.get("token")
+    room = msg.get("room")
+    resume = msg.get("resume")
+    try:
+        codecs = parse_codecs(msg)
+        if not isinstance(token, str):
+            raise TokenError("missing token")
+        if room is not None and not isinstance(room, str):
+            raise TokenError("wrong room")
+        claims = verify_token(token, secret=config.token_secret, room=room, check_expiry=False)
+        consultation = hub.get(claims.room)
+        if consultation is not None and isinstance(resume, str):
+            session = consultation.take_resume(resume, claims.sub)
+            if session is not None:
+                consultation.resume(session, ws=ws, ref=msg["id"])
+                return session
+        verify_token(token, secret=config.token_secret, room=room)  # expiry, for a new join
+    except TokenError as exc:
+        await _refuse(ws, CloseCode.BAD_TOKEN, exc.reason)
+        return None
+    except ProtocolError:
+        await _refuse(ws, CloseCode.PROTOCOL, "bad join")
+        return None
+    if consultation is None:
+        consultation = _auto_create(hub, claims.room)
+        if consultation is None:
+            await _refuse(ws, CloseCode.ROOM_UNAVAILABLE, "unknown room")
+            return None
+    try:
+        return await consultation.join(claims, codecs=codecs, ws=ws, ref=msg["id"])
+    except RoomUnavailable as exc:
+        await _refuse(ws, CloseCode.ROOM_UNAVAILABLE, str(exc))
+        return None
+
+
+def _auto_create(hub: Hub, room_id: str) -> Consultation | None:
+    if not hub.config.rooms_auto_created:
+        return None
+    try:
+        return hub.create(room_id, auto_created=True)
+    except (Draining, RoomExists, ValueError):
+        return hub.get(room_id)
+
+
+async def dispatch(hub: Hub, session: Session, raw: str) -> None:
+    """Handle one text frame; never raises."""
+    ref: str | None = None
+    if session.state is SessionState.CLOSED:
+        return
+    try:
+        msg = parse_message(raw, max_bytes=hub.config.max_message_bytes)
+        ref = msg["id"]
+        hub.metrics.messages.labels(msg["type"]).inc()
+        await HANDLERS[msg["type"]](hub, session, msg)
+    except ProtocolError as exc:
+        hub.metrics.errors.labels(exc.code.value).inc()
+        session.send(error_message(exc.code, exc.message, exc.ref if exc.ref else ref))
+    except Exception as exc:
+        hub.metrics.errors.labels(ErrorCode.INTERNAL.value).inc()
+        logger.error(
+            "handler failed for participant %s: %s", session.id, type(exc).__name__, exc_info=exc
+        )
+        session.send(error_message(ErrorCode.INTERNAL, "internal error", ref))
+
+
+def _ack(session: Session, msg: dict[str, Any]) -> None:
+    session.send({"type": "ack", "ref": msg["id"]})
+
+
+def _media(session: Session, msg: dict[str, Any]) -> Any:
+    if session.state is not SessionState.ADMITTED or session.media is None:
+        raise ProtocolError(ErrorCode.NOT_ADMITTED, "not admitted yet", msg["id"])
+    return session.media
+
+
+def _doctor(session: Session, msg: dict[str, Any]) -> None:
+    if not session.is_doctor or session.state is not SessionState.ADMITTED:
+        raise ProtocolError(ErrorCode.FORBIDDEN, "only a doctor may do this", msg["id"])
+
+
+def _target(session: Session, msg: dict[str, Any]) -> Session:
+    pid = require_str(msg, "participant", max_len=64)
+    target = session.consultation.sessions.get(pid)
+    if target is None:
+        raise ProtocolError(ErrorCode.NOT_FOUND, "no such participant", msg["id"])
+    return target
+
+
+async def on_ping(hub: Hub, session: Session, msg: dict[str, Any]) -> None:
+    session.send({"type": "pong", "ref": msg["id"]})
+
+
+async def on_join(hub: Hub, session: Session, msg: dict[str, Any]) -> None:
+    raise ProtocolError(ErrorCode.ALREADY_JOINED, "already joined", msg["id"])
+
+
+async def on_chat(hub: Hub, session: Session, msg: dict[str, Any]) -> None:
+    text = require_str(msg, "text", max_len=hub.config.max_chat_chars)
+    try:
+        session.consultation.post_chat(session, text)
+    except ProtocolError as exc:
+        exc.ref = msg["id"]
+        raise
+    _ack(session, msg)
+
+
+async def on_admit(hub: Hub, session: Session, msg: dict[str, Any]) -> None:
+    _doctor(session, msg)
+    target = _target(session, msg)
+    try:
+        await session.consultation.admit(target)
+    except ProtocolError as exc:
+        exc.ref = msg["id"]
+        raise
+    _ack(session, msg)
+
+
+async def on_deny(hub: Hub, session: Session, msg: dict[str, Any]) -> None:
+    _doctor(session, msg)
+    target = _target(session, msg)
+    try:
+        await session.consultation.deny(target)
+    except ProtocolError as exc:
+        exc.ref = msg["id"]
+        raise
+    _ack(session, msg)
+
+
+async def on_kick(hub: Hub, session: Session, msg: dict[str, Any]) -> None:
+    _doctor(session, msg)
+    target = _target(session, msg)
+    if target is session:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "use leave to leave", msg["id"])
+    await session.consultation.remove(target, CloseReason.KICKED, notice={"type": "kicked"})
+    _ack(session, msg)
+
+
+async def on_end(hub: Hub, session: Session, msg: dict[str, Any]) -> None:
+    _doctor(session, msg)
+    _ack(session, msg)
+    logger.info("participant %s ends room %s", session.id, session.consultation.id)
+    await session.consultation.end(CloseReason.ENDED)
+
+
+async def on_leave(hub: Hub, session: Session, msg: dict[str, Any]) -> None:
+    await session.consultation.remove(session, CloseReason.LEFT)
+
+
+def _tracks_of_offer(msg: dict[str, Any], sdp: str) -> dict[str, TrackMeta]:
+    raw = msg.get("tracks", {})
+    if not isinstance(raw, dict):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "tracks must be an object", msg["id"])
+    kinds = mid_kinds(sdp)
+    tracks: dict[str, TrackMeta] = {}
+    for mid, meta in raw.items():
+        if not isinstance(meta, dict) or not isinstance(meta.get("source", ""), str):
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "tracks[mid] must be {source}", msg["id"])
+        kind = meta.get("kind") or kinds.get(mid)
+        if kind not in ("audio", "video"):
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "tracks names an unknown mid", msg["id"])
+        source = meta.get("source") or TrackMeta.default(kind).source
+        tracks[mid] = TrackMeta(kind=kind, source=source[:32])
+    return tracks
+
+
+def _negotiation_error(exc: Exception, msg: dict[str, Any]) -> ProtocolError:
+    return ProtocolError(ErrorCode.BAD_SDP, f"negotiation failed: {str(exc)[:200]}", msg["id"])
+
+
+async def on_offer(hub: Hub, session: Session, msg: dict[str, Any]) -> None:
+    media = _media(session, msg)
+    sdp = require_sdp(msg)
+    tracks = _tracks_of_offer(msg, sdp)
+    try:
+        answer = await media.handle_offer(sdp, tracks)
+    except (NegotiationError, ValueError) as exc:
+        raise _negotiation_error(exc, msg) from exc
+    if answer is None:
+        raise ProtocolError(ErrorCode.GLARE, "a server offer is in flight", msg["id"])
+    session.send({"type": "answer", "ref": msg["id"], "sdp": answer})
+
+
+async def on_answer(hub: Hub, session: Session, msg: dict[str, Any]) -> None:
+    media = _media(session, msg)
+    sdp = require_sdp(msg)
+    try:
+        await media.handle_answer(sdp)
+    except (NegotiationError, ValueError) as exc:
+        raise _negotiation_error(exc, msg) from exc
+    _ack(session, msg)
+
+
+async def on_candidate(hub: Hub, session: Session, msg: dict[str, Any]) -> None:
+    media = _media(session, msg)
+    if "candidate" not in msg:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "missing field: candidate", msg["id"])
+    cand = msg["candidate"]
+    if cand is None:
+        candidate, sdp_mid = None, None
+    elif isinstance(cand, dict) and isinstance(cand.get("candidate"), str):
+        candidate = cand["candidate"] or None
+        mid = cand.get("sdpMid")
+        sdp_mid = mid if isinstance(mid, str) else None
+    else:
+        raise ProtocolError(
+            ErrorCode.BAD_REQUEST, "candidate must be {candidate, sdpMid}", msg["id"]
+        )
+    try:
+        await media.add_ice_candidate(candidate, sdp_mid)
+    except (NegotiationError, ValueError) as exc:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "candidate rejected", msg["id"]) from exc
+    _ack(session, msg)
+
+
+async def on_publish(hub: Hub, session: Session, msg: dict[str, Any]) -> None:
+    media = _media(session, msg)
+    raw = msg.get("tracks")
+    if not isinstance(raw, list) or not raw or len(raw) > 16:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "tracks must be a list of 1-16", msg["id"])
+    tracks = []
+    for item in raw:
+        kind = item.get("kind") if isinstance(item, dict) else None
+        if kind not in ("audio", "video"):
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "track kind must be audio|video", msg["id"])
+        source = item.get("source") or TrackMeta.default(kind).source
+        if not isinstance(source, str):
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "track source must be a string", msg["id"])
+        tracks.append(TrackMeta(kind=kind, source=source[:32]))
+    media.request_publish(tracks)
+    _ack(session, msg)
+
+
+HANDLERS: dict[str, Handler] = {
+    "join": on_join,
+    "ping": on_ping,
+    "chat": on_chat,
+    "admit": on_admit,
+    "deny": on_deny,
+    "kick": on_kick,
+    "end": on_end,
+    "leave": on_leave,
+    "offer": on_offer,
+    "answer": on_answer,
+    "candidate": on_candidate,
+    "publish": on_publish,
+}
+
+
+async def serve_socket(hub: Hub, ws: web.WebSocketResponse) -> None:
+    """Run one prepared socket: handshake, then messages until it closes."""
+    session = await handshake(hub, ws)
+    if session is None:
+        return
+    try:
+        async for frame in ws:
+            if frame.type == WSMsgType.TEXT:
+                await dispatch(hub, session, frame.data)
+            elif frame.type == WSMsgType.BINARY:
+                session.send(
+                    error_message(ErrorCode.BAD_REQUEST, "binary frames unsupported", None)
+                )
+            else:
+                break
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        logger.exception("socket loop of participant %s failed", session.id)
+    finally:
+        session.consultation.socket_closed(session, ws)

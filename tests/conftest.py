@@ -1,0 +1,119 @@
+"""Shared fixtures: a real node (aiohttp app on 127.0.0.1, port 0) and token minting."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from mediaserver.api import IceConfig, MediaConfig
+from signaling.app import HUB, AccessLogger, create_app
+from signaling.auth import encode_token
+from signaling.client import ConsultClient
+from signaling.config import ServerConfig
+from signaling.hub import Hub
+
+API_KEY = "test-api-key"
+SECRET = "test-token-secret"
+
+
+@dataclasses.dataclass
+class Server:
+    url: str
+    app: web.Application
+    config: ServerConfig
+
+    @property
+    def hub(self) -> Hub:
+        return self.app[HUB]
+
+    def token(
+        self,
+        role: str,
+        *,
+        room: str = "r1",
+        sub: str | None = None,
+        name: str | None = None,
+        ttl_s: float = 600.0,
+        secret: str = SECRET,
+    ) -> str:
+        return encode_token(
+            secret=secret,
+            room=room,
+            sub=sub or f"user-{role}",
+            role=role,
+            name=name or f"Name {role}",
+            ttl_s=ttl_s,
+        )
+
+    def client(self) -> ConsultClient:
+        return ConsultClient(self.url)
+
+    async def api(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
+        headers = {"Authorization": f"Bearer {API_KEY}", **kwargs.pop("headers", {})}
+        async with aiohttp.ClientSession() as http:
+            async with http.request(method, self.url + path, headers=headers, **kwargs) as r:
+                body = await r.json() if r.content_type == "application/json" else await r.text()
+                return r.status, body
+
+
+def make_config(**overrides: Any) -> ServerConfig:
+    values: dict[str, Any] = {
+        "host": "127.0.0.1",
+        "port": 0,
+        "api_key": API_KEY,
+        "token_secret": SECRET,
+        "auto_create_rooms": True,
+        "resume_grace_s": 5.0,
+        "stats_interval_s": 0.2,
+        "media": MediaConfig(ice=IceConfig(host_addresses=("127.0.0.1",))),
+    }
+    values.update(overrides)
+    return ServerConfig(**values)
+
+
+ServerFactory = Callable[..., Awaitable[Server]]
+
+
+@pytest.fixture
+async def make_server() -> AsyncIterator[ServerFactory]:
+    runners: list[web.AppRunner] = []
+
+    async def start(**overrides: Any) -> Server:
+        config = make_config(**overrides)
+        app = create_app(config=config)
+        runner = web.AppRunner(app, access_log_class=AccessLogger)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        runners.append(runner)
+        port = runner.addresses[0][1]
+        return Server(url=f"http://127.0.0.1:{port}", app=app, config=config)
+
+    yield start
+    for runner in reversed(runners):
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def server(make_server: ServerFactory) -> Server:
+    return await make_server()
+
+
+@pytest.fixture
+async def clients() -> AsyncIterator[Callable[[Server], ConsultClient]]:
+    """ConsultClients closed at teardown."""
+    made: list[ConsultClient] = []
+
+    def make(server: Server) -> ConsultClient:
+        client = server.client()
+        made.append(client)
+        return client
+
+    yield make
+    for client in made:
+        await client.close()
