@@ -16,7 +16,13 @@ Negotiation contract (one RTCPeerConnection per participant, max-bundle, one tra
   clients, devices) publish: the server's next offer carries recvonly m-lines for them, listed in
   `tracks` with `"direction": "recvonly"` and the requested source; the client attaches its
   tracks to those transceivers in its answer.
+- `participant.pending_offer()` returns the server offer still waiting for an answer (sdp,
+  tracks), to re-send after a WebSocket resume.
 - Trickled client candidates: `await participant.add_ice_candidate(candidate, sdp_mid)`.
+- aiortc clients call `bundle_data_channel(pc)` after creating their data channel (an aiortc
+  max-bundle bug, see rtp/tap.py).
+Link state: `participant.link_stats()` (LinkStats) and `participant.info()` (also "modes": the
+per-direction mode `video|audio-only|chat-only`, "video" until the bandwidth controller drives it).
 Errors: `NegotiationError` (a ValueError) for a broken SDP or an answer with no offer pending; the
 participant stays usable.
 """
@@ -34,6 +40,7 @@ from .events import (
 from .node import Node
 from .participant import NegotiationError, Participant
 from .room import Room, RoomOptions
+from .rtp.tap import bundle_data_channel
 
 __all__ = [
     "CloseReason",
@@ -51,4 +58,5 @@ __all__ = [
     "RoomOptions",
     "TrackInfo",
     "TrackMeta",
+    "bundle_data_channel",
 ]

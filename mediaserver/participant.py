@@ -149,6 +149,7 @@ class Participant(Emitter, TapHooks):
         self._mid_ext_id = 0
         self._unrouted = 0
         self._link = LinkStats()
+        self.modes = {"uplink": "video", "downlink": "video"}
         self._sdp_lock = asyncio.Lock()
         self._needs_offer = False
         self._answered = asyncio.Event()
@@ -275,6 +276,7 @@ class Participant(Emitter, TapHooks):
                 for p in self.publications.values()
             ],
             "subscriptions": len(self.subscriptions),
+            "modes": dict(self.modes),
             "link": self._link.as_dict(),
         }
 

@@ -31,7 +31,7 @@ from aiortc import (
 )
 from aiortc.mediastreams import MediaStreamTrack
 
-from mediaserver.rtp.tap import bundle_data_channel
+from mediaserver.api import bundle_data_channel
 
 logger = logging.getLogger(__name__)
 
@@ -328,7 +328,6 @@ class ConsultClient:
                 RTCConfiguration(iceServers=servers, bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
             )
             self.channel = self.pc.createDataChannel("consult", negotiated=True, id=0)
-            _bundle_data_channel(self.pc)
             # aiortc max-bundle bug: see mediaserver/rtp/tap.py bundle_data_channel.
             bundle_data_channel(self.pc)
             self.channel.on("message", self._on_data)
@@ -419,13 +418,3 @@ class ConsultClient:
             return found
 
         return await asyncio.wait_for(wait(), timeout_s)
-
-
-def _bundle_data_channel(pc: RTCPeerConnection) -> None:
-    """aiortc 1.16 with max-bundle: a data channel created before any transceiver leaves the
-    SCTP transport marked unbundled, and a server offer whose BUNDLE group lists media first
-    then stops the one transport. Same workaround as mediaserver.rtp.tap.bundle_data_channel
-    (the client does not import the media plane's internals)."""
-    sctp = getattr(pc, "_RTCPeerConnection__sctp", None)
-    if sctp is not None:
-        sctp._bundled = True

@@ -75,9 +75,9 @@ def harmonize(offer: str, established: list[str]) -> str:
         mapping: dict[int, int] = {}
         for codec in sorted(media.rtp.codecs, key=lambda c: c.mimeType.lower().endswith("/rtx")):
             old = codec.payloadType
-            key = keys.get(old)  # type: ignore[arg-type]
-            if key is None or old is None:
+            if old is None or old not in keys:
                 continue
+            key = keys[old]
             if key not in pts:
                 pts[key] = _pick(old, used_pts, DYNAMIC) if old >= 96 else old
                 used_pts.add(pts[key])
