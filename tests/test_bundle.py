@@ -66,3 +66,26 @@ async def test_server_offer_after_a_chromium_offer_is_consistent() -> None:
         assert mid_ids == {4}  # Chromium's id for mid
     finally:
         await node.close()
+
+
+async def test_a_first_server_offer_uses_chromium_numbering() -> None:
+    node = Node(MediaConfig(ice=IceConfig(host_addresses=("127.0.0.1",))))
+    room = node.create_room("r")
+    participant = room.add_participant("d", role=Role.DOCTOR)
+    offers: list[str] = []
+    participant.on("offer", lambda text, tracks: offers.append(text))
+    try:
+        participant.request_publish(
+            [TrackMeta("audio", "microphone"), TrackMeta("video", "camera")]
+        )
+        for _ in range(200):
+            if offers:
+                break
+            await asyncio.sleep(0.02)
+        # What Chromium rolled back in a glare must not clash with what the server offers.
+        assert_consistent(CHROMIUM_OFFER, offers[0])
+        media = sdp.SessionDescription.parse(offers[0]).media
+        codecs = {c.mimeType.lower(): c.payloadType for m in media for c in m.rtp.codecs}
+        assert codecs["audio/opus"] == 111 and codecs["video/vp8"] == 96
+    finally:
+        await node.close()

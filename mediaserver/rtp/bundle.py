@@ -18,6 +18,27 @@ CodecKey = tuple[Any, ...]
 DYNAMIC = range(96, 128)
 EXT_IDS = range(1, 15)
 
+# Numbers for what nothing has established yet: Chromium's (tests/fixtures/chromium_offer.json),
+# so that a first server offer agrees with an offer Chromium made and rolled back (glare).
+PREFERRED_EXT_IDS = {
+    "urn:ietf:params:rtp-hdrext:ssrc-audio-level": 1,
+    "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time": 2,
+    "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01": 3,
+    "urn:ietf:params:rtp-hdrext:sdes:mid": 4,
+}
+_VP8: CodecKey = ("video/vp8", 90000, 1, ())
+_H264_B: CodecKey = ("video/h264", 90000, 1, ("1", "42001f"))
+_H264_CB: CodecKey = ("video/h264", 90000, 1, ("1", "42e01f"))
+PREFERRED_PTS: dict[CodecKey, int] = {
+    ("audio/opus", 48000, 2, ()): 111,
+    _VP8: 96,
+    ("rtx", 90000, _VP8): 97,
+    _H264_B: 103,
+    ("rtx", 90000, _H264_B): 104,
+    _H264_CB: 109,
+    ("rtx", 90000, _H264_CB): 114,
+}
+
 
 def _base_key(codec: RTCRtpCodecParameters) -> CodecKey:
     mime = codec.mimeType.lower()
@@ -79,7 +100,8 @@ def harmonize(offer: str, established: list[str]) -> str:
                 continue
             key = keys[old]
             if key not in pts:
-                pts[key] = _pick(old, used_pts, DYNAMIC) if old >= 96 else old
+                want = PREFERRED_PTS.get(key, old)
+                pts[key] = _pick(want, used_pts, DYNAMIC) if old >= 96 else old
                 used_pts.add(pts[key])
             mapping[old] = pts[key]
         for codec in media.rtp.codecs:
@@ -90,7 +112,8 @@ def harmonize(offer: str, established: list[str]) -> str:
         media.fmt = [mapping.get(pt, pt) for pt in media.fmt]
         for ext in media.rtp.headerExtensions:
             if ext.uri not in ext_ids:
-                ext_ids[ext.uri] = _pick(ext.id, used_ids, EXT_IDS)
+                want = PREFERRED_EXT_IDS.get(ext.uri, ext.id)
+                ext_ids[ext.uri] = _pick(want, used_ids, EXT_IDS)
                 used_ids.add(ext_ids[ext.uri])
             ext.id = ext_ids[ext.uri]
     return str(description)
