@@ -1,0 +1,185 @@
+"""An aiortc participant for browser tests, run as a subprocess (inside the test's netns).
+
+    python tests/peers/aiortc_peer.py --url http://127.0.0.1:8080 --token JWT [--seconds 60]
+
+Joins through `signaling.client.ConsultClient` (a patient waits until admitted), publishes
+synthetic audio (a tone) and video (moving colour bars) through the server's `publish`
+request (aiortc cannot roll back, so it never offers: the server offers recvonly m-lines and
+the client answers), and decodes every track the server forwards to it. Prints one JSON
+object per line on stdout: `{"event": "joined"|"admitted"|"track"|"stats"|"error"|"closed",
+...}`; `stats` lines carry `video_frames` and `audio_frames` decoded so far. Logs go to
+stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import fractions
+import json
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aioice.ice
+import numpy as np
+from aiortc import MediaStreamTrack
+from aiortc.mediastreams import MediaStreamError
+from av import AudioFrame, VideoFrame
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from signaling.client import ConsultClient
+
+# The test namespace holds only `lo`, which aioice skips: gather on loopback.
+aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"]
+
+log = logging.getLogger("aiortc_peer")
+VIDEO_RATE = 90000
+AUDIO_RATE = 48000
+
+
+def report(event: str, **fields: Any) -> None:
+    print(json.dumps({"event": event, "t": round(time.monotonic(), 3), **fields}), flush=True)
+
+
+class BarsTrack(MediaStreamTrack):
+    """320x240 colour bars that scroll, 30 fps: something a VP8 encoder cannot skip."""
+
+    kind = "video"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._n = 0
+        self._start: float | None = None
+        x = np.arange(320, dtype=np.uint16)
+        self._base = np.stack([(x * 3) % 256, (x * 5) % 256, (x * 7) % 256], axis=-1)
+
+    async def recv(self) -> VideoFrame:
+        if self._start is None:
+            self._start = time.monotonic()
+        target = self._start + self._n / 30
+        await asyncio.sleep(max(0.0, target - time.monotonic()))
+        row = np.roll(self._base, self._n * 4, axis=0).astype(np.uint8)
+        img = np.ascontiguousarray(np.broadcast_to(row, (240, 320, 3)))
+        frame = VideoFrame.from_ndarray(img, format="rgb24")
+        frame.pts = self._n * VIDEO_RATE // 30
+        frame.time_base = fractions.Fraction(1, VIDEO_RATE)
+        self._n += 1
+        return frame
+
+
+class ToneTrack(MediaStreamTrack):
+    """A 440 Hz tone in 20 ms mono frames."""
+
+    kind = "audio"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._n = 0
+        self._start: float | None = None
+
+    async def recv(self) -> AudioFrame:
+        if self._start is None:
+            self._start = time.monotonic()
+        samples = AUDIO_RATE // 50
+        target = self._start + self._n * 0.02
+        await asyncio.sleep(max(0.0, target - time.monotonic()))
+        t = (np.arange(samples) + self._n * samples) / AUDIO_RATE
+        pcm = (np.sin(2 * math.pi * 440 * t) * 8000).astype(np.int16).reshape(1, -1)
+        frame = AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
+        frame.sample_rate = AUDIO_RATE
+        frame.pts = self._n * samples
+        frame.time_base = fractions.Fraction(1, AUDIO_RATE)
+        self._n += 1
+        return frame
+
+
+class Peer:
+    """The patient: ConsultClient plus frame counting and JSON reports."""
+
+    def __init__(self, base_url: str, token: str) -> None:
+        self.client = ConsultClient(base_url, codecs=["VP8"])
+        self.token = token
+        self.frames = {"audio": 0, "video": 0}
+        self._consumed: set[int] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def run(self, seconds: float) -> int:
+        try:
+            return await asyncio.wait_for(self._run(), seconds)
+        except TimeoutError:
+            return 0
+        finally:
+            for task in self._tasks:
+                task.cancel()
+            self._report_stats()
+            await self.client.close()
+
+    async def _run(self) -> int:
+        c = self.client
+        joined = await c.connect(self.token)
+        report("joined", state=joined["state"], participant=joined["participant"]["id"])
+        await c.wait_state("admitted", timeout_s=60)
+        report("admitted")
+        assert c.pc is not None
+        pc = c.pc
+
+        @pc.on("connectionstatechange")
+        def _state() -> None:
+            report("connectionstate", state=pc.connectionState)
+
+        await c.publish(ToneTrack(), BarsTrack(), sources=["microphone", "camera"])
+        report("publish-requested")
+        last: tuple[int, int] | None = None
+        quiet = 0
+        while c.state == "admitted" and c.close_code is None:
+            self._consume_new_tracks()
+            await asyncio.sleep(0.5)
+            now = (self.frames["video"], self.frames["audio"])
+            quiet += 1
+            if now != last or quiet >= 10:
+                self._report_stats()
+                last, quiet = now, 0
+        report("closed", state=c.state, code=c.close_code)
+        return 0 if c.state in ("left", "ended") else 1
+
+    def _consume_new_tracks(self) -> None:
+        for (participant, source), track in list(self.client.remote_tracks.items()):
+            if id(track) in self._consumed:
+                continue
+            self._consumed.add(id(track))
+            report("track", participant=participant, source=source, kind=track.kind)
+            task = asyncio.create_task(self._consume(track))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _consume(self, track: MediaStreamTrack) -> None:
+        with contextlib.suppress(MediaStreamError):
+            while True:
+                await track.recv()
+                self.frames[track.kind] += 1
+
+    def _report_stats(self) -> None:
+        report("stats", video_frames=self.frames["video"], audio_frames=self.frames["audio"])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--url", required=True, help="the node, http://host:port")
+    parser.add_argument("--token", required=True, help="participant token (JWT)")
+    parser.add_argument("--seconds", type=float, default=120.0, help="stop after this long")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+    try:
+        return asyncio.run(Peer(args.url, args.token).run(args.seconds))
+    except Exception as exc:
+        report("error", code="exception", message=repr(exc))
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())
