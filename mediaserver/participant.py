@@ -33,7 +33,7 @@ from .events import CloseReason, LinkStats, Role, TrackMeta
 from .forwarder import ExtensionIds
 from .publication import CodecInfo, Publication, extension_value
 from .rtp import rtcp
-from .rtp.bundle import harmonize
+from .rtp.bundle import drop_rejected_from_bundle, harmonize
 from .rtp.tap import (
     MediaTransport,
     ServerPeerConnection,
@@ -88,6 +88,19 @@ def validate_sdp(text: str) -> None:
             raise NegotiationError("ICE username fragment or password is missing")
         if media.dtls is None or not media.dtls.fingerprints:
             raise NegotiationError("DTLS fingerprint is missing")
+
+
+def strip_mdns_candidates(text: str) -> str:
+    """Drop candidates named by mDNS (`<uuid>.local`).
+
+    Only the browser's own LAN can resolve them, and resolving means multicasting queries out
+    of the server; the browser's connectivity checks reach us anyway (peer-reflexive).
+    """
+    return "\r\n".join(
+        line
+        for line in text.split("\r\n")
+        if not (line.startswith("a=candidate:") and ".local " in line)
+    )
 
 
 def capabilities(
@@ -180,11 +193,12 @@ class Participant(Emitter, TapHooks):
             validate_sdp(sdp)
             self._track_meta.update(tracks)
             try:
-                await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
-                answer = await self.pc.createAnswer()
-                await self.pc.setLocalDescription(
-                    RTCSessionDescription(sdp=add_opus_fmtp(answer.sdp), type="answer")
+                await self.pc.setRemoteDescription(
+                    RTCSessionDescription(sdp=strip_mdns_candidates(sdp), type="offer")
                 )
+                answer = await self.pc.createAnswer()
+                text = add_opus_fmtp(drop_rejected_from_bundle(answer.sdp, sdp))
+                await self.pc.setLocalDescription(RTCSessionDescription(sdp=text, type="answer"))
             except Exception as exc:
                 raise NegotiationError(f"cannot apply offer: {exc}") from exc
             result = self.pc.localDescription.sdp
@@ -199,7 +213,9 @@ class Participant(Emitter, TapHooks):
                 raise NegotiationError("no offer pending")
             validate_sdp(sdp)
             try:
-                await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
+                await self.pc.setRemoteDescription(
+                    RTCSessionDescription(sdp=strip_mdns_candidates(sdp), type="answer")
+                )
             except Exception as exc:
                 raise NegotiationError(f"cannot apply answer: {exc}") from exc
         self._answered.set()
@@ -214,6 +230,8 @@ class Participant(Emitter, TapHooks):
         self._check_open()
         if not candidate:
             return  # end of candidates: nothing to do for aioice here
+        if ".local " in candidate:
+            return  # mDNS name: see strip_mdns_candidates
         try:
             parsed = candidate_from_sdp(candidate.removeprefix("candidate:"))
             parsed.sdpMid = sdp_mid

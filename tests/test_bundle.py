@@ -10,7 +10,7 @@ from pathlib import Path
 from aiortc import sdp
 
 from mediaserver.api import IceConfig, MediaConfig, Node, Role, TrackMeta
-from mediaserver.rtp.bundle import harmonize
+from mediaserver.rtp.bundle import drop_rejected_from_bundle, harmonize
 
 CHROMIUM_OFFER = json.loads(
     (Path(__file__).parent / "fixtures" / "chromium_offer.json").read_text()
@@ -47,8 +47,11 @@ async def test_server_offer_after_a_chromium_offer_is_consistent() -> None:
     offers: list[str] = []
     participant.on("offer", lambda text, tracks: offers.append(text))
     try:
+        assert ".local " in CHROMIUM_OFFER
         answer = await participant.handle_offer(CHROMIUM_OFFER, {})
         assert answer is not None
+        # mDNS names are never resolved by the server (that would multicast off the machine)
+        assert ".local " not in participant.pc.remoteDescription.sdp
         participant.request_publish(
             [TrackMeta("audio", "stethoscope"), TrackMeta("video", "exam-camera")]
         )
@@ -89,3 +92,11 @@ async def test_a_first_server_offer_uses_chromium_numbering() -> None:
         assert codecs["audio/opus"] == 111 and codecs["video/vp8"] == 96
     finally:
         await node.close()
+
+
+def test_rejected_m_lines_leave_the_answer_bundle() -> None:
+    offer = CHROMIUM_OFFER.replace("m=application 9 ", "m=application 0 ")
+    answer = "v=0\r\na=group:BUNDLE 0 1 2\r\nm=audio 9 X 0\r\n"
+    fixed = drop_rejected_from_bundle(answer, offer)
+    assert "a=group:BUNDLE 0 1\r\n" in fixed
+    assert drop_rejected_from_bundle(answer, CHROMIUM_OFFER) == answer

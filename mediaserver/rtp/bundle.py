@@ -117,3 +117,20 @@ def harmonize(offer: str, established: list[str]) -> str:
                 used_ids.add(ext_ids[ext.uri])
             ext.id = ext_ids[ext.uri]
     return str(description)
+
+
+def drop_rejected_from_bundle(answer: str, offer: str) -> str:
+    """Leave m-lines the offer rejected (port 0) out of the answer's BUNDLE group.
+
+    aiortc lists every mid; Chromium refuses an answer whose group names a rejected mid.
+    """
+    rejected = {m.rtp.muxId for m in sdp.SessionDescription.parse(offer).media if m.port == 0}
+    if not rejected:
+        return answer
+    lines = []
+    for line in answer.split("\r\n"):
+        if line.startswith("a=group:BUNDLE"):
+            items = [i for i in line.split()[1:] if i not in rejected]
+            line = " ".join(["a=group:BUNDLE", *items])
+        lines.append(line)
+    return "\r\n".join(lines)
