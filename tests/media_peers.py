@@ -71,11 +71,17 @@ class Peer:
         self.track_event = asyncio.Event()
         self._readers: list[asyncio.Task[None]] = []
         self.offers = 0
+        # Signaling messages are applied in order (a server offer may follow our answer at once).
+        self._negotiation = asyncio.Lock()
         participant.on("offer", self._on_server_offer)
         self.pc.on("track", self._on_track)
 
     async def publish(self, tracks: dict[str, MediaStreamTrack]) -> None:
         """Publish {source: track} with one client offer."""
+        async with self._negotiation:
+            await self._publish(tracks)
+
+    async def _publish(self, tracks: dict[str, MediaStreamTrack]) -> None:
         for track in tracks.values():
             self.pc.addTransceiver(track, direction="sendonly")
         offer = await self.pc.createOffer()
@@ -94,6 +100,10 @@ class Peer:
         self._readers.append(asyncio.ensure_future(self._answer(sdp)))
 
     async def _answer(self, sdp: str) -> None:
+        async with self._negotiation:
+            await self._apply_offer(sdp)
+
+    async def _apply_offer(self, sdp: str) -> None:
         if self.participant.closed or self.pc.connectionState == "closed":
             return
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
