@@ -48,28 +48,6 @@ def payload_offset(data: bytes) -> int:
     return off + 4 + (((data[off + 2] << 8) | data[off + 3]) << 2)
 
 
-def _one_byte_extension(data: bytes, wanted: int) -> int:
-    """Value of a one-byte-header extension element (first byte), or -1."""
-    b0 = data[0]
-    off = 12 + ((b0 & 0x0F) << 2)
-    if not b0 & 0x10 or data[off] != 0xBE or data[off + 1] != 0xDE:
-        return -1
-    end = off + 4 + (((data[off + 2] << 8) | data[off + 3]) << 2)
-    i = off + 4
-    while i < end:
-        b = data[i]
-        if b == 0:
-            i += 1
-            continue
-        ident, length = b >> 4, (b & 0x0F) + 1
-        if ident == 15:
-            return -1
-        if ident == wanted:
-            return data[i + 1] if i + 1 < end else -1
-        i += 1 + length
-    return -1
-
-
 class Publication(Emitter):
     """Receives the publisher's RTP (routed here by SSRC) and feeds every subscription.
 
@@ -151,7 +129,10 @@ class Publication(Emitter):
         if not self.subscriptions:
             return
         keyframe = True if self._keyframe is None else self._keyframe(data, off)
-        level = _one_byte_extension(data, self._level_id) if self._level_id else -1
+        level = -1
+        if self._level_id:
+            value = extension_value(data, self._level_id)
+            level = value[0] if value else -1
         abs3 = (int(arrival * 262144) & 0xFFFFFF).to_bytes(3, "big")  # 6.18 fixed point
         for sub in self.subscriptions:
             sub.send(data, off, seq, ts, keyframe, abs3, level)
