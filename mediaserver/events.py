@@ -16,6 +16,7 @@ class CloseReason(enum.Enum):
     SHUTDOWN = "shutdown"
     FAILED = "failed"
     ENDED = "ended"
+    REPLACED = "replaced"
 
 
 class Role(enum.Enum):

@@ -36,6 +36,7 @@ CLOSE_CODES: dict[CloseReason, CloseCode] = {
     CloseReason.FAILED: CloseCode.TIMEOUT,
     CloseReason.SHUTDOWN: CloseCode.GOING_AWAY,
     CloseReason.ENDED: CloseCode.ENDED,
+    CloseReason.REPLACED: CloseCode.REPLACED,
 }
 
 
@@ -192,6 +193,10 @@ class Consultation:
         ws: web.WebSocketResponse,
         ref: str | None,
     ) -> Session:
+        # One session per user and room: a fresh join (no or an expired resume token) replaces
+        # the one still in its grace period, which would otherwise be offered to it as a peer.
+        for old in [s for s in self.sessions.values() if s.owns_sub(claims.sub)]:
+            await self.remove(old, CloseReason.REPLACED, end_if_empty=False)
         session = Session(
             consultation=self, role=claims.role, name=claims.name, sub=claims.sub, codecs=codecs
         )
@@ -361,6 +366,7 @@ class Consultation:
         reason: CloseReason,
         *,
         notice: dict[str, Any] | None = None,
+        end_if_empty: bool = True,
     ) -> None:
         """Remove a session once: close its socket and media, tell the others."""
         if session.state is SessionState.CLOSED:
@@ -389,7 +395,7 @@ class Consultation:
         else:
             self._to_doctors(left)
             self._send_positions()
-        if self.auto_created and not self.sessions:
+        if end_if_empty and self.auto_created and not self.sessions:
             await self.end(CloseReason.ENDED)  # nobody left in a room nobody created
 
     async def end(self, reason: CloseReason = CloseReason.ENDED) -> None:

@@ -268,14 +268,15 @@ async def test_resume_token_single_use_and_bound(server: Server, clients: Client
     await doctor.resume()
     other = clients(server)
     joined = await other.connect(server.token("doctor"), resume=stale)
-    assert joined["resumed"] is False  # a used token gives a fresh join
+    assert joined["resumed"] is False  # a used token gives a fresh join...
+    assert await doctor.wait_closed() == 4006  # ...which replaces the user's old session
     thief = clients(server)
     joined = await thief.connect(
-        server.token("doctor", sub="someone-else"), resume=doctor.resume_token
+        server.token("doctor", sub="someone-else"), resume=other.resume_token
     )
     assert joined["resumed"] is False
-    await doctor.drop()
-    assert (await doctor.resume())["resumed"] is True  # the owner's token survived the attempt
+    await other.drop()
+    assert (await other.resume())["resumed"] is True  # the owner's token survived the attempt
 
 
 async def test_resume_replaces_open_socket(server: Server, clients: Clients) -> None:
@@ -285,6 +286,21 @@ async def test_resume_replaces_open_socket(server: Server, clients: Clients) -> 
     assert joined["resumed"] is True
     assert await doctor.wait_closed() == 4006
     await second.ping()
+
+
+async def test_fresh_join_replaces_the_same_users_session(server: Server, clients: Clients) -> None:
+    doctor, patient = await admitted_pair(server, clients)
+    old_id = patient.participant_id
+    await patient.drop()  # in its grace period, and its resume token is lost
+    again = await join(server, clients, "patient")  # waits again: a new session
+    left = await doctor.wait_for("participant-left")
+    assert left == {"type": "participant-left", "participant": old_id, "reason": "replaced"}
+    consultation = server.hub.get("r1")
+    assert consultation is not None
+    assert [s.id for s in consultation.sessions.values() if s.sub == "user-patient"] == [
+        again.participant_id
+    ]
+    assert old_id != again.participant_id
 
 
 async def test_vanished_peer_removed_after_grace(
