@@ -1,0 +1,521 @@
+"""The cheap load generator's core: synthetic peers that never encode or decode.
+
+A `SyntheticPeer` is an aiortc peer connection tapped at the byte level
+(`mediaserver.rtp.tap.ServerPeerConnection` with our own hooks): aiortc negotiates SDP, ICE
+and DTLS; we send pre-packetized RTP (`loadtest.media`) through `MediaTransport.send` (SRTP
+protect + sendto) and read decrypted RTP headers in `on_rtp` (sequence number, timestamp,
+arrival: loss, jitter, gaps), never the payload.
+
+Negotiation is the server-offers flow (`Participant.request_publish`): the peer never offers;
+it answers every server offer, turning the recvonly m-lines meant for its own tracks into
+sendonly ones. Signaling transport is the caller's business (see `benchmarks/forwarding.py`).
+
+One `Pacer` per process sends every stream's due packets from one timer (a tick of a few
+ms), looping the media with continuous sequence numbers and timestamps. A NACK is answered
+from a short per-stream history (RTX when negotiated); a PLI needs nothing (the loop has a
+keyframe every ~2 s). Receivers NACK sequence gaps once, so "loss" is after retransmission.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiortc import RTCRtpSender, RTCSessionDescription
+from aiortc.codecs import is_rtx
+from aiortc.rtcrtpparameters import (
+    RTCRtpCodecParameters,
+    RTCRtpReceiveParameters,
+    RTCRtpSendParameters,
+)
+from aiortc.rtcrtptransceiver import RTCRtpTransceiver
+
+from mediaserver.config import IceConfig
+from mediaserver.rtp import rtcp
+from mediaserver.rtp.ice import PortAllocator
+from mediaserver.rtp.tap import (
+    MediaTransport,
+    ServerPeerConnection,
+    TapHooks,
+    sender_ssrcs,
+    set_codec_preferences,
+)
+
+from .media import MediaLoop
+
+_header = struct.Struct("!BBHII")
+_pack_header = _header.pack
+HISTORY = 512  # packets kept per sent stream to answer NACKs (power of two)
+MAX_NACK_GAP = 64
+DELAY_BINS = 2000  # 1 ms bins of added delay; the last one holds everything above
+
+
+def percentile(hist: dict[int, int], q: float) -> float:
+    """The q-quantile (0..1) of a {bin: count} histogram, in bins."""
+    total = sum(hist.values())
+    if not total:
+        return 0.0
+    seen = 0
+    for b in sorted(hist):
+        seen += hist[b]
+        if seen >= q * total:
+            return float(b)
+    return float(max(hist))
+
+
+now = time.monotonic
+
+
+def loopback_ports() -> PortAllocator:
+    return PortAllocator(IceConfig(host_addresses=("127.0.0.1",)))
+
+
+# -- sending --------------------------------------------------------------------------------
+
+
+class StreamSender:
+    """One published stream: stamps RTP headers on the loop's cached payloads when due."""
+
+    __slots__ = (
+        "_base_ts",
+        "_history",
+        "_i",
+        "_lap",
+        "_loop",
+        "_packets",
+        "_pt",
+        "_rtx_pt",
+        "_rtx_seq",
+        "_rtx_ssrc",
+        "_send",
+        "_start",
+        "bytes_sent",
+        "kind",
+        "late_max",
+        "next_due",
+        "packets_sent",
+        "retransmitted",
+        "seq",
+        "ssrc",
+    )
+
+    def __init__(
+        self,
+        loop: MediaLoop,
+        send: Callable[[bytes], bool],
+        *,
+        ssrc: int,
+        payload_type: int,
+        rtx_ssrc: int = 0,
+        rtx_payload_type: int = 0,
+        start: float | None = None,
+    ) -> None:
+        self.kind = loop.kind
+        self._loop = loop
+        self._packets = loop.packets
+        self._send = send
+        self.ssrc = ssrc
+        self._pt = payload_type
+        self._rtx_ssrc = rtx_ssrc
+        self._rtx_pt = rtx_payload_type
+        self._rtx_seq = random.randrange(0x10000)
+        self.seq = random.randrange(0x10000)
+        self._base_ts = random.randrange(1 << 32)
+        self._history: list[bytes | None] = [None] * HISTORY
+        self._i = 0
+        self._lap = 0
+        self._start = now() if start is None else start
+        self.next_due = self._start + self._packets[0].at
+        self.packets_sent = 0
+        self.bytes_sent = 0
+        self.retransmitted = 0
+        self.late_max = 0.0
+
+    def send_due(self, t: float) -> int:
+        """Send every packet due at time `t`; returns how many were sent."""
+        sent = 0
+        packets = self._packets
+        loop = self._loop
+        while self.next_due <= t:
+            late = t - self.next_due
+            if late > self.late_max:
+                self.late_max = late
+            p = packets[self._i]
+            seq = self.seq
+            ts = (self._base_ts + self._lap * loop.period_ts + p.ts) & 0xFFFFFFFF
+            data = (
+                _pack_header(0x80, (0x80 if p.marker else 0) | self._pt, seq, ts, self.ssrc)
+                + p.payload
+            )
+            if self._send(data):
+                self.packets_sent += 1
+                self.bytes_sent += len(p.payload)
+            self._history[seq & (HISTORY - 1)] = data
+            self.seq = (seq + 1) & 0xFFFF
+            sent += 1
+            self._i += 1
+            if self._i == len(packets):
+                self._i = 0
+                self._lap += 1
+            self.next_due = self._start + self._lap * loop.duration + packets[self._i].at
+        return sent
+
+    def on_nack(self, seqs: tuple[int, ...]) -> None:
+        for seq in seqs:
+            data = self._history[seq & (HISTORY - 1)]
+            if data is None or ((data[2] << 8) | data[3]) != seq:
+                continue
+            if self._rtx_pt:
+                data = (
+                    _pack_header(
+                        0x80,
+                        (data[1] & 0x80) | self._rtx_pt,
+                        self._rtx_seq,
+                        int.from_bytes(data[4:8], "big"),
+                        self._rtx_ssrc,
+                    )
+                    + data[2:4]
+                    + data[12:]
+                )
+                self._rtx_seq = (self._rtx_seq + 1) & 0xFFFF
+            if self._send(data):
+                self.retransmitted += 1
+
+    def snapshot(self) -> dict[str, float]:
+        late, self.late_max = self.late_max, 0.0
+        return {
+            "packets": self.packets_sent,
+            "bytes": self.bytes_sent,
+            "retransmitted": self.retransmitted,
+            "late_max_ms": late * 1000,
+        }
+
+
+class Pacer:
+    """Sends every stream's due packets from one timer per process."""
+
+    def __init__(self, tick: float = 0.005) -> None:
+        self.tick = tick
+        self.senders: list[StreamSender] = []
+        self.ticks = 0
+        self.late_ticks = 0  # ticks that woke more than one tick late
+
+    def add(self, sender: StreamSender) -> None:
+        self.senders = [*self.senders, sender]
+
+    def remove(self, sender: StreamSender) -> None:
+        self.senders = [s for s in self.senders if s is not sender]
+
+    async def run(self, until: float) -> None:
+        """Send until monotonic time `until` (bounded)."""
+        tick = self.tick
+        next_tick = now()
+        while True:
+            t = now()
+            if t >= until:
+                return
+            if t - next_tick > tick:
+                self.late_ticks += 1
+            self.ticks += 1
+            for sender in self.senders:
+                if sender.next_due <= t:
+                    sender.send_due(t)
+            next_tick += tick
+            if next_tick < t:
+                next_tick = t + tick
+            await asyncio.sleep(next_tick - now())
+
+
+# -- receiving ------------------------------------------------------------------------------
+
+
+class StreamReceiver:
+    """Loss (after retransmission), jitter, bytes and the longest gap of one received stream."""
+
+    __slots__ = (
+        "base",
+        "bytes",
+        "clock_rate",
+        "delay_hist",
+        "duplicates",
+        "ext_ts",
+        "gap_max",
+        "jitter",
+        "kind",
+        "last_arrival",
+        "last_ts",
+        "max_ext",
+        "min_transit",
+        "missing",
+        "received",
+        "recovered",
+        "started",
+        "transit",
+    )
+
+    def __init__(self, kind: str, clock_rate: int) -> None:
+        self.kind = kind
+        self.clock_rate = clock_rate
+        self.started = False
+        self.base = 0
+        self.max_ext = 0
+        self.received = 0
+        self.duplicates = 0
+        self.recovered = 0
+        self.bytes = 0
+        self.jitter = 0.0
+        self.transit = 0.0
+        self.last_arrival = 0.0
+        self.gap_max = 0.0
+        self.missing: set[int] = set()
+        # Added delay: arrival - (unwrapped RTP time), above its minimum so far. The sender
+        # paces by RTP time, so this is the queueing delay (server and both hosts) in 1 ms bins.
+        self.last_ts = 0
+        self.ext_ts = 0
+        self.min_transit = float("inf")
+        self.delay_hist = [0] * DELAY_BINS
+
+    @property
+    def expected(self) -> int:
+        return self.max_ext - self.base + 1 if self.started else 0
+
+    @property
+    def lost(self) -> int:
+        return self.expected - self.received
+
+    def on_packet(self, seq: int, ts: int, arrival: float, size: int) -> range | None:
+        """Count one packet; returns the newly missing extended sequence numbers, if any."""
+        self.bytes += size
+        if not self.started:
+            self.started = True
+            self.base = self.max_ext = seq
+            self.received = 1
+            self.transit = arrival * self.clock_rate - ts
+            self.last_arrival = arrival
+            self.last_ts = ts
+            self.min_transit = arrival
+            self.delay_hist[0] += 1
+            return None
+        delta = (seq - self.max_ext) & 0xFFFF
+        if 0 < delta < 0x8000:
+            ext = self.max_ext + delta
+            gap = None
+            if delta > 1:
+                gap = range(self.max_ext + 1, ext)
+                self.missing.update(gap)
+                if len(self.missing) > 8192:
+                    self._prune(ext)
+            self.max_ext = ext
+            self.received += 1
+            transit = arrival * self.clock_rate - ts
+            d = transit - self.transit
+            self.transit = transit
+            if d < 0:
+                d = -d
+            if d < self.clock_rate:
+                self.jitter += (d - self.jitter) / 16
+            g = arrival - self.last_arrival
+            if g > self.gap_max:
+                self.gap_max = g
+            self.last_arrival = arrival
+            step = (ts - self.last_ts) & 0xFFFFFFFF
+            self.ext_ts += step - (1 << 32) if step & 0x80000000 else step
+            self.last_ts = ts
+            rel = arrival - self.ext_ts / self.clock_rate
+            if rel < self.min_transit:
+                self.min_transit = rel
+            ms = int((rel - self.min_transit) * 1000)
+            self.delay_hist[ms if ms < DELAY_BINS else DELAY_BINS - 1] += 1
+            return gap
+        ext = self.max_ext - ((self.max_ext - seq) & 0xFFFF)
+        if ext in self.missing:
+            self.missing.discard(ext)
+            self.received += 1
+            self.recovered += 1
+        else:
+            self.duplicates += 1
+        return None
+
+    def _prune(self, ext: int) -> None:
+        self.missing = {s for s in self.missing if s > ext - 4096}
+
+    def snapshot(self) -> dict[str, Any]:
+        gap, self.gap_max = self.gap_max, 0.0
+        return {
+            "expected": self.expected,
+            "received": self.received,
+            "bytes": self.bytes,
+            "recovered": self.recovered,
+            "duplicates": self.duplicates,
+            "jitter_ms": self.jitter / self.clock_rate * 1000,
+            "gap_max_ms": gap * 1000,
+            "delay_hist": {str(i): n for i, n in enumerate(self.delay_hist) if n},
+        }
+
+
+@dataclass(slots=True)
+class _RecvSsrc:
+    stream: StreamReceiver
+    rtx: bool
+    media_ssrc: int
+
+
+# -- the synthetic peer ---------------------------------------------------------------------
+
+
+def _main_codec(codecs: list[RTCRtpCodecParameters]) -> tuple[RTCRtpCodecParameters, int]:
+    main = next(c for c in codecs if not is_rtx(c))
+    rtx = next(
+        (c for c in codecs if is_rtx(c) and c.parameters.get("apt") == main.payloadType), None
+    )
+    return main, (rtx.payloadType or 0) if rtx else 0
+
+
+class SyntheticPeer(TapHooks):
+    """A client peer publishing looped pre-encoded VP8 + Opus and counting what it receives."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        video: MediaLoop,
+        audio: MediaLoop,
+        pacer: Pacer,
+        ports: PortAllocator | None = None,
+    ) -> None:
+        self.name = name
+        self.media = {"video": video, "audio": audio}
+        self.pacer = pacer
+        self.transport: MediaTransport | None = None
+        self.senders: dict[str, StreamSender] = {}
+        self.receivers: list[StreamReceiver] = []
+        self._by_ssrc: dict[int, _RecvSsrc] = {}
+        self._send_by_ssrc: dict[int, StreamSender] = {}
+        self.rtcp_ssrc = random.randrange(1, 1 << 32)
+        self.unknown_rtp = 0
+        self.plis = 0
+        self.nacks_sent = 0
+        self.nacks_received = 0
+        self.offers = 0
+        self.pc = ServerPeerConnection(hooks=self, ports=ports or loopback_ports())
+        self.channel = self.pc.createDataChannel("consult", negotiated=True, id=0)
+
+    @property
+    def connection_state(self) -> str:
+        return str(self.pc.connectionState)
+
+    async def answer(self, sdp: str, tracks: dict[str, dict[str, Any]]) -> str:
+        """Answer a server offer: m-lines the server receives on (recvonly) are our tracks."""
+        self.offers += 1
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+        for tr in self.pc.getTransceivers():
+            info = tracks.get(tr.mid or "")
+            if info and info.get("direction") == "recvonly" and tr.kind not in self.senders:
+                tr.direction = "sendonly"
+        answer = await self.pc.createAnswer()
+        await self.pc.setLocalDescription(answer)
+        return str(self.pc.localDescription.sdp)
+
+    async def close(self) -> None:
+        for sender in self.senders.values():
+            self.pacer.remove(sender)
+        await self.pc.close()
+
+    # -- tap hooks ------------------------------------------------------------------------
+
+    def transport_created(self, transport: MediaTransport) -> None:
+        self.transport = transport
+        transport.on_rtp = self._on_rtp
+        transport.on_rtcp = self._on_rtcp
+
+    def transceiver_created(self, transceiver: RTCRtpTransceiver) -> None:
+        caps = RTCRtpSender.getCapabilities(transceiver.kind).codecs
+        want = "video/vp8" if transceiver.kind == "video" else "audio/opus"
+        chosen = [c for c in caps if c.mimeType.lower() in (want, "video/rtx")]
+        set_codec_preferences(transceiver, chosen)
+
+    def receiver_started(
+        self, transceiver: RTCRtpTransceiver, parameters: RTCRtpReceiveParameters
+    ) -> None:
+        if not parameters.codecs or not parameters.encodings:
+            return
+        main, _ = _main_codec(parameters.codecs)
+        stream = StreamReceiver(transceiver.kind, main.clockRate)
+        self.receivers.append(stream)
+        enc = parameters.encodings[0]
+        if enc.ssrc:
+            self._by_ssrc[enc.ssrc] = _RecvSsrc(stream, False, enc.ssrc)
+            if enc.rtx is not None and enc.rtx.ssrc:
+                self._by_ssrc[enc.rtx.ssrc] = _RecvSsrc(stream, True, enc.ssrc)
+
+    def sender_started(
+        self, transceiver: RTCRtpTransceiver, parameters: RTCRtpSendParameters
+    ) -> None:
+        kind = transceiver.kind
+        if not parameters.codecs or kind in self.senders or self.transport is None:
+            return
+        main, rtx_pt = _main_codec(parameters.codecs)
+        ssrc, rtx_ssrc = sender_ssrcs(transceiver)
+        sender = StreamSender(
+            self.media[kind],
+            self.transport.send,
+            ssrc=ssrc,
+            payload_type=main.payloadType or 0,
+            rtx_ssrc=rtx_ssrc if rtx_pt else 0,
+            rtx_payload_type=rtx_pt,
+        )
+        self.senders[kind] = sender
+        self._send_by_ssrc[ssrc] = sender
+        self.pacer.add(sender)
+
+    # -- packet path ----------------------------------------------------------------------
+
+    def _on_rtp(self, data: bytes, arrival: float) -> None:
+        entry = self._by_ssrc.get(int.from_bytes(data[8:12], "big"))
+        if entry is None:
+            self.unknown_rtp += 1
+            return
+        if entry.rtx:
+            b0 = data[0]
+            off = 12 + ((b0 & 0x0F) << 2)
+            if b0 & 0x10:
+                off += 4 + (((data[off + 2] << 8) | data[off + 3]) << 2)
+            if len(data) < off + 2:
+                return  # padding-only probe
+            seq = (data[off] << 8) | data[off + 1]
+        else:
+            seq = (data[2] << 8) | data[3]
+        gap = entry.stream.on_packet(seq, int.from_bytes(data[4:8], "big"), arrival, len(data))
+        if gap is not None and len(gap) <= MAX_NACK_GAP and self.transport is not None:
+            self.nacks_sent += 1
+            self.transport.send(
+                rtcp.nack(self.rtcp_ssrc, entry.media_ssrc, [s & 0xFFFF for s in gap])
+            )
+
+    def _on_rtcp(self, data: bytes) -> None:
+        for item in rtcp.parse(data):
+            if isinstance(item, rtcp.Nack):
+                sender = self._send_by_ssrc.get(item.media_ssrc)
+                if sender is not None:
+                    self.nacks_received += 1
+                    sender.on_nack(item.lost)
+            elif isinstance(item, rtcp.KeyframeRequest):
+                self.plis += 1  # the loop has periodic keyframes: nothing to do
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "state": self.connection_state,
+            "sent": {k: s.snapshot() for k, s in self.senders.items()},
+            "received": [r.snapshot() | {"kind": r.kind} for r in self.receivers],
+            "unknown_rtp": self.unknown_rtp,
+            "plis": self.plis,
+            "nacks_sent": self.nacks_sent,
+            "nacks_received": self.nacks_received,
+            "decrypt_errors": self.transport.decrypt_errors if self.transport else 0,
+        }

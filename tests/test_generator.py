@@ -1,0 +1,117 @@
+"""The load generator's pure logic: VP8 packetizer, paced sender, receiver statistics."""
+
+from __future__ import annotations
+
+import itertools
+import struct
+from collections.abc import Callable
+
+from loadtest.generator import StreamReceiver, StreamSender, percentile
+from loadtest.media import MediaLoop, MediaPacket, packetize_video, vp8_payloads
+from mediaserver.rtp.keyframe import vp8_keyframe_start
+
+
+def test_vp8_payloads_split_evenly_with_start_bit_on_first() -> None:
+    frame = bytes([0x00]) + bytes(2499)  # P bit clear: a keyframe tag
+    payloads = vp8_payloads(frame, 1000)
+    assert len(payloads) == 3
+    assert [p[0] for p in payloads] == [0x10, 0x00, 0x00]
+    assert b"".join(p[1:] for p in payloads) == frame
+    assert max(len(p) for p in payloads) - min(len(p) for p in payloads) <= 1
+
+
+def test_packetize_video_marks_frame_ends_and_keyframes() -> None:
+    key = bytes([0x00]) + bytes(1500)
+    delta = bytes([0x01]) + bytes(300)
+    packets = packetize_video([key, delta], fps=30, max_payload=1000)
+    assert [p.marker for p in packets] == [False, True, True]
+    assert [p.keyframe for p in packets] == [True, False, False]
+    assert [p.ts for p in packets] == [0, 0, 3000]
+    # The media server's keyframe detector sees the first packet of the keyframe.
+    assert vp8_keyframe_start(packets[0].payload, 0)
+    assert not vp8_keyframe_start(packets[2].payload, 0)
+
+
+def collect(sink: list[bytes]) -> Callable[[bytes], bool]:
+    def send(data: bytes) -> bool:
+        sink.append(data)
+        return True
+
+    return send
+
+
+def _loop() -> MediaLoop:
+    packets = [
+        MediaPacket(at=i * 0.02, ts=i * 960, marker=False, keyframe=False, payload=bytes([i]))
+        for i in range(3)
+    ]
+    return MediaLoop(kind="audio", clock_rate=48000, duration=0.06, period_ts=2880, packets=packets)
+
+
+def test_sender_loops_with_continuous_sequence_and_timestamps() -> None:
+    sent: list[bytes] = []
+    sender = StreamSender(_loop(), collect(sent), ssrc=7, payload_type=111, start=100.0)
+    assert sender.send_due(100.0) == 1
+    assert sender.send_due(100.0 + 0.12 + 1e-9) == 6  # two laps in total
+    headers = [struct.unpack("!BBHII", p[:12]) for p in sent]
+    seqs = [h[2] for h in headers]
+    assert all((b - a) & 0xFFFF == 1 for a, b in itertools.pairwise(seqs))
+    ts = [h[3] for h in headers]
+    assert all((b - a) & 0xFFFFFFFF == 960 for a, b in itertools.pairwise(ts))
+    assert {h[1] for h in headers} == {111} and {h[4] for h in headers} == {7}
+    assert [p[12] for p in sent] == [0, 1, 2, 0, 1, 2, 0]
+
+
+def test_sender_answers_nack_with_rtx() -> None:
+    sent: list[bytes] = []
+    sender = StreamSender(
+        _loop(),
+        collect(sent),
+        ssrc=7,
+        payload_type=96,
+        rtx_ssrc=8,
+        rtx_payload_type=97,
+        start=0.0,
+    )
+    sender.send_due(0.05)
+    seq = struct.unpack("!H", sent[1][2:4])[0]
+    sender.on_nack((seq, (seq + 100) & 0xFFFF))  # the second was never sent
+    assert sender.retransmitted == 1
+    rtx = sent[-1]
+    assert rtx[1] & 0x7F == 97 and struct.unpack("!I", rtx[8:12])[0] == 8
+    assert struct.unpack("!H", rtx[12:14])[0] == seq and rtx[14:] == sent[1][12:]
+
+
+def test_receiver_counts_loss_recovery_and_duplicates_across_wrap() -> None:
+    rx = StreamReceiver("video", 90000)
+    t = 0.0
+    assert rx.on_packet(0xFFFE, 0, t, 100) is None
+    assert rx.on_packet(0xFFFF, 3000, t + 0.033, 100) is None
+    gap = rx.on_packet(3, 6000, t + 0.066, 100)  # 0, 1, 2 missing (wrapped)
+    assert gap is not None and len(gap) == 3
+    assert rx.expected == 6 and rx.received == 3 and rx.lost == 3
+    rx.on_packet(1, 6000, t + 0.07, 100)  # a retransmission fills one hole
+    rx.on_packet(1, 6000, t + 0.07, 100)  # a duplicate does not
+    assert rx.lost == 2 and rx.recovered == 1 and rx.duplicates == 1
+    snap = rx.snapshot()
+    assert snap["expected"] == 6 and snap["received"] == 4
+    assert 32 < snap["gap_max_ms"] < 34
+
+
+def test_receiver_jitter_is_zero_for_perfect_pacing() -> None:
+    rx = StreamReceiver("audio", 48000)
+    for i in range(50):
+        rx.on_packet(i, i * 960, 10 + i * 0.02, 100)
+    assert rx.jitter < 1e-6 and rx.lost == 0
+
+
+def test_receiver_added_delay_across_timestamp_wrap() -> None:
+    rx = StreamReceiver("audio", 48000)
+    ts0 = (1 << 32) - 960 * 2  # wraps after two packets
+    for i in range(10):
+        late = 0.030 if i == 5 else 0.0  # one packet queued 30 ms
+        rx.on_packet(i, (ts0 + i * 960) & 0xFFFFFFFF, 10 + i * 0.02 + late, 100)
+    hist = {int(k): n for k, n in rx.snapshot()["delay_hist"].items()}
+    assert sum(hist.values()) == 10
+    assert hist.get(0, 0) + hist.get(1, 0) == 9 and 29 <= max(hist) <= 30
+    assert percentile(hist, 0.5) <= 1 and percentile(hist, 1.0) >= 29
