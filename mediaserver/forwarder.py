@@ -158,8 +158,7 @@ class Forwarder:
             out[self._ast_at : self._ast_at + 3] = abs3
         if self._lvl_at and level >= 0:
             out[self._lvl_at] = level
-        out += memoryview(data)[off:]
-        return bytes(out)
+        return b"".join((out, memoryview(data)[off:]))  # one copy of the payload
 
     def source_seq(self, out_seq: int) -> int:
         """The source sequence number of a packet this subscriber was sent."""
@@ -184,5 +183,4 @@ class Forwarder:
         if self._ast_at:
             out[self._ast_at : self._ast_at + 3] = abs3
         out[0] |= data[0] & 0x20
-        out += memoryview(data)[off:]
-        return bytes(out)
+        return b"".join((out, memoryview(data)[off:]))

@@ -20,7 +20,7 @@ from typing import Any
 import pylibsrtp
 from aiortc import RTCConfiguration, RTCPeerConnection
 from aiortc.rtcconfiguration import RTCBundlePolicy
-from aiortc.rtcdtlstransport import RTCDtlsTransport
+from aiortc.rtcdtlstransport import RTCDtlsTransport, State
 from aiortc.rtcrtpparameters import RTCRtpReceiveParameters, RTCRtpSendParameters
 from aiortc.rtcrtptransceiver import RTCRtpTransceiver
 
@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 RtpHandler = Callable[[bytes, float], None]
 RtcpHandler = Callable[[bytes], None]
 now = time.monotonic
+CONNECTED = State.CONNECTED
 
 
 def is_rtcp(data: bytes) -> bool:
@@ -40,7 +41,17 @@ def is_rtcp(data: bytes) -> bool:
 class MediaTransport:
     """Byte-level access to one bundled DTLS transport."""
 
-    __slots__ = ("_conn", "_dtls", "_fallback", "decrypt_errors", "on_rtcp", "on_rtp")
+    __slots__ = (
+        "_addr",
+        "_conn",
+        "_dtls",
+        "_fallback",
+        "_pair",
+        "_sendto",
+        "decrypt_errors",
+        "on_rtcp",
+        "on_rtp",
+    )
 
     def __init__(self, dtls: RTCDtlsTransport) -> None:
         self._dtls = dtls
@@ -48,6 +59,9 @@ class MediaTransport:
         self.on_rtp: RtpHandler = _drop_rtp
         self.on_rtcp: RtcpHandler = _drop_rtcp
         self.decrypt_errors = 0
+        self._pair: Any = None
+        self._sendto: Callable[[bytes, Any], None] | None = None
+        self._addr: Any = None
         # aiortc's own path (only reached before SRTP keys exist): route to ours anyway.
         dtls._handle_rtp_data = self._rtp_from_aiortc  # type: ignore[method-assign]
         dtls._handle_rtcp_data = self._rtcp_from_aiortc  # type: ignore[method-assign]
@@ -80,14 +94,26 @@ class MediaTransport:
 
     def send(self, packet: bytes) -> bool:
         """Protect and send one RTP or RTCP packet; False when not connected."""
-        tx = self._dtls._tx_srtp
         pair = self._conn._nominated.get(1)
-        if tx is None or pair is None or self._dtls._state.name != "CONNECTED":
+        if pair is not self._pair:
+            self._select(pair)
+        dtls = self._dtls
+        sendto = self._sendto
+        if sendto is None or dtls._state is not CONNECTED:
             return False
-        data = tx.protect_rtcp(packet) if is_rtcp(packet) else tx.protect(packet)
-        # The server gathers host candidates only (rtp/ice.py): every pair is a plain socket.
-        pair.protocol.transport.sendto(data, pair.remote_addr)
+        tx = dtls._tx_srtp
+        sendto(tx.protect_rtcp(packet) if 191 < packet[1] < 224 else tx.protect(packet), self._addr)
         return True
+
+    def _select(self, pair: Any) -> None:
+        """Cache the nominated pair's socket and address (ICE may nominate another one)."""
+        self._pair = pair
+        if pair is None:
+            self._sendto = None
+            return
+        # The server gathers host candidates only (rtp/ice.py): every pair is a plain socket.
+        self._sendto = pair.protocol.transport.sendto
+        self._addr = pair.remote_addr
 
 
 def _drop_rtp(data: bytes, arrival: float) -> None:
