@@ -82,7 +82,7 @@ def _playwright() -> Any:
     try:
         from playwright.async_api import async_playwright
     except ImportError:
-        pytest.skip("playwright is not installed")
+        pytest.fail("playwright is not installed (make test installs it)")
     return async_playwright
 
 
@@ -228,7 +228,7 @@ async def call(netns: NetNS, tmp_path: Path) -> Call:  # noqa: F811
 @pytest.fixture
 async def browser(netns: NetNS, tmp_path: Path) -> AsyncIterator[Any]:  # noqa: F811
     if shutil.which(CHROMIUM) is None:
-        pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
+        pytest.fail(f"{CHROMIUM} is not installed (make test installs Debian's chromium)")
     async_playwright = _playwright()
     wrapper = netns.wrapper(tmp_path / "chromium-in-netns", CHROMIUM)
     async with async_playwright() as pw:
