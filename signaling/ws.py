@@ -172,33 +172,21 @@ async def on_join(hub: Hub, session: Session, msg: dict[str, Any]) -> None:
 
 async def on_chat(hub: Hub, session: Session, msg: dict[str, Any]) -> None:
     text = require_str(msg, "text", max_len=hub.config.max_chat_chars)
-    try:
-        session.consultation.post_chat(session, text)
-    except ProtocolError as exc:
-        exc.ref = msg["id"]
-        raise
+    session.consultation.post_chat(session, text)
     _ack(session, msg)
 
 
 async def on_admit(hub: Hub, session: Session, msg: dict[str, Any]) -> None:
     _doctor(session, msg)
     target = _target(session, msg)
-    try:
-        await session.consultation.admit(target)
-    except ProtocolError as exc:
-        exc.ref = msg["id"]
-        raise
+    await session.consultation.admit(target)
     _ack(session, msg)
 
 
 async def on_deny(hub: Hub, session: Session, msg: dict[str, Any]) -> None:
     _doctor(session, msg)
     target = _target(session, msg)
-    try:
-        await session.consultation.deny(target)
-    except ProtocolError as exc:
-        exc.ref = msg["id"]
-        raise
+    await session.consultation.deny(target)
     _ack(session, msg)
 
 
