@@ -15,6 +15,10 @@ from dataclasses import dataclass
 
 _pack_into = struct.pack_into
 
+MAX_BEHIND = 512  # later than this behind the newest packet: dropped
+MAX_JUMP = 3000  # a forward jump larger than this is a restarted sequence, not loss
+MAX_STALE = 64  # this many "too old" packets in a row: the sequence restarted lower
+
 
 @dataclass(frozen=True, slots=True)
 class ExtensionIds:
@@ -70,6 +74,7 @@ class Forwarder:
         "_rtx_seq",
         "_rtx_template",
         "_seq_offset",
+        "_stale",
         "_started",
         "_template",
         "_ts_offset",
@@ -107,6 +112,8 @@ class Forwarder:
         self.last_seq &= 0xFFFF
         self.last_ts = random.randrange(1 << 32) if first_ts is None else first_ts
         self._pending_ts_gap: int | None = 0
+        self._stale = 0
+        self._stale = 0
 
     @property
     def started(self) -> bool:
@@ -122,29 +129,49 @@ class Forwarder:
         self._pending_ts_gap = ts_gap
 
     def _start(self, seq: int, ts: int) -> None:
-        gap = self._pending_ts_gap or 0
         self._seq_offset = (self.last_seq + 1 - seq) & 0xFFFF
-        self._ts_offset = (self.last_ts + gap - ts) & 0xFFFFFFFF
+        if self._pending_ts_gap is not None:  # None: the source's timestamps still hold
+            self._ts_offset = (self.last_ts + self._pending_ts_gap - ts) & 0xFFFFFFFF
         self._base_in = self._high_in = seq
         self._young = True
+        self._stale = 0
         self._started = True
+
+    def _sequence_reset(self) -> None:
+        """The source's sequence numbers jumped (a restart): number on after our last packet."""
+        self._started = False
+        self._pending_ts_gap = None
 
     def rewrite(
         self, data: bytes, off: int, seq: int, ts: int, keyframe: bool, abs3: bytes, level: int
     ) -> bytes | None:
         """The packet as this subscriber must receive it, or None to drop it."""
+        if self._started:
+            d = (seq - self._high_in) & 0xFFFF
+            if d < 0x8000:
+                if d > MAX_JUMP:
+                    self._sequence_reset()
+                else:
+                    self._high_in = seq
+                    self._stale = 0
+                    if self._young and ((seq - self._base_in) & 0xFFFF) > 0x4000:
+                        self._young = False
+            else:
+                back = 0x10000 - d
+                if back > MAX_BEHIND or (
+                    self._young and back > ((self._high_in - self._base_in) & 0xFFFF)
+                ):
+                    # Too old to send (libsrtp refuses more than 1024 behind) or older than
+                    # our start; a source that keeps sending "old" packets went backwards.
+                    self._stale += 1
+                    if self._stale > MAX_STALE:
+                        self._sequence_reset()
+                    else:
+                        return None
         if not self._started:
             if self._gate and not keyframe:
                 return None
             self._start(seq, ts)
-        else:
-            d = (seq - self._high_in) & 0xFFFF
-            if d < 0x8000:
-                self._high_in = seq
-                if self._young and ((seq - self._base_in) & 0xFFFF) > 0x4000:
-                    self._young = False
-            elif self._young and 0x10000 - d > ((self._high_in - self._base_in) & 0xFFFF):
-                return None  # older than the packet this subscription started with
         out_seq = (seq + self._seq_offset) & 0xFFFF
         out_ts = (ts + self._ts_offset) & 0xFFFFFFFF
         if ((out_seq - self.last_seq) & 0xFFFF) < 0x8000:

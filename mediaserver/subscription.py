@@ -79,8 +79,13 @@ class Subscription(Emitter):
     ) -> None:
         if self.paused:
             return
-        packet = self.forwarder.rewrite(data, off, seq, ts, keyframe, abs3, level)  # type: ignore[union-attr]
-        if packet is not None and self._send_rtp(packet):
+        fwd = self.forwarder
+        packet = fwd.rewrite(data, off, seq, ts, keyframe, abs3, level)  # type: ignore[union-attr]
+        if packet is None:
+            if not fwd.started and self.kind == "video":  # type: ignore[union-attr]
+                self.publication.request_keyframe()  # throttled
+            return
+        if self._send_rtp(packet):
             self.packets_sent += 1
             self.octets_sent += len(data) - off
             counters = self._counters

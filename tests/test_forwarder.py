@@ -171,3 +171,30 @@ def test_padding_bit_travels_with_the_payload() -> None:
     fwd = make()
     out = send(fwd, rtp(1, 0, payload=b"ab", padding=4))
     assert out is not None and out[0] & 0x20 and out[-1] == 4
+
+
+def test_packets_far_behind_are_dropped_never_sent() -> None:
+    fwd = make()
+    for s in range(1000, 1600):
+        assert send(fwd, rtp(s, 0)) is not None
+    assert send(fwd, rtp(1599 - 600, 0)) is None  # 600 behind: libsrtp would refuse it
+    late = send(fwd, rtp(1599 - 100, 0))
+    assert late is not None  # modest reordering still goes through (NACK answers, RTX)
+
+
+def test_a_restarted_source_sequence_is_renumbered_after_the_last_packet() -> None:
+    fwd = make(gate=True)
+    for s in range(100, 110):
+        send(fwd, rtp(s, 9000 + s), keyframe=True)
+    last = fwd.last_seq
+    # A jump far ahead: not loss, a new sequence; video waits for a keyframe.
+    assert send(fwd, rtp(20000, 9200), keyframe=False) is None
+    out = send(fwd, rtp(20001, 9300), keyframe=True)
+    assert out is not None and header(out)[1] == (last + 1) & 0xFFFF
+    # The source's timestamps still hold: no rebase of the clock.
+    assert header(out)[2] == (5000 + 9300 - 9100) & 0xFFFFFFFF
+    # A restart lower down: after a run of "too old" packets it is renumbered too.
+    last = fwd.last_seq
+    outs = [send(fwd, rtp(s, 9400), keyframe=True) for s in range(10, 90)]
+    sent = [o for o in outs if o is not None]
+    assert sent and header(sent[0])[1] == (last + 1) & 0xFFFF

@@ -49,6 +49,8 @@ class MediaTransport:
         "_pair",
         "_sendto",
         "decrypt_errors",
+        "encrypt_errors",
+        "handler_errors",
         "on_rtcp",
         "on_rtp",
     )
@@ -59,6 +61,8 @@ class MediaTransport:
         self.on_rtp: RtpHandler = _drop_rtp
         self.on_rtcp: RtcpHandler = _drop_rtcp
         self.decrypt_errors = 0
+        self.encrypt_errors = 0
+        self.handler_errors = 0
         self._pair: Any = None
         self._sendto: Callable[[bytes, Any], None] | None = None
         self._addr: Any = None
@@ -85,6 +89,10 @@ class MediaTransport:
                 self.on_rtp(rx.unprotect(data), now())
         except pylibsrtp.Error:
             self.decrypt_errors += 1
+        except Exception:  # a malformed packet must never reach aioice's socket callback
+            self.handler_errors += 1
+            if self.handler_errors & (self.handler_errors - 1) == 0:  # 1, 2, 4, 8...
+                logger.exception("media packet handler failed (%d so far)", self.handler_errors)
 
     async def _rtp_from_aiortc(self, data: bytes, arrival_time_ms: int) -> None:
         self.on_rtp(data, now())
@@ -102,7 +110,12 @@ class MediaTransport:
         if sendto is None or dtls._state is not CONNECTED:
             return False
         tx = dtls._tx_srtp
-        sendto(tx.protect_rtcp(packet) if 191 < packet[1] < 224 else tx.protect(packet), self._addr)
+        try:
+            data = tx.protect_rtcp(packet) if 191 < packet[1] < 224 else tx.protect(packet)
+        except pylibsrtp.Error:  # e.g. a sequence number libsrtp's window refuses
+            self.encrypt_errors += 1
+            return False
+        sendto(data, self._addr)
         return True
 
     def _select(self, pair: Any) -> None:
