@@ -541,6 +541,25 @@ def profile_report(path: str, command: str, r: RunResult, *, write: bool) -> Non
     write_section("forwarding-profile", "\n".join(body))
 
 
+def run_and_report(
+    args: argparse.Namespace, n: int, results: list[RunResult], *, profile: str | None = None
+) -> RunResult:
+    """One run with the command line's settings, printed and kept as it finishes."""
+    r = run_once(
+        n,
+        duration=args.duration,
+        warmup=args.warmup,
+        workers=args.workers,
+        server_cpu=args.server_cpu,
+        gen_cpu=args.gen_cpu,
+        profile=profile,
+        quiet_wait=args.quiet_wait,
+    )
+    print(" ".join(row(r)), flush=True)
+    results.append(r)
+    return r
+
+
 def sweep(args: argparse.Namespace, results: list[RunResult]) -> int | None:
     """Step up by --step from --start until a run fails (loss >= 1% on some stream), then
     bisect between the last good and the first bad. A generator-bound run ends the sweep
@@ -548,18 +567,7 @@ def sweep(args: argparse.Namespace, results: list[RunResult]) -> int | None:
     Fills `results` as runs finish (kept when interrupted)."""
 
     def run(n: int) -> RunResult:
-        r = run_once(
-            n,
-            duration=args.duration,
-            warmup=args.warmup,
-            workers=args.workers,
-            server_cpu=args.server_cpu,
-            gen_cpu=args.gen_cpu,
-            quiet_wait=args.quiet_wait,
-        )
-        print(" ".join(row(r)), flush=True)
-        results.append(r)
-        return r
+        return run_and_report(args, n, results)
 
     good, bad = 0, None
     n = args.start
@@ -739,18 +747,7 @@ def main() -> None:
             best = sweep(args, results)
         else:
             for n in args.consultations:
-                r = run_once(
-                    n,
-                    duration=args.duration,
-                    warmup=args.warmup,
-                    workers=args.workers,
-                    server_cpu=args.server_cpu,
-                    gen_cpu=args.gen_cpu,
-                    profile=args.profile,
-                    quiet_wait=args.quiet_wait,
-                )
-                print(" ".join(row(r)), flush=True)
-                results.append(r)
+                run_and_report(args, n, results, profile=args.profile)
     except KeyboardInterrupt:
         print("interrupted: reporting the runs that finished", file=sys.stderr)
     results.sort(key=lambda r: r.consultations)

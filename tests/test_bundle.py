@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import defaultdict
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+import pytest
 from aiortc import sdp
 
-from mediaserver.api import IceConfig, MediaConfig, Node, Role, TrackMeta
+from mediaserver.api import IceConfig, MediaConfig, Node, Participant, Role, TrackMeta
 from mediaserver.rtp.bundle import drop_rejected_from_bundle, harmonize
 
 CHROMIUM_OFFER = json.loads(
@@ -40,58 +42,48 @@ def test_harmonize_maps_aiortc_defaults_onto_chromium_numbers() -> None:
     assert_consistent(fixed, CHROMIUM_OFFER)
 
 
-async def test_server_offer_after_a_chromium_offer_is_consistent() -> None:
+@pytest.fixture
+async def participant() -> AsyncIterator[Participant]:
     node = Node(MediaConfig(ice=IceConfig(host_addresses=("127.0.0.1",))))
-    room = node.create_room("r")
-    participant = room.add_participant("d", role=Role.DOCTOR)
-    offers: list[str] = []
-    participant.on("offer", lambda text, tracks: offers.append(text))
-    try:
-        assert ".local " in CHROMIUM_OFFER
-        answer = await participant.handle_offer(CHROMIUM_OFFER, {})
-        assert answer is not None
-        # mDNS names are never resolved by the server (that would multicast off the machine)
-        assert ".local " not in participant.pc.remoteDescription.sdp
-        participant.request_publish(
-            [TrackMeta("audio", "stethoscope"), TrackMeta("video", "exam-camera")]
-        )
-        for _ in range(200):
-            if offers:
-                break
-            await asyncio.sleep(0.02)
-        assert offers
-        assert_consistent(CHROMIUM_OFFER, answer, offers[0])
-        media = sdp.SessionDescription.parse(offers[0]).media
-        assert len(media) == 5  # the three negotiated m-lines keep their place, two are new
-        mid_ids = {
-            h.id for m in media for h in m.rtp.headerExtensions if h.uri.endswith("sdes:mid")
-        }
-        assert mid_ids == {4}  # Chromium's id for mid
-    finally:
-        await node.close()
+    yield node.create_room("r").add_participant("d", role=Role.DOCTOR)
+    await node.close()
 
 
-async def test_a_first_server_offer_uses_chromium_numbering() -> None:
-    node = Node(MediaConfig(ice=IceConfig(host_addresses=("127.0.0.1",))))
-    room = node.create_room("r")
-    participant = room.add_participant("d", role=Role.DOCTOR)
-    offers: list[str] = []
-    participant.on("offer", lambda text, tracks: offers.append(text))
-    try:
-        participant.request_publish(
-            [TrackMeta("audio", "microphone"), TrackMeta("video", "camera")]
-        )
-        for _ in range(200):
-            if offers:
-                break
-            await asyncio.sleep(0.02)
-        # What Chromium rolled back in a glare must not clash with what the server offers.
-        assert_consistent(CHROMIUM_OFFER, offers[0])
-        media = sdp.SessionDescription.parse(offers[0]).media
-        codecs = {c.mimeType.lower(): c.payloadType for m in media for c in m.rtp.codecs}
-        assert codecs["audio/opus"] == 111 and codecs["video/vp8"] == 96
-    finally:
-        await node.close()
+async def next_server_offer(participant: Participant, tracks: list[TrackMeta]) -> str:
+    """Ask for recvonly m-lines and return the server offer that carries them."""
+    offer: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    participant.once("offer", lambda text, _tracks: offer.set_result(text))
+    participant.request_publish(tracks)
+    return await asyncio.wait_for(offer, 10)
+
+
+async def test_server_offer_after_a_chromium_offer_is_consistent(
+    participant: Participant,
+) -> None:
+    assert ".local " in CHROMIUM_OFFER
+    answer = await participant.handle_offer(CHROMIUM_OFFER, {})
+    assert answer is not None
+    # mDNS names are never resolved by the server (that would multicast off the machine)
+    assert ".local " not in participant.pc.remoteDescription.sdp
+    offer = await next_server_offer(
+        participant, [TrackMeta("audio", "stethoscope"), TrackMeta("video", "exam-camera")]
+    )
+    assert_consistent(CHROMIUM_OFFER, answer, offer)
+    media = sdp.SessionDescription.parse(offer).media
+    assert len(media) == 5  # the three negotiated m-lines keep their place, two are new
+    mid_ids = {h.id for m in media for h in m.rtp.headerExtensions if h.uri.endswith("sdes:mid")}
+    assert mid_ids == {4}  # Chromium's id for mid
+
+
+async def test_a_first_server_offer_uses_chromium_numbering(participant: Participant) -> None:
+    offer = await next_server_offer(
+        participant, [TrackMeta("audio", "microphone"), TrackMeta("video", "camera")]
+    )
+    # What Chromium rolled back in a glare must not clash with what the server offers.
+    assert_consistent(CHROMIUM_OFFER, offer)
+    media = sdp.SessionDescription.parse(offer).media
+    codecs = {c.mimeType.lower(): c.payloadType for m in media for c in m.rtp.codecs}
+    assert codecs["audio/opus"] == 111 and codecs["video/vp8"] == 96
 
 
 def test_rejected_m_lines_leave_the_answer_bundle() -> None:
