@@ -25,10 +25,11 @@ from collections.abc import Callable
 from pylibsrtp import Policy, Session
 
 from benchmarks.common import machine, table, write_section
+from mediaserver.codecs import CodecInfo
 from mediaserver.events import NodeCounters
 from mediaserver.forwarder import ExtensionIds, Forwarder
 from mediaserver.packetcache import PacketCache
-from mediaserver.publication import CodecInfo, Publication, payload_offset
+from mediaserver.publication import Publication, payload_offset
 from mediaserver.rtp import rtcp
 from mediaserver.subscription import Subscription
 

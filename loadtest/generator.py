@@ -26,15 +26,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from aiortc import RTCRtpSender, RTCSessionDescription
-from aiortc.codecs import is_rtx
+from aiortc import RTCSessionDescription
 from aiortc.rtcrtpparameters import (
-    RTCRtpCodecParameters,
     RTCRtpReceiveParameters,
     RTCRtpSendParameters,
 )
 from aiortc.rtcrtptransceiver import RTCRtpTransceiver
 
+from mediaserver.codecs import capabilities, codec_info
 from mediaserver.config import IceConfig
 from mediaserver.rtp import rtcp
 from mediaserver.rtp.ice import PortAllocator
@@ -368,14 +367,6 @@ class _RecvSsrc:
 # -- the synthetic peer ---------------------------------------------------------------------
 
 
-def _main_codec(codecs: list[RTCRtpCodecParameters]) -> tuple[RTCRtpCodecParameters, int]:
-    main = next(c for c in codecs if not is_rtx(c))
-    rtx = next(
-        (c for c in codecs if is_rtx(c) and c.parameters.get("apt") == main.payloadType), None
-    )
-    return main, (rtx.payloadType or 0) if rtx else 0
-
-
 class SyntheticPeer(TapHooks):
     """A client peer publishing looped pre-encoded VP8 + Opus and counting what it receives."""
 
@@ -434,18 +425,15 @@ class SyntheticPeer(TapHooks):
         transport.on_rtcp = self._on_rtcp
 
     def transceiver_created(self, transceiver: RTCRtpTransceiver) -> None:
-        caps = RTCRtpSender.getCapabilities(transceiver.kind).codecs
         want = "video/vp8" if transceiver.kind == "video" else "audio/opus"
-        chosen = [c for c in caps if c.mimeType.lower() in (want, "video/rtx")]
-        set_codec_preferences(transceiver, chosen)
+        set_codec_preferences(transceiver, capabilities(transceiver.kind, want))
 
     def receiver_started(
         self, transceiver: RTCRtpTransceiver, parameters: RTCRtpReceiveParameters
     ) -> None:
         if not parameters.codecs or not parameters.encodings:
             return
-        main, _ = _main_codec(parameters.codecs)
-        stream = StreamReceiver(transceiver.kind, main.clockRate)
+        stream = StreamReceiver(transceiver.kind, codec_info(parameters.codecs).clock_rate)
         self.receivers.append(stream)
         enc = parameters.encodings[0]
         if enc.ssrc:
@@ -459,15 +447,15 @@ class SyntheticPeer(TapHooks):
         kind = transceiver.kind
         if not parameters.codecs or kind in self.senders or self.transport is None:
             return
-        main, rtx_pt = _main_codec(parameters.codecs)
+        codec = codec_info(parameters.codecs)
         ssrc, rtx_ssrc = sender_ssrcs(transceiver)
         sender = StreamSender(
             self.media[kind],
             self.transport.send,
             ssrc=ssrc,
-            payload_type=main.payloadType or 0,
-            rtx_ssrc=rtx_ssrc if rtx_pt else 0,
-            rtx_payload_type=rtx_pt,
+            payload_type=codec.payload_type,
+            rtx_ssrc=rtx_ssrc if codec.rtx_payload_type else 0,
+            rtx_payload_type=codec.rtx_payload_type,
         )
         self.senders[kind] = sender
         self._send_by_ssrc[ssrc] = sender

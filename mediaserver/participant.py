@@ -16,22 +16,20 @@ import secrets
 import time
 from typing import TYPE_CHECKING, Any
 
-from aiortc import RTCRtpSender, RTCSessionDescription
+from aiortc import RTCSessionDescription
 from aiortc import sdp as aiortc_sdp
-from aiortc.codecs import is_rtx
 from aiortc.rtcrtpparameters import (
-    RTCRtpCodecCapability,
-    RTCRtpCodecParameters,
     RTCRtpReceiveParameters,
     RTCRtpSendParameters,
 )
 from aiortc.rtcrtptransceiver import RTCRtpTransceiver
 from aiortc.sdp import candidate_from_sdp
 
+from .codecs import capabilities, codec_info
 from .emitter import Emitter
 from .events import CloseReason, LinkStats, Role, TrackMeta
 from .forwarder import ExtensionIds
-from .publication import CodecInfo, Publication, extension_value
+from .publication import Publication, extension_value
 from .rtp import rtcp
 from .rtp.bundle import drop_rejected_from_bundle, harmonize
 from .rtp.tap import (
@@ -103,36 +101,6 @@ def strip_mdns_candidates(text: str) -> str:
     )
 
 
-def capabilities(
-    kind: str, mime_type: str, parameters: dict[str, Any] | None = None
-) -> list[RTCRtpCodecCapability]:
-    """aiortc's capabilities for one codec (and RTX for video), in preference order."""
-    caps = RTCRtpSender.getCapabilities(kind).codecs
-    chosen = [c for c in caps if c.mimeType.lower() == mime_type.lower()]
-    if parameters and "packetization-mode" in parameters:
-        mode = parameters["packetization-mode"]
-        chosen = [c for c in chosen if c.parameters.get("packetization-mode") == mode] or chosen
-    if kind == "video":
-        chosen += [c for c in caps if c.mimeType.lower() == "video/rtx"]
-    return chosen
-
-
-def _codec_info(codecs: list[RTCRtpCodecParameters]) -> CodecInfo:
-    main = next(c for c in codecs if not is_rtx(c))
-    rtx = next(
-        (c for c in codecs if is_rtx(c) and c.parameters.get("apt") == main.payloadType), None
-    )
-    return CodecInfo(
-        mime_type=main.mimeType,
-        clock_rate=main.clockRate,
-        channels=main.channels,
-        parameters=dict(main.parameters),
-        payload_type=main.payloadType or 0,
-        rtx_payload_type=(rtx.payloadType or 0) if rtx else 0,
-        nack=any(fb.type == "nack" and not fb.parameter for fb in main.rtcpFeedback),
-    )
-
-
 class Participant(Emitter, TapHooks):
     """Events: "offer" (sdp, tracks), "data" (text), "publication" (Publication),
     "connectionstatechange" (state), "close" (reason)."""
@@ -160,7 +128,6 @@ class Participant(Emitter, TapHooks):
         self._requested: dict[RTCRtpTransceiver, TrackMeta] = {}
         self._track_meta: dict[str, TrackMeta] = {}
         self._mid_ext_id = 0
-        self._unrouted = 0
         self._link = LinkStats()
         self.modes = {"uplink": "video", "downlink": "video"}
         self._sdp_lock = asyncio.Lock()
@@ -400,7 +367,7 @@ class Participant(Emitter, TapHooks):
             kind=transceiver.kind,
             source=meta.source,
             mid=mid,
-            codec=_codec_info(parameters.codecs),
+            codec=codec_info(parameters.codecs),
             ssrc=encoding.ssrc if encoding else None,
             rtx_ssrc=encoding.rtx.ssrc if encoding and encoding.rtx else None,
             audio_level_id=ExtensionIds.from_uris(ext).audio_level,
@@ -424,7 +391,7 @@ class Participant(Emitter, TapHooks):
         sub = self._sub_by_transceiver.get(transceiver)
         if sub is None or sub.closed or not parameters.codecs:
             return
-        codec = _codec_info(parameters.codecs)
+        codec = codec_info(parameters.codecs)
         ssrc, rtx_ssrc = sender_ssrcs(transceiver)
         sub.start(
             mid=str(parameters.muxId),
@@ -471,8 +438,7 @@ class Participant(Emitter, TapHooks):
             pubs = [p for p in pubs if p.mid == mid.decode(errors="replace")]
         pubs = [p for p in pubs if pt in (p.codec.payload_type, p.codec.rtx_payload_type)]
         if len(pubs) != 1:
-            self._unrouted += 1
-            return
+            return  # unknown or ambiguous: dropped
         pub = pubs[0]
         if pt == pub.codec.rtx_payload_type:
             pub.rtx_ssrc = ssrc
@@ -482,8 +448,6 @@ class Participant(Emitter, TapHooks):
             pub.ssrc = ssrc
             self._pub_by_ssrc[ssrc] = pub
             pub.on_rtp(data, arrival)
-        else:
-            self._unrouted += 1
 
     def _on_rtcp(self, data: bytes) -> None:
         arrival = time.monotonic()

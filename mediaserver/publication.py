@@ -5,9 +5,9 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from .codecs import CodecInfo
 from .emitter import Emitter
 from .events import CloseReason, NodeCounters, TrackInfo
 from .packetcache import PacketCache
@@ -20,23 +20,6 @@ if TYPE_CHECKING:
 
 KeyframeFn = Callable[[bytes, int], bool]
 MAX_NACK_GAP = 64
-
-
-@dataclass(frozen=True, slots=True)
-class CodecInfo:
-    """The codec a publisher sends, as negotiated (its payload types)."""
-
-    mime_type: str
-    clock_rate: int
-    channels: int | None
-    parameters: dict[str, Any]
-    payload_type: int
-    rtx_payload_type: int
-    nack: bool
-
-    @property
-    def name(self) -> str:
-        return self.mime_type.split("/")[1].upper()
 
 
 def payload_offset(data: bytes) -> int:

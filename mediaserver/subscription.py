@@ -36,7 +36,6 @@ class Subscription(Emitter):
         self.rtx_ssrc = 0
         self.packets_sent = 0
         self.octets_sent = 0
-        self.paused = False
         # From the subscriber's receiver reports and REMB.
         self.fraction_lost = 0.0
         self.jitter = 0
@@ -77,8 +76,6 @@ class Subscription(Emitter):
     def send(
         self, data: bytes, off: int, seq: int, ts: int, keyframe: bool, abs3: bytes, level: int
     ) -> None:
-        if self.paused:
-            return
         fwd = self.forwarder
         packet = fwd.rewrite(data, off, seq, ts, keyframe, abs3, level)  # type: ignore[union-attr]
         if packet is None:

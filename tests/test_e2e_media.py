@@ -49,15 +49,21 @@ async def decode(client: ConsultClient, participant: str, frames: int) -> VideoF
     return frame
 
 
-async def test_doctor_and_patient_exchange_audio_and_video(
-    server: Server, clients: Clients
-) -> None:
+async def admitted(server: Server, clients: Clients) -> tuple[ConsultClient, ConsultClient]:
+    """A doctor, and a patient the doctor admitted from the waiting room."""
     doctor = clients(server)
     await doctor.connect(server.token("doctor"))
     patient = clients(server)
     await patient.connect(server.token("patient"))
     await doctor.admit(patient.participant_id or "")
     await patient.wait_state("admitted")
+    return doctor, patient
+
+
+async def test_doctor_and_patient_exchange_audio_and_video(
+    server: Server, clients: Clients
+) -> None:
+    doctor, patient = await admitted(server, clients)
     assert doctor.participant_id and patient.participant_id
 
     await doctor.publish(SyntheticVideo(40), AudioStreamTrack())
@@ -103,12 +109,7 @@ async def test_broken_sdp_in_negotiation_keeps_session(server: Server, clients: 
 async def test_server_offer_missed_during_drop_is_resent_on_resume(
     server: Server, clients: Clients
 ) -> None:
-    doctor = clients(server)
-    await doctor.connect(server.token("doctor"))
-    patient = clients(server)
-    await patient.connect(server.token("patient"))
-    await doctor.admit(patient.participant_id or "")
-    await patient.wait_state("admitted")
+    doctor, patient = await admitted(server, clients)
     await patient.publish(SyntheticVideo(90), AudioStreamTrack())
     await decode(doctor, patient.participant_id or "", 2)
 

@@ -1,0 +1,57 @@
+"""Negotiated codecs: what aiortc offers for one codec, and what a transceiver negotiated."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from aiortc import RTCRtpSender
+from aiortc.codecs import is_rtx
+from aiortc.rtcrtpparameters import RTCRtpCodecCapability, RTCRtpCodecParameters
+
+
+@dataclass(frozen=True, slots=True)
+class CodecInfo:
+    """The codec a publisher sends, as negotiated (its payload types)."""
+
+    mime_type: str
+    clock_rate: int
+    channels: int | None
+    parameters: dict[str, Any]
+    payload_type: int
+    rtx_payload_type: int
+    nack: bool
+
+    @property
+    def name(self) -> str:
+        return self.mime_type.split("/")[1].upper()
+
+
+def capabilities(
+    kind: str, mime_type: str, parameters: dict[str, Any] | None = None
+) -> list[RTCRtpCodecCapability]:
+    """aiortc's capabilities for one codec (and RTX for video), in preference order."""
+    caps = RTCRtpSender.getCapabilities(kind).codecs
+    chosen = [c for c in caps if c.mimeType.lower() == mime_type.lower()]
+    if parameters and "packetization-mode" in parameters:
+        mode = parameters["packetization-mode"]
+        chosen = [c for c in chosen if c.parameters.get("packetization-mode") == mode] or chosen
+    if kind == "video":
+        chosen += [c for c in caps if c.mimeType.lower() == "video/rtx"]
+    return chosen
+
+
+def codec_info(codecs: list[RTCRtpCodecParameters]) -> CodecInfo:
+    main = next(c for c in codecs if not is_rtx(c))
+    rtx = next(
+        (c for c in codecs if is_rtx(c) and c.parameters.get("apt") == main.payloadType), None
+    )
+    return CodecInfo(
+        mime_type=main.mimeType,
+        clock_rate=main.clockRate,
+        channels=main.channels,
+        parameters=dict(main.parameters),
+        payload_type=main.payloadType or 0,
+        rtx_payload_type=(rtx.payloadType or 0) if rtx else 0,
+        nack=any(fb.type == "nack" and not fb.parameter for fb in main.rtcpFeedback),
+    )
