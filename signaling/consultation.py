@@ -303,6 +303,7 @@ class Consultation:
         media.on("data", self._listener(session, self._on_media_data))
         media.on("connectionstatechange", self._listener(session, self._on_media_state))
         media.on("mode", self._listener(session, self._on_media_mode))
+        media.on("pause", self._listener(session, self._on_media_pause))  # issue 5
         media.on("close", self._listener(session, self._on_media_close))
         return media
 
@@ -339,10 +340,14 @@ class Consultation:
         }
         self.broadcast(msg)
 
+    def _on_media_pause(self, session: Session, sources: list[str], reason: str) -> None:
+        """Bandwidth fallback: the publisher stops (or resumes) these senders (issue 5)."""
+        session.send({"type": "pause", "sources": sources, "reason": reason})
+
     def _on_media_state(self, session: Session, state: str) -> None:
-        if state in ("failed", "closed"):
+        if state == "closed":
             self.hub.spawn(self.remove(session, CloseReason.FAILED))
-        elif state == "disconnected":
+        elif state in ("disconnected", "failed"):  # the client may reconnect (issue 5)
             if session.peer_timer is None or session.peer_timer.done():
                 session.peer_timer = self.hub.spawn(self._peer_timeout(session))
         elif state in ("connected", "connecting"):
