@@ -151,8 +151,8 @@ class Subscription(Emitter):
             self.publication.request_keyframe(force=True)
 
     def on_report(self, block: rtcp.ReportBlock) -> None:
-        if self.highest_reported is not None:
-            self.report_packets = max(0, block.highest_seq - self.highest_reported)
+        if self.highest_reported is not None:  # low 16 bits: aiortc reports no cycles
+            self.report_packets = (block.highest_seq - self.highest_reported) & 0xFFFF
         self.highest_reported = block.highest_seq
         self.packets_lost = block.packets_lost
         self.reports += 1
