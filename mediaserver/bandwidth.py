@@ -64,9 +64,9 @@ class FallbackConfig:
     min_packets: int = 8
     down_samples: int = 2
     settle_s: float = 1.5
-    min_dwell_s: float = 4.0
+    min_dwell_s: float = 5.0
     probe_s: float = 2.5
-    max_backoff_s: float = 20.0
+    max_backoff_s: float = 10.0
     video_priority: tuple[str, ...] = ("exam-camera", "screen", "camera")
     audio_priority: tuple[str, ...] = ("stethoscope", "microphone")
 
@@ -87,7 +87,8 @@ class LinkSample:
 
     loss: worst loss among the streams that flowed (0..1); audio_loss: worst among audio
     streams (None when no audio flowed); packets: packets the loss figures cover; goodput_bps:
-    payload bits/s delivered; estimate_bps: the receiver's REMB (downlink) or None; stalled:
+    payload bits/s delivered; estimate_bps: the receiver's REMB (downlink) or None; sent_bps:
+    payload bits/s sent (downlink; a REMB below it means we overshoot the receiver); stalled:
     nothing at all arrived from the peer (an outage: reconnection's business, not ours).
     """
 
@@ -96,6 +97,7 @@ class LinkSample:
     packets: int = 0
     goodput_bps: int = 0
     estimate_bps: int | None = None
+    sent_bps: int = 0
     stalled: bool = False
 
 
@@ -227,10 +229,13 @@ class BandwidthController:
         starving = measured and sample.loss >= cfg.video_loss
         starving = starving and sample.goodput_bps < cfg.min_audio_bps
         if state.mode is Mode.VIDEO:
+            # A low REMB counts only when we send more than it: a receiver also estimates low
+            # when the *publisher's* uplink is what limits the stream.
             low_estimate = (
                 sample.estimate_bps is not None
                 and n_video > 0
                 and sample.estimate_bps < cfg.min_video_bps
+                and sample.sent_bps > 1.5 * sample.estimate_bps
             )
             congested = (measured and sample.loss >= cfg.video_loss) or low_estimate
             if starving:

@@ -15,6 +15,7 @@ control plane sends to the publisher (it stops those senders). A mode change is 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from .subscription import Subscription
 
 DIRECTIONS = ("uplink", "downlink")
+logger = logging.getLogger(__name__)
 
 
 class LinkFallback:
@@ -115,6 +117,7 @@ class LinkFallback:
             packets=packets,
             goodput_bps=int(sent_bps * (1 - loss)),
             estimate_bps=estimate,
+            sent_bps=sent_bps,
             stalled=now - self.last_rtcp > 2.5 * max(elapsed, 0.2),
         )
 
@@ -158,6 +161,7 @@ class LinkFallback:
         n_video = sum(1 for kind, _ in sources if kind == "video")
         n_audio = sum(1 for kind, _ in sources if kind == "audio")
         change = controller.update(now, sample, n_video, n_audio)
+        logger.debug("%.2f %s %s %s -> %s", now, direction, sample, controller.effective, change)
         if change is None:
             return
         counters = self._counters

@@ -37,6 +37,9 @@ from mediaserver.api import bundle_data_channel
 logger = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_S = 15.0
+UPLINK_GUARD_LOSS = 0.3  # fraction lost in the server's reports that stops our video
+UPLINK_GUARD_S = 10.0
+RESUME_ATTEMPT_S = 8.0
 TERMINAL_STATES = frozenset({"denied", "kicked", "ended", "left", "closed"})
 
 
@@ -106,7 +109,7 @@ class ConsultClient:
         # -- automatic reconnection and bandwidth fallback (issue 5) --
         self.auto_reconnect = auto_reconnect
         self.media_timeout_s = 8.0
-        self.heartbeat_s = 4.0
+        self.heartbeat_s = 10.0  # shorter closes sockets that a slow link would still carry
         self._media_started = 0.0
         self._media_wanted = False
         self.modes: dict[tuple[str, str], dict[str, Any]] = {}
@@ -119,6 +122,8 @@ class ConsultClient:
         self._watchdog: asyncio.Task[None] | None = None
         self._recovering: asyncio.Task[None] | None = None
         self._closing = False
+        self.self_paused: dict[str, float] = {}  # source -> until (uplink guard)
+        self._lossy: dict[str, int] = {}
         # -- end --
 
     # -- connection ---------------------------------------------------------------------------
@@ -268,6 +273,7 @@ class ConsultClient:
             self.modes[(str(msg.get("participant")), str(msg.get("direction")))] = msg
         elif kind == "pause":
             self.paused_sources = {str(s) for s in msg.get("sources") or []}
+            self.self_paused.clear()  # the server's word replaces our own guess
             self._apply_pause()
         ref = msg.get("ref")
         if ref is not None and ref in self._pending:
@@ -487,14 +493,14 @@ class ConsultClient:
         while self._should_recover():
             try:
                 if self.ws is None or self.ws.closed:
-                    joined = await self.resume()
+                    joined = await asyncio.wait_for(self.resume(), RESUME_ATTEMPT_S)
                     self.resumes += 1
                     if not joined.get("resumed"):
                         logger.warning("resume refused: joined again as a new participant")
                         self._media_wanted = True
                 if self._media_wanted and self.state == "admitted":
-                    self._media_wanted = False
                     await self._restart_media()
+                    self._media_wanted = False
                 return
             except JoinRefused as exc:
                 if exc.code is not None and 4000 <= exc.code < 5000:
@@ -546,6 +552,7 @@ class ConsultClient:
             pc = self.pc
             if pc is None or self.state != "admitted":
                 continue
+            await self._guard_uplink()
             if self._recovering is not None and not self._recovering.done():
                 continue
             self._hook_inbound(pc)
@@ -562,5 +569,45 @@ class ConsultClient:
         """Stop (or resume) the senders of the sources the server paused (bandwidth fallback).
 
         aiortc's sender then drops frames before encoding them (its `_enabled` switch)."""
+        now = time.monotonic()
         for sender, source in self._sender_sources.items():
-            sender._enabled = source not in self.paused_sources
+            guarded = self.self_paused.get(source, 0.0) > now
+            sender._enabled = source not in self.paused_sources and not guarded
+
+    async def _guard_uplink(self) -> None:
+        """Stop our video (then audio) ourselves when the server's reports show heavy loss.
+
+        The server's `pause` travels over the same (possibly saturated) link and may be late;
+        a browser's congestion control would have cut its rate already, aiortc's VP8 never
+        goes under 250 kbit/s. The guess lasts `UPLINK_GUARD_S` or until the server's next
+        `pause`."""
+        changed = False
+        now = time.monotonic()
+        senders = sorted(self._sender_sources.items(), key=lambda item: item[0].kind != "video")
+        for sender, source in senders:
+            if source in self.paused_sources:
+                continue
+            video_on = any(s.kind == "video" and s._enabled for s, _ in senders if s is not sender)
+            if sender.kind == "audio" and video_on:
+                continue  # video goes first
+            if self.self_paused.get(source, 0.0) > now:
+                continue
+            if source in self.self_paused:
+                del self.self_paused[source]
+                changed = True
+            lost = None
+            with contextlib.suppress(Exception):
+                for stats in (await sender.getStats()).values():
+                    if getattr(stats, "type", "") == "remote-inbound-rtp":
+                        lost = float(stats.fractionLost)
+            if lost is not None and lost > 1:
+                lost /= 256
+            bad = lost is not None and lost >= UPLINK_GUARD_LOSS
+            self._lossy[source] = self._lossy.get(source, 0) + 1 if bad else 0
+            if self._lossy[source] >= 2:
+                self._lossy[source] = 0
+                self.self_paused[source] = now + UPLINK_GUARD_S
+                logger.info("heavy uplink loss (%.2f): pausing %s ourselves", lost, source)
+                changed = True
+        if changed:
+            self._apply_pause()

@@ -155,8 +155,9 @@ class ShapedLink:
         old = self.client_ip
         new_host = int(old.rsplit(".", 1)[1]) + 1
         self.client_ip = f"{self.prefix}.{new_host}"
-        self._in_ns([IP, "addr", "add", f"{self.client_ip}/24", "dev", self.client_dev])
+        # Old one first: deleting a subnet's primary address also deletes its secondaries.
         self._in_ns([IP, "addr", "del", f"{old}/24", "dev", self.client_dev])
+        self._in_ns([IP, "addr", "add", f"{self.client_ip}/24", "dev", self.client_dev])
         return self.client_ip
 
     # -- helpers -------------------------------------------------------------------------------

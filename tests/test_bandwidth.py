@@ -121,9 +121,12 @@ def test_stalled_link_changes_nothing_and_the_return_is_ignored() -> None:
 
 def test_low_remb_estimate_sheds_video() -> None:
     ctl = started()
-    low = LinkSample(loss=0.0, packets=100, goodput_bps=90_000, estimate_bps=60_000)
-    changes = run(ctl, [low, low], t0=3)
-    assert changes == [(5.0, Mode.AUDIO_ONLY, "bandwidth")]
+    # Sending little (the publisher's uplink is the limit): the receiver's estimate says nothing.
+    limited = LinkSample(packets=100, goodput_bps=50_000, estimate_bps=60_000, sent_bps=50_000)
+    assert run(ctl, [limited] * 3, t0=3) == []
+    low = LinkSample(packets=100, goodput_bps=300_000, estimate_bps=60_000, sent_bps=300_000)
+    changes = run(ctl, [low, low], t0=6)
+    assert changes == [(8.0, Mode.AUDIO_ONLY, "bandwidth")]
 
 
 def test_disabled_controller_never_changes() -> None:

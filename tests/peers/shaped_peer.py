@@ -23,6 +23,7 @@ from typing import Any
 
 import aioice.ice
 from aiortc import MediaStreamTrack
+from aiortc.codecs.opus import OpusEncoder
 from aiortc.mediastreams import MediaStreamError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -133,7 +134,16 @@ def main() -> int:
     parser.add_argument("--url", required=True)
     parser.add_argument("--token", required=True)
     parser.add_argument("--seconds", type=float, default=180.0)
+    parser.add_argument("--opus-bps", type=int, default=0, help="Opus bitrate (0: aiortc's)")
     args = parser.parse_args()
+    if args.opus_bps:
+        original = OpusEncoder.__init__
+
+        def init(self: OpusEncoder) -> None:
+            original(self)
+            self.codec.bit_rate = args.opus_bps
+
+        OpusEncoder.__init__ = init  # type: ignore[method-assign]
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     return asyncio.run(Patient(args.url, args.token).run(args.seconds))
 
