@@ -39,7 +39,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_TIMEOUT_S = 15.0
 UPLINK_GUARD_LOSS = 0.3  # fraction lost in the server's reports that stops our video
 UPLINK_GUARD_S = 10.0
-RESUME_ATTEMPT_S = 8.0
 TERMINAL_STATES = frozenset({"denied", "kicked", "ended", "left", "closed"})
 
 
@@ -109,7 +108,7 @@ class ConsultClient:
         # -- automatic reconnection and bandwidth fallback (issue 5) --
         self.auto_reconnect = auto_reconnect
         self.media_timeout_s = 8.0
-        self.heartbeat_s = 10.0  # shorter closes sockets that a slow link would still carry
+        self.heartbeat_s = 20.0  # shorter closes sockets that a slow link would still carry
         self._media_started = 0.0
         self._media_wanted = False
         self.modes: dict[tuple[str, str], dict[str, Any]] = {}
@@ -149,7 +148,13 @@ class ConsultClient:
         self.close_code = None
         self.close_reason = ""
         heartbeat = self.heartbeat_s if self.auto_reconnect else None
-        self.ws = await self._http.ws_connect(self.ws_url, autoping=True, heartbeat=heartbeat)
+        # Bounded: over a dead or saturated link the TCP handshake alone can hang for minutes.
+        # Once `join` is sent the reply is awaited (a resume token is single-use: an attempt
+        # abandoned after the server took it would make the next one a fresh join).
+        self.ws = await asyncio.wait_for(
+            self._http.ws_connect(self.ws_url, autoping=True, heartbeat=heartbeat),
+            DEFAULT_TIMEOUT_S,
+        )
         future = self._expect(ref if isinstance(ref, str) else "\0no-ref")
         await self.ws.send_str(first)
         self._reader = asyncio.create_task(self._read(self.ws))
@@ -493,13 +498,19 @@ class ConsultClient:
         while self._should_recover():
             try:
                 if self.ws is None or self.ws.closed:
-                    joined = await asyncio.wait_for(self.resume(), RESUME_ATTEMPT_S)
+                    joined = await self.resume()
                     self.resumes += 1
                     if not joined.get("resumed"):
                         logger.warning("resume refused: joined again as a new participant")
                         self._media_wanted = True
                 if self._media_wanted and self.state == "admitted":
-                    await self._restart_media()
+                    try:
+                        await self._restart_media()
+                    except (TimeoutError, ConnectionError):
+                        # No answer on this socket either: it is dead too (an address change).
+                        if self.ws is not None:
+                            await self.ws.close()
+                        raise
                     self._media_wanted = False
                 return
             except JoinRefused as exc:
@@ -518,6 +529,9 @@ class ConsultClient:
             old, self.pc, self.channel = self.pc, None, None
             if old is not None:
                 old.remove_all_listeners()
+                for transceiver in old.getTransceivers():
+                    # aiortc stops a sender's track when its sender stops: keep ours alive.
+                    transceiver.sender.replaceTrack(None)
                 with contextlib.suppress(Exception):
                     await old.close()
             self._sender_sources.clear()

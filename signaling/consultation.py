@@ -345,9 +345,9 @@ class Consultation:
         session.send({"type": "pause", "sources": sources, "reason": reason})
 
     def _on_media_state(self, session: Session, state: str) -> None:
-        if state == "closed":
-            self.hub.spawn(self.remove(session, CloseReason.FAILED))
-        elif state in ("disconnected", "failed"):  # the client may reconnect (issue 5)
+        # The client may start a fresh transport (`reconnect`, issue 5): a failed or closed
+        # one (a client closes its old one first) is given peer_timeout_s to be replaced.
+        if state in ("disconnected", "failed", "closed"):
             if session.peer_timer is None or session.peer_timer.done():
                 session.peer_timer = self.hub.spawn(self._peer_timeout(session))
         elif state in ("connected", "connecting"):
@@ -356,7 +356,7 @@ class Consultation:
     async def _peer_timeout(self, session: Session) -> None:
         await asyncio.sleep(self.hub.config.peer_timeout_s)
         media = session.media
-        if media is not None and media.connection_state in ("disconnected", "failed"):
+        if media is not None and media.connection_state in ("disconnected", "failed", "closed"):
             await self.remove(session, CloseReason.TIMEOUT)
 
     def _on_media_close(self, session: Session, reason: CloseReason) -> None:
