@@ -66,19 +66,23 @@ class LinkFallback:
         audio_loss: float | None = None
         for pub in pubs:
             stats = pub.stats
-            key = id(pub)
+            key = id(stats)
             e0, r0, b0 = self._pub_prior.get(key, (stats.expected, stats.received, stats.bytes))
             self._pub_prior[key] = (stats.expected, stats.received, stats.bytes)
             de, dr = stats.expected - e0, stats.received - r0
             octets += stats.bytes - b0
             received += max(dr, 0)
             if de <= 0:
+                pub.recent_loss = 0.0
                 continue
             expected += de
             fraction = min(1.0, max(0.0, (de - dr) / de))
+            pub.recent_loss = fraction
             loss = max(loss, fraction)
             if pub.kind == "audio":
                 audio_loss = fraction if audio_loss is None else max(audio_loss, fraction)
+        live = {id(p.stats) for p in pubs}
+        self._pub_prior = {k: v for k, v in self._pub_prior.items() if k in live}
         stalled = received == 0 and now - self.last_rtcp > 2.5 * max(elapsed, 0.2)
         return LinkSample(
             loss=loss,
@@ -105,11 +109,15 @@ class LinkFallback:
             if sub.reports == reports0:
                 continue  # no fresh receiver report for this stream
             packets += sub.report_packets
-            loss = max(loss, sub.fraction_lost)
+            # Forwarding keeps the source's sequence gaps: what the publisher's uplink lost
+            # shows in this subscriber's reports too. Charge the downlink with the rest only.
+            upstream = sub.publication.recent_loss
+            own = sub.fraction_lost
+            if upstream > 0:
+                own = max(0.0, (own - upstream) / (1 - upstream)) if upstream < 1 else 0.0
+            loss = max(loss, own)
             if sub.kind == "audio":
-                audio_loss = (
-                    sub.fraction_lost if audio_loss is None else max(audio_loss, sub.fraction_lost)
-                )
+                audio_loss = own if audio_loss is None else max(audio_loss, own)
         sent_bps = int(octets * 8 / elapsed) if elapsed > 0 else 0
         return LinkSample(
             loss=loss,

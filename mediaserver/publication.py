@@ -68,6 +68,7 @@ class Publication(Emitter):
         self.subscriptions: list[Subscription] = []
         self.last_sr: tuple[int, int, float] | None = None  # (ntp, rtp ts, local arrival)
         self.estimate_bps: int | None = None
+        self.recent_loss = 0.0  # uplink loss of the last interval (bandwidth fallback)
         self._level_id = audio_level_id
         self._keyframe: KeyframeFn | None = detector(codec.mime_type)  # type: ignore[assignment]
         self._counters = counters

@@ -46,8 +46,8 @@ from .test_e2e_media import SyntheticVideo
 ROOT = Path(__file__).resolve().parents[1]
 PEER = ROOT / "tests" / "peers" / "shaped_peer.py"
 ROOM = "shaped"
-# aiortc encodes Opus in stereo at 96 kbit/s (121 kbit/s on the wire): most of a 150 kbit/s
-# link. Browsers send mono voice at about 32-40 kbit/s; both test peers do the same.
+# aiortc encodes Opus in stereo at 96 kbit/s (aiortc/codecs/opus.py): with packet overhead,
+# most of a 150 kbit/s link. Browsers send voice at about 32-40 kbit/s; both peers do the same.
 OPUS_BPS = 40_000
 
 
