@@ -22,11 +22,16 @@ Negotiation contract (one RTCPeerConnection per participant, max-bundle, one tra
 - aiortc clients call `bundle_data_channel(pc)` after creating their data channel (an aiortc
   max-bundle bug, see rtp/tap.py).
 Link state: `participant.link_stats()` (LinkStats) and `participant.info()` (also "modes": the
-per-direction mode `video|audio-only|chat-only`, "video" until the bandwidth controller drives it).
+per-direction mode `video|audio-only|chat-only`, driven by the bandwidth fallback, and
+"paused_sources": what the publisher was told to stop sending). Events "mode" (direction, mode,
+reason) and "pause" (sources, reason: the publisher must stop those senders); see docs/fallback.md.
+Reconnection: `await participant.restart_transport()` replaces the peer connection (the client
+starts a fresh one); publications keep their identity, the server then offers.
 Errors: `NegotiationError` (a ValueError) for a broken SDP or an answer with no offer pending; the
 participant stays usable.
 """
 
+from .bandwidth import FallbackConfig
 from .config import IceConfig, IceServer, MediaConfig
 from .events import (
     CloseReason,
@@ -45,6 +50,7 @@ from .rtp.tap import bundle_data_channel
 __all__ = [
     "CloseReason",
     "DirectionStats",
+    "FallbackConfig",
     "IceConfig",
     "IceServer",
     "LinkStats",

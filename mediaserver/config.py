@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .bandwidth import FallbackConfig
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class IceServer:
@@ -55,6 +57,7 @@ class MediaConfig:
     rtcp_interval_s: how often receiver/sender reports and REMB are sent.
     max_video_bitrate_bps: ceiling of the REMB the server gives a video publisher.
     video_codecs: video codecs a room may use, in order of preference.
+    fallback: thresholds of the bandwidth fallback (docs/fallback.md).
     """
 
     ice: IceConfig = field(default_factory=IceConfig)
@@ -64,6 +67,7 @@ class MediaConfig:
     max_video_bitrate_bps: int = 2_500_000
     min_video_bitrate_bps: int = 100_000
     video_codecs: tuple[str, ...] = ("VP8", "H264")
+    fallback: FallbackConfig = field(default_factory=FallbackConfig)
 
     def __post_init__(self) -> None:
         n = self.packet_cache_size

@@ -128,6 +128,12 @@ class Forwarder:
         self._started = False
         self._pending_ts_gap = ts_gap
 
+    def pause(self) -> None:
+        """Forwarding stops (bandwidth fallback); the next forwarded packet (a keyframe for
+        video) numbers on after the last one sent, timestamps keep the source's clock."""
+        self._started = False
+        self._pending_ts_gap = None
+
     def _start(self, seq: int, ts: int) -> None:
         self._seq_offset = (self.last_seq + 1 - seq) & 0xFFFF
         if self._pending_ts_gap is not None:  # None: the source's timestamps still hold

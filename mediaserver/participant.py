@@ -28,6 +28,7 @@ from aiortc.sdp import candidate_from_sdp
 from .codecs import capabilities, codec_info
 from .emitter import Emitter
 from .events import CloseReason, LinkStats, Role, TrackMeta
+from .fallback import LinkFallback
 from .forwarder import ExtensionIds
 from .publication import Publication, extension_value
 from .rtp import rtcp
@@ -103,7 +104,8 @@ def strip_mdns_candidates(text: str) -> str:
 
 class Participant(Emitter, TapHooks):
     """Events: "offer" (sdp, tracks), "data" (text), "publication" (Publication),
-    "connectionstatechange" (state), "close" (reason)."""
+    "connectionstatechange" (state), "mode" (direction, mode, reason), "pause" (sources,
+    reason), "close" (reason)."""
 
     def __init__(
         self, participant_id: str, *, role: Role, room: Room, video_codecs: frozenset[str]
@@ -130,6 +132,17 @@ class Participant(Emitter, TapHooks):
         self._mid_ext_id = 0
         self._link = LinkStats()
         self.modes = {"uplink": "video", "downlink": "video"}
+        # -- bandwidth fallback (issue 5): see mediaserver/fallback.py --
+        self.fallback = LinkFallback(
+            self._config.fallback,
+            self._counters,
+            emit_mode=self._fallback_mode,
+            emit_pause=self._fallback_pause,
+        )
+        self._rebind: dict[RTCRtpTransceiver, Publication] = {}
+        self._restarted_at = 0.0
+        self.transport_restarts = 0
+        # -- end bandwidth fallback --
         self._sdp_lock = asyncio.Lock()
         self._needs_offer = False
         self._answered = asyncio.Event()
@@ -234,7 +247,7 @@ class Participant(Emitter, TapHooks):
         sub = Subscription(publication, send_rtp=self._send, counters=self._counters)
         self.subscriptions[publication.track_id] = sub
         self._sub_by_transceiver[transceiver] = sub
-        sub.once("close", lambda _reason: self._subscription_closed(transceiver, sub))
+        sub.once("close", lambda _reason: self._subscription_closed(sub))
         self._schedule_offer()
 
     def send_data(self, text: str) -> bool:
@@ -262,6 +275,7 @@ class Participant(Emitter, TapHooks):
             ],
             "subscriptions": len(self.subscriptions),
             "modes": dict(self.modes),
+            "paused_sources": self.fallback.paused_sources(),
             "link": self._link.as_dict(),
         }
 
@@ -323,8 +337,11 @@ class Participant(Emitter, TapHooks):
                 tracks[t.mid] = {"kind": meta.kind, "source": meta.source, "direction": "recvonly"}
         return tracks
 
-    def _subscription_closed(self, transceiver: RTCRtpTransceiver, sub: Subscription) -> None:
+    def _subscription_closed(self, sub: Subscription) -> None:
         self.subscriptions.pop(sub.publication.track_id, None)
+        transceiver = next((t for t, s in self._sub_by_transceiver.items() if s is sub), None)
+        if transceiver is None:
+            return
         self._sub_by_transceiver.pop(transceiver, None)
         for ssrc in (sub.ssrc, sub.rtx_ssrc):
             if self._sub_by_ssrc.get(ssrc) is sub:
@@ -354,6 +371,8 @@ class Participant(Emitter, TapHooks):
         if self._closed or not parameters.codecs:
             return
         mid = str(parameters.muxId)
+        if self._rebind_publication(transceiver, parameters):
+            return
         meta = (
             self._track_meta.pop(mid, None)
             or self._requested.pop(transceiver, None)
@@ -451,6 +470,7 @@ class Participant(Emitter, TapHooks):
 
     def _on_rtcp(self, data: bytes) -> None:
         arrival = time.monotonic()
+        self.fallback.last_rtcp = arrival
         subs = self._sub_by_ssrc
         for item in rtcp.parse(data):
             if isinstance(item, rtcp.SenderReport):
@@ -525,8 +545,8 @@ class Participant(Emitter, TapHooks):
                 pub.estimate_bps = self._estimate(pub, fraction)
                 estimate += pub.estimate_bps
                 rembs.append(rtcp.remb(self.rtcp_ssrc, pub.estimate_bps, [pub.ssrc]))
-        if blocks:
-            self._send(rtcp.receiver_report(self.rtcp_ssrc, blocks) + b"".join(rembs))
+        # Always one report: an empty RR keeps a client's media watchdog fed (reconnection).
+        self._send(rtcp.receiver_report(self.rtcp_ssrc, blocks) + b"".join(rembs))
         down_loss = down_jitter = 0.0
         down_bytes = 0
         rtts: list[float] = []
@@ -552,6 +572,9 @@ class Participant(Emitter, TapHooks):
         down.loss, down.jitter_ms, down.rtt_ms = down_loss, down_jitter, rtt_ms
         down.bitrate_bps = int(down_bytes * 8 / elapsed) if elapsed > 0 else 0
         down.estimated_bps = remb
+        self.fallback.tick(
+            now, elapsed, list(self.publications.values()), list(self.subscriptions.values())
+        )
 
     def _estimate(self, pub: Publication, loss: float) -> int:
         """Loss-based rate control (Galene), capped by what its subscribers can take."""
@@ -561,9 +584,11 @@ class Participant(Emitter, TapHooks):
             est = int(est * (1 - 0.5 * loss))
         elif loss < 0.02:
             est = int(est * 1.08)
-        caps = [s.remb_bps for s in pub.subscriptions if s.remb_bps]
+        caps = [s.remb_bps for s in pub.subscriptions if s.remb_bps and not s.paused]
         if caps:
             est = min(est, int(min(caps) * 1.5))
+        elif pub.subscriptions and all(s.paused for s in pub.subscriptions):
+            est = cfg.min_video_bitrate_bps  # nobody receives it (fallback): keep it small
         return max(cfg.min_video_bitrate_bps, min(cfg.max_video_bitrate_bps, est))
 
     # -- events and lifecycle -----------------------------------------------------------------
@@ -585,6 +610,7 @@ class Participant(Emitter, TapHooks):
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        self.fallback.close(time.monotonic())
         for pub in list(self.publications.values()):
             await pub._parent_closed(reason)
         for sub in list(self.subscriptions.values()):
@@ -595,3 +621,98 @@ class Participant(Emitter, TapHooks):
 
     async def _parent_closed(self, reason: CloseReason) -> None:
         await self.close(reason)
+
+    # -- bandwidth fallback and reconnection (issue 5) ----------------------------------------
+
+    def _fallback_mode(self, direction: str, mode: str, reason: str) -> None:
+        self.modes[direction] = mode
+        logger.info("participant %s %s mode %s (%s)", self.id, direction, mode, reason)
+        self.emit("mode", direction, mode, reason)
+
+    def _fallback_pause(self, sources: list[str], reason: str) -> None:
+        self.emit("pause", sources, reason)
+
+    async def restart_transport(self) -> None:
+        """The client lost its media connection and starts a fresh one: replace ours.
+
+        aiortc does no ICE restart, so the whole transport (ICE, DTLS, SCTP) is new. The
+        participant's publications keep their identity: the client's new senders for the same
+        sources feed them, and their subscribers keep their SSRC and continuous numbering
+        (`Publication.rebind`). Its subscriptions are offered again on the new transport. The
+        server then offers (recvonly m-lines for what it published, sendonly for what it
+        receives); the client answers as for any server offer.
+        """
+        self._check_open()
+        task = self._negotiation
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        async with self._sdp_lock:
+            old = self.pc
+            old.remove_all_listeners()
+            self.channel.remove_all_listeners()
+            self.transport = None
+            self._restarted_at = time.monotonic()
+            self.transport_restarts += 1
+            self.pc = ServerPeerConnection(hooks=self, ports=self.room.node.ports)
+            self.channel = self.pc.createDataChannel("consult", negotiated=True, id=0)
+            self.channel.on("message", self._on_channel_message)
+            self.pc.on("connectionstatechange", self._on_connection_state)
+            self._sub_by_ssrc.clear()
+            subs = list(self._sub_by_transceiver.values())
+            self._sub_by_transceiver.clear()
+            for sub in subs:
+                if sub.closed:
+                    continue
+                sub.transport_lost()
+                transceiver = self.pc.addTransceiver(sub.kind, direction="sendonly")
+                codec = sub.publication.codec
+                set_codec_preferences(
+                    transceiver, capabilities(sub.kind, codec.mime_type, codec.parameters)
+                )
+                self._sub_by_transceiver[transceiver] = sub
+            self._requested.clear()
+            self._track_meta.clear()
+            self._rebind.clear()
+            self._pub_by_ssrc.clear()
+            self._rtx_by_ssrc.clear()
+            for pub in self.publications.values():
+                transceiver = self.pc.addTransceiver(pub.kind, direction="recvonly")
+                self._requested[transceiver] = TrackMeta(kind=pub.kind, source=pub.source)
+                self._rebind[transceiver] = pub
+            self._answered.set()
+            self._needs_offer = True
+        self._negotiation = None
+        self._kick_negotiation()
+        try:
+            await old.close()
+        except Exception:
+            logger.exception("closing the replaced peer connection failed")
+
+    def _rebind_publication(
+        self, transceiver: RTCRtpTransceiver, parameters: RTCRtpReceiveParameters
+    ) -> bool:
+        """A publication's track comes back on a restarted transport: same identity."""
+        pub = self._rebind.pop(transceiver, None)
+        if pub is None or pub.closed:
+            return False
+        self._requested.pop(transceiver, None)
+        ext = {h.uri: h.id for h in parameters.headerExtensions}
+        self._mid_ext_id = ext.get(MID_URI, self._mid_ext_id)
+        encoding = parameters.encodings[0] if parameters.encodings else None
+        pub.rebind(
+            mid=str(parameters.muxId),
+            codec=codec_info(parameters.codecs),
+            ssrc=encoding.ssrc if encoding else None,
+            rtx_ssrc=encoding.rtx.ssrc if encoding and encoding.rtx else None,
+            audio_level_id=ExtensionIds.from_uris(ext).audio_level,
+            gap_s=time.monotonic() - self._restarted_at,
+        )
+        if pub.ssrc is not None:
+            self._pub_by_ssrc[pub.ssrc] = pub
+        if pub.rtx_ssrc is not None:
+            self._rtx_by_ssrc[pub.rtx_ssrc] = pub
+        return True
+
+    # -- end bandwidth fallback and reconnection --

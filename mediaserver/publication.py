@@ -68,6 +68,7 @@ class Publication(Emitter):
         self.subscriptions: list[Subscription] = []
         self.last_sr: tuple[int, int, float] | None = None  # (ntp, rtp ts, local arrival)
         self.estimate_bps: int | None = None
+        self.recent_loss = 0.0  # uplink loss of the last interval (bandwidth fallback)
         self._level_id = audio_level_id
         self._keyframe: KeyframeFn | None = detector(codec.mime_type)  # type: ignore[assignment]
         self._counters = counters
@@ -168,6 +169,36 @@ class Publication(Emitter):
         """Ask the publisher for packets a subscriber lost that the cache no longer has."""
         if self.codec.nack:
             self._nack_upstream(seqs)
+
+    # -- reconnection (issue 5) ----------------------------------------------------------------
+
+    def rebind(
+        self,
+        *,
+        mid: str,
+        codec: CodecInfo,
+        ssrc: int | None,
+        rtx_ssrc: int | None,
+        audio_level_id: int,
+        gap_s: float,
+    ) -> None:
+        """The publisher reconnected with a fresh transport: its new sender for this source
+        feeds this publication. Subscribers keep their SSRC; their numbering goes on after the
+        last packet sent and their timestamps after a gap of `gap_s` (a keyframe first)."""
+        self.mid = mid
+        self.codec = codec
+        self.ssrc = ssrc
+        self.rtx_ssrc = rtx_ssrc
+        self._level_id = audio_level_id
+        self._keyframe = detector(codec.mime_type)  # type: ignore[assignment]
+        self.stats = ReceiveStats(codec.clock_rate)
+        self.cache.clear()
+        self.last_sr = None
+        gap = max(1, int(gap_s * codec.clock_rate))
+        for sub in self.subscriptions:
+            if sub.forwarder is not None:
+                sub.forwarder.switch_source(gap)
+        self._last_pli = -1e9
 
     # -- lifecycle -------------------------------------------------------------------------
 

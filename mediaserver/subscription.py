@@ -41,6 +41,13 @@ class Subscription(Emitter):
         self.jitter = 0
         self.rtt: float | None = None
         self.remb_bps: int | None = None
+        # Bandwidth fallback (mediaserver/fallback.py): receiver reports seen, packets the
+        # last one covered, and whether forwarding is paused for this subscriber.
+        self.reports = 0
+        self.report_packets = 0
+        self.highest_reported: int | None = None
+        self.packets_lost = 0
+        self.paused = False
         self._send_rtp = send_rtp
         self._counters = counters
         self._sr_sent: dict[int, float] = {}
@@ -69,13 +76,25 @@ class Subscription(Emitter):
             rtx_ssrc=rtx_ssrc,
             rtx_payload_type=rtx_payload_type,
         )
+        self.highest_reported = None
         self.publication.attach(self)
+        if self.kind == "video":
+            self.publication.request_keyframe(force=True)
+
+    def transport_lost(self) -> None:
+        """The subscriber's transport is being replaced (reconnection): stop until `start`."""
+        self.publication.detach(self)
+        self.forwarder = None
+        self.rtt = None
+        self.remb_bps = None
 
     # -- the packet path -------------------------------------------------------------------
 
     def send(
         self, data: bytes, off: int, seq: int, ts: int, keyframe: bool, abs3: bytes, level: int
     ) -> None:
+        if self.paused:
+            return
         fwd = self.forwarder
         packet = fwd.rewrite(data, off, seq, ts, keyframe, abs3, level)  # type: ignore[union-attr]
         if packet is None:
@@ -116,7 +135,27 @@ class Subscription(Emitter):
         self._counters.plis_received += 1
         self.publication.request_keyframe()
 
+    def set_paused(self, paused: bool) -> None:
+        """Stop or resume forwarding (bandwidth fallback).
+
+        Output stays continuous: on resume the sequence goes on after the last packet sent, the
+        timestamps keep the source's clock, and video waits for a (requested) keyframe.
+        """
+        if paused == self.paused:
+            return
+        self.paused = paused
+        fwd = self.forwarder
+        if fwd is not None:
+            fwd.pause()
+        if not paused and self.kind == "video":
+            self.publication.request_keyframe(force=True)
+
     def on_report(self, block: rtcp.ReportBlock) -> None:
+        if self.highest_reported is not None:  # low 16 bits: aiortc reports no cycles
+            self.report_packets = (block.highest_seq - self.highest_reported) & 0xFFFF
+        self.highest_reported = block.highest_seq
+        self.packets_lost = block.packets_lost
+        self.reports += 1
         self.fraction_lost = block.fraction_lost / 256
         self.jitter = block.jitter
         sent = self._sr_sent.get(block.lsr)

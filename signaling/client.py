@@ -17,6 +17,7 @@ import contextlib
 import itertools
 import json
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -36,6 +37,8 @@ from mediaserver.api import bundle_data_channel
 logger = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_S = 15.0
+UPLINK_GUARD_LOSS = 0.3  # fraction lost in the server's reports that stops our video
+UPLINK_GUARD_S = 10.0
 TERMINAL_STATES = frozenset({"denied", "kicked", "ended", "left", "closed"})
 
 
@@ -65,8 +68,14 @@ class ConsultClient:
         codecs: list[str] | None = None,
         http: aiohttp.ClientSession | None = None,
         auto_answer: bool = True,
+        auto_reconnect: bool = False,
     ) -> None:
-        """`auto_answer=False` leaves server offers unanswered (tests of glare use it)."""
+        """`auto_answer=False` leaves server offers unanswered (tests of glare use it).
+
+        `auto_reconnect=True` resumes a dropped socket with the resume token, restarts the
+        media connection when it fails or nothing arrives for `media_timeout_s` (`reconnect`),
+        and obeys the server's `pause` (bandwidth fallback) by stopping those senders.
+        """
         self.ws_url = base_url.rstrip("/").replace("http", "ws", 1) + "/ws"
         self.codecs = codecs
         self.auto_answer = auto_answer
@@ -96,6 +105,25 @@ class ConsultClient:
         self._negotiation = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
         self.negotiations = 0
+        # -- automatic reconnection and bandwidth fallback (issue 5) --
+        self.auto_reconnect = auto_reconnect
+        self.media_timeout_s = 8.0
+        self.heartbeat_s = 20.0  # shorter closes sockets that a slow link would still carry
+        self._media_started = 0.0
+        self._media_wanted = False
+        self.modes: dict[tuple[str, str], dict[str, Any]] = {}
+        self.paused_sources: set[str] = set()
+        self.reconnects = 0
+        self.resumes = 0
+        self._published: list[tuple[str, MediaStreamTrack]] = []
+        self._sender_sources: dict[Any, str] = {}
+        self._last_inbound = 0.0
+        self._watchdog: asyncio.Task[None] | None = None
+        self._recovering: asyncio.Task[None] | None = None
+        self._closing = False
+        self.self_paused: dict[str, float] = {}  # source -> until (uplink guard)
+        self._lossy: dict[str, int] = {}
+        # -- end --
 
     # -- connection ---------------------------------------------------------------------------
 
@@ -119,7 +147,14 @@ class ConsultClient:
             self._http = aiohttp.ClientSession()
         self.close_code = None
         self.close_reason = ""
-        self.ws = await self._http.ws_connect(self.ws_url, autoping=True)
+        heartbeat = self.heartbeat_s if self.auto_reconnect else None
+        # Bounded: over a dead or saturated link the TCP handshake alone can hang for minutes.
+        # Once `join` is sent the reply is awaited (a resume token is single-use: an attempt
+        # abandoned after the server took it would make the next one a fresh join).
+        self.ws = await asyncio.wait_for(
+            self._http.ws_connect(self.ws_url, autoping=True, heartbeat=heartbeat),
+            DEFAULT_TIMEOUT_S,
+        )
         future = self._expect(ref if isinstance(ref, str) else "\0no-ref")
         await self.ws.send_str(first)
         self._reader = asyncio.create_task(self._read(self.ws))
@@ -150,6 +185,10 @@ class ConsultClient:
 
     async def close(self) -> None:
         """Close everything locally (no `leave`)."""
+        self._closing = True
+        for task in (self._watchdog, self._recovering):
+            if task is not None:
+                task.cancel()
         await self.drop()
         for task in list(self._tasks):
             task.cancel()
@@ -215,6 +254,8 @@ class ConsultClient:
             self._pending.clear()
             async with self._changed:
                 self._changed.notify_all()
+            if ws is self.ws and self._should_recover():
+                self._start_recovery(media=False)
 
     async def _handle(self, msg: dict[str, Any]) -> None:
         kind = msg.get("type")
@@ -233,6 +274,12 @@ class ConsultClient:
             self.state = kind
         elif kind == "offer" and self.auto_answer:
             self._spawn(self._answer_offer(msg))
+        elif kind == "mode":
+            self.modes[(str(msg.get("participant")), str(msg.get("direction")))] = msg
+        elif kind == "pause":
+            self.paused_sources = {str(s) for s in msg.get("sources") or []}
+            self.self_paused.clear()  # the server's word replaces our own guess
+            self._apply_pause()
         ref = msg.get("ref")
         if ref is not None and ref in self._pending:
             future = self._pending.pop(ref)
@@ -332,6 +379,12 @@ class ConsultClient:
             bundle_data_channel(self.pc)
             self.channel.on("message", self._on_data)
             self.pc.on("track", self._on_track)
+            if self.auto_reconnect:  # issue 5
+                self._media_started = time.monotonic()
+                self._last_inbound = 0.0
+                self._hook_inbound(self.pc)
+                if self._watchdog is None or self._watchdog.done():
+                    self._watchdog = asyncio.get_running_loop().create_task(self._watch_media())
         return self.pc
 
     def _on_data(self, message: str | bytes) -> None:
@@ -349,6 +402,7 @@ class ConsultClient:
         self._ensure_pc()
         for track, source in zip(tracks, sources, strict=True):
             self._publish_queue.append((source, track))
+            self._published.append((source, track))
         await self.request(
             "publish",
             tracks=[{"kind": t.kind, "source": s} for t, s in zip(tracks, sources, strict=True)],
@@ -378,10 +432,12 @@ class ConsultClient:
                 if track is not None:
                     transceiver.sender.replaceTrack(track)
                     transceiver.direction = "sendonly"
+                    self._sender_sources[transceiver.sender] = str(meta.get("source"))
             answer = await pc.createAnswer()
             await pc.setLocalDescription(answer)
             await self.request("answer", sdp=pc.localDescription.sdp)
             self.negotiations += 1
+            self._apply_pause()
             async with self._changed:
                 self._changed.notify_all()
 
@@ -418,3 +474,154 @@ class ConsultClient:
             return found
 
         return await asyncio.wait_for(wait(), timeout_s)
+
+    # -- automatic reconnection and bandwidth fallback (issue 5) --------------------------------
+
+    def _should_recover(self) -> bool:
+        return (
+            self.auto_reconnect
+            and not self._closing
+            and self.state not in TERMINAL_STATES
+            and self.token is not None
+            and self.resume_token is not None
+        )
+
+    def _start_recovery(self, *, media: bool) -> None:
+        if media:
+            self._media_wanted = True
+        if self._recovering is None or self._recovering.done():
+            self._recovering = asyncio.get_running_loop().create_task(self._recover())
+
+    async def _recover(self) -> None:
+        """Resume the socket if it is gone, then restart the media connection if wanted."""
+        delay = 0.5
+        while self._should_recover():
+            try:
+                if self.ws is None or self.ws.closed:
+                    joined = await self.resume()
+                    self.resumes += 1
+                    if not joined.get("resumed"):
+                        logger.warning("resume refused: joined again as a new participant")
+                        self._media_wanted = True
+                if self._media_wanted and self.state == "admitted":
+                    try:
+                        await self._restart_media()
+                    except (TimeoutError, ConnectionError):
+                        # No answer on this socket either: it is dead too (an address change).
+                        if self.ws is not None:
+                            await self.ws.close()
+                        raise
+                    self._media_wanted = False
+                return
+            except JoinRefused as exc:
+                if exc.code is not None and 4000 <= exc.code < 5000:
+                    logger.warning("reconnection refused (%s): giving up", exc.code)
+                    return
+                logger.info("reconnection failed: %s", exc)
+            except Exception as exc:
+                logger.info("reconnection failed: %r", exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 4.0)
+
+    async def _restart_media(self) -> None:
+        """A fresh peer connection (aiortc does no ICE restart): the server offers on it."""
+        async with self._negotiation:
+            old, self.pc, self.channel = self.pc, None, None
+            if old is not None:
+                old.remove_all_listeners()
+                for transceiver in old.getTransceivers():
+                    # aiortc stops a sender's track when its sender stops: keep ours alive.
+                    transceiver.sender.replaceTrack(None)
+                with contextlib.suppress(Exception):
+                    await old.close()
+            self._sender_sources.clear()
+            self._publish_queue = list(self._published)
+            self._ensure_pc()
+        self.reconnects += 1
+        logger.info("restarting the media connection (%d)", self.reconnects)
+        await self.request("reconnect")
+
+    def _hook_inbound(self, pc: RTCPeerConnection) -> None:
+        """Note the arrival time of every datagram of the pc's ICE connections (watchdog)."""
+        transports = [pc._RTCPeerConnection__sctp]  # type: ignore[attr-defined]
+        transports += [t.receiver.transport for t in pc.getTransceivers()]
+        for transport in transports:
+            dtls = getattr(transport, "transport", transport)
+            conn = getattr(getattr(dtls, "transport", None), "_connection", None)
+            if conn is None or getattr(conn, "_consult_hooked", False):
+                continue
+            original = conn.data_received
+
+            def received(data: bytes, component: int, original: Any = original) -> None:
+                self._last_inbound = time.monotonic()
+                original(data, component)
+
+            conn.data_received = received
+            conn._consult_hooked = True
+
+    async def _watch_media(self) -> None:
+        """Restart the media connection when ICE fails or nothing arrives for a while."""
+        while not self._closing:
+            await asyncio.sleep(0.5)
+            pc = self.pc
+            if pc is None or self.state != "admitted":
+                continue
+            await self._guard_uplink()
+            if self._recovering is not None and not self._recovering.done():
+                continue
+            self._hook_inbound(pc)
+            now = time.monotonic()
+            ice = pc.iceConnectionState
+            silent = self._last_inbound > 0 and now - self._last_inbound > self.media_timeout_s
+            stuck = ice in ("new", "checking") and now - self._media_started > 20
+            if ice in ("failed", "closed") or silent or (stuck and self._published):
+                if self._should_recover():
+                    logger.info("media connection lost (ice %s, silent %s)", ice, silent)
+                    self._start_recovery(media=True)
+
+    def _apply_pause(self) -> None:
+        """Stop (or resume) the senders of the sources the server paused (bandwidth fallback).
+
+        aiortc's sender then drops frames before encoding them (its `_enabled` switch)."""
+        now = time.monotonic()
+        for sender, source in self._sender_sources.items():
+            guarded = self.self_paused.get(source, 0.0) > now
+            sender._enabled = source not in self.paused_sources and not guarded
+
+    async def _guard_uplink(self) -> None:
+        """Stop our video (then audio) ourselves when the server's reports show heavy loss.
+
+        The server's `pause` travels over the same (possibly saturated) link and may be late;
+        a browser's congestion control would have cut its rate already, aiortc's VP8 never
+        goes under 250 kbit/s. The guess lasts `UPLINK_GUARD_S` or until the server's next
+        `pause`."""
+        changed = False
+        now = time.monotonic()
+        senders = sorted(self._sender_sources.items(), key=lambda item: item[0].kind != "video")
+        for sender, source in senders:
+            if source in self.paused_sources:
+                continue
+            video_on = any(s.kind == "video" and s._enabled for s, _ in senders if s is not sender)
+            if sender.kind == "audio" and video_on:
+                continue  # video goes first
+            if self.self_paused.get(source, 0.0) > now:
+                continue
+            if source in self.self_paused:
+                del self.self_paused[source]
+                changed = True
+            lost = None
+            with contextlib.suppress(Exception):
+                for stats in (await sender.getStats()).values():
+                    if getattr(stats, "type", "") == "remote-inbound-rtp":
+                        lost = float(stats.fractionLost)
+            if lost is not None and lost > 1:
+                lost /= 256
+            bad = lost is not None and lost >= UPLINK_GUARD_LOSS
+            self._lossy[source] = self._lossy.get(source, 0) + 1 if bad else 0
+            if self._lossy[source] >= 2:
+                self._lossy[source] = 0
+                self.self_paused[source] = now + UPLINK_GUARD_S
+                logger.info("heavy uplink loss (%.2f): pausing %s ourselves", lost, source)
+                changed = True
+        if changed:
+            self._apply_pause()

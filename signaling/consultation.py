@@ -303,6 +303,7 @@ class Consultation:
         media.on("data", self._listener(session, self._on_media_data))
         media.on("connectionstatechange", self._listener(session, self._on_media_state))
         media.on("mode", self._listener(session, self._on_media_mode))
+        media.on("pause", self._listener(session, self._on_media_pause))  # issue 5
         media.on("close", self._listener(session, self._on_media_close))
         return media
 
@@ -339,10 +340,14 @@ class Consultation:
         }
         self.broadcast(msg)
 
+    def _on_media_pause(self, session: Session, sources: list[str], reason: str) -> None:
+        """Bandwidth fallback: the publisher stops (or resumes) these senders (issue 5)."""
+        session.send({"type": "pause", "sources": sources, "reason": reason})
+
     def _on_media_state(self, session: Session, state: str) -> None:
-        if state in ("failed", "closed"):
-            self.hub.spawn(self.remove(session, CloseReason.FAILED))
-        elif state == "disconnected":
+        # The client may start a fresh transport (`reconnect`, issue 5): a failed or closed
+        # one (a client closes its old one first) is given peer_timeout_s to be replaced.
+        if state in ("disconnected", "failed", "closed"):
             if session.peer_timer is None or session.peer_timer.done():
                 session.peer_timer = self.hub.spawn(self._peer_timeout(session))
         elif state in ("connected", "connecting"):
@@ -351,7 +356,7 @@ class Consultation:
     async def _peer_timeout(self, session: Session) -> None:
         await asyncio.sleep(self.hub.config.peer_timeout_s)
         media = session.media
-        if media is not None and media.connection_state in ("disconnected", "failed"):
+        if media is not None and media.connection_state in ("disconnected", "failed", "closed"):
             await self.remove(session, CloseReason.TIMEOUT)
 
     def _on_media_close(self, session: Session, reason: CloseReason) -> None:

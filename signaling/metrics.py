@@ -117,6 +117,46 @@ class Metrics:
             self.loop_lag.observe(max(0.0, time.monotonic() - start - interval_s))
 
 
+MODES = ("video", "audio-only", "chat-only")
+DIRECTIONS = ("uplink", "downlink")
+
+
+def _mode_metrics(hub: Hub) -> Iterator[Metric]:
+    """Bandwidth fallback (issue 5): participants per mode, transitions, time in mode."""
+    now: Tally[tuple[str, str]] = Tally()
+    for consultation in list(hub.consultations.values()):
+        for s in consultation.admitted():
+            modes = getattr(s.media, "modes", None) or {}
+            for direction in DIRECTIONS:
+                now[(direction, str(modes.get(direction, "video")))] += 1
+    counters = hub.node.counters
+    current = GaugeMetricFamily(
+        "consult_link_mode_participants",
+        "Admitted participants per link direction and fallback mode",
+        labels=["direction", "mode"],
+    )
+    transitions = CounterMetricFamily(
+        "consult_link_mode_transitions",
+        "Fallback mode changes, by direction and the mode entered",
+        labels=["direction", "mode"],
+    )
+    seconds = CounterMetricFamily(
+        "consult_link_mode_seconds",
+        "Seconds spent in each fallback mode (accounted at each change and when a participant"
+        " leaves)",
+        labels=["direction", "mode"],
+    )
+    for direction in DIRECTIONS:
+        for mode in MODES:
+            key = f"{direction}:{mode}"
+            current.add_metric([direction, mode], now[(direction, mode)])
+            transitions.add_metric([direction, mode], counters.mode_transitions.get(key, 0))
+            seconds.add_metric([direction, mode], counters.mode_seconds.get(key, 0.0))
+    yield current
+    yield transitions
+    yield seconds
+
+
 class HubCollector(Collector):
     """Gauges of rooms/participants/tracks and the media node's counters, read at scrape time."""
 
@@ -153,6 +193,8 @@ class HubCollector(Collector):
         for kind in ("audio", "video"):
             tracks.add_metric([kind], kinds[kind])
         yield tracks
+
+        yield from _mode_metrics(hub)
 
         counters = hub.node.counters
         for f in dataclasses.fields(counters):

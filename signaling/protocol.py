@@ -47,6 +47,7 @@ CLIENT_TYPES = frozenset(
         "answer",
         "candidate",
         "publish",
+        "reconnect",
         "chat",
         "admit",
         "deny",

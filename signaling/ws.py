@@ -294,6 +294,13 @@ async def on_publish(hub: Hub, session: Session, msg: dict[str, Any]) -> None:
     _ack(session, msg)
 
 
+async def on_reconnect(hub: Hub, session: Session, msg: dict[str, Any]) -> None:
+    """The client starts a fresh media connection (issue 5): the server offers on a new one."""
+    media = _media(session, msg)
+    await media.restart_transport()
+    _ack(session, msg)
+
+
 HANDLERS: dict[str, Handler] = {
     "join": on_join,
     "ping": on_ping,
@@ -307,6 +314,7 @@ HANDLERS: dict[str, Handler] = {
     "answer": on_answer,
     "candidate": on_candidate,
     "publish": on_publish,
+    "reconnect": on_reconnect,
 }
 
 

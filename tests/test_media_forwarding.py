@@ -9,7 +9,16 @@ from collections.abc import AsyncIterator
 import pytest
 from aiortc.mediastreams import AudioStreamTrack
 
-from mediaserver.api import IceConfig, MediaConfig, NegotiationError, Node, Role, Room, RoomOptions
+from mediaserver.api import (
+    FallbackConfig,
+    IceConfig,
+    MediaConfig,
+    NegotiationError,
+    Node,
+    Role,
+    Room,
+    RoomOptions,
+)
 from mediaserver.publication import payload_offset
 from mediaserver.rtp.keyframe import vp8_keyframe_start
 from tests.media_peers import PatternVideoTrack, Peer, av_tracks
@@ -128,6 +137,9 @@ async def test_lost_packets_are_recovered_from_the_packet_cache(room: Room) -> N
     try:
         await doctor.publish({"camera": PatternVideoTrack()})
         await patient.wait_frames("video", 5)
+        # 14% downlink loss would (rightly) make the bandwidth fallback stop this video.
+        for ctl in (sub_participant.fallback.down, sub_participant.fallback.up):
+            ctl.config = FallbackConfig(enabled=False)
         (sub,) = sub_participant.subscriptions.values()
         send = sub._send_rtp
         count = [0]

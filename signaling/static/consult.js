@@ -57,6 +57,7 @@ const REQUEST_TIMEOUT_MS = 15000;
 const BACKOFF_MS = [250, 500, 1000, 2000, 4000, 8000];
 const GLARE_HOLD_MS = 1000;
 const FIRST_OFFER_WAIT_MS = 3000;
+const MEDIA_RESTART_MS = 8000; // disconnected this long: a fresh peer connection (issue 5)
 const MAX_RECONNECT_ATTEMPTS = 40; // about five minutes: longer than any resume grace period
 
 /** An error from the server (`{type: "error", code, message, ref}`) or from the client. */
@@ -115,6 +116,7 @@ function supportedCodecs() {
  *   track {track, stream, participant, source, kind, mid}   track-ended {... same}
  *   connectionstatechange {state}       signalingstatechange {state}
  *   reconnecting {attempt, delay, code} resumed              ended {reason}
+ *   pause {sources, reason} (our senders the server stopped)   reconnecting {media: true, attempt}
  *   error {code, message, ref}          closed {reason}
  */
 export class Consultation extends EventTarget {
@@ -406,6 +408,8 @@ export class Consultation extends EventTarget {
         return this._emit("mode", {
           participant: msg.participant, direction: msg.direction, mode: msg.mode, reason: msg.reason,
         });
+      case "pause": // bandwidth fallback (issue 5)
+        return this._onPause(msg);
       case "offer":
         return this._enqueue(() => this._onServerOffer(msg));
       case "candidate":
@@ -690,10 +694,66 @@ export class Consultation extends EventTarget {
     this._awaitingRoom = true;
     this._holdOffers(FIRST_OFFER_WAIT_MS);
     pc.onicecandidate = (ev) => this._onLocalCandidate(ev.candidate);
-    pc.onconnectionstatechange = () => this._emit("connectionstatechange", { state: pc.connectionState });
+    pc.onconnectionstatechange = () => {
+      this._emit("connectionstatechange", { state: pc.connectionState });
+      this._watchMedia(pc); // automatic media restart (issue 5)
+    };
     pc.onsignalingstatechange = () => this._emit("signalingstatechange", { state: pc.signalingState });
     for (const pub of this._waitingPublish.splice(0)) this._startPublication(pub);
   }
+
+  // -- bandwidth fallback and media restart (issue 5) -------------------------------------
+  // `pause {sources, reason}`: the server asks us to stop these senders (our uplink is short);
+  // an empty list resumes them. The track stays ours; the sender just sends nothing.
+  _onPause(msg) {
+    const paused = new Set(Array.isArray(msg.sources) ? msg.sources : []);
+    this._pausedSources = paused;
+    for (const [tr, pub] of this._published) {
+      const want = paused.has(pub.source) ? null : pub.track;
+      if (tr.sender.track !== want) tr.sender.replaceTrack(want).catch((e) => this._emitError("client", e));
+    }
+    this._emit("pause", { sources: [...paused], reason: msg.reason ?? null });
+  }
+
+  // ICE failed, or disconnected for MEDIA_RESTART_MS: start a fresh peer connection. The
+  // server (aiortc underneath) does no ICE restart; `reconnect` makes it replace its side too,
+  // and its next offer carries a recvonly m-line per source we published.
+  _watchMedia(pc) {
+    if (pc !== this._pc || this._state !== "admitted") return;
+    const state = pc.connectionState;
+    clearTimeout(this._mediaTimer);
+    this._mediaTimer = null;
+    if (state === "failed") this._enqueue(() => this._restartMedia());
+    else if (state === "disconnected") {
+      this._mediaTimer = setTimeout(() => {
+        if (pc === this._pc && ["disconnected", "failed"].includes(pc.connectionState)) {
+          this._enqueue(() => this._restartMedia());
+        }
+      }, MEDIA_RESTART_MS);
+    }
+  }
+
+  async _restartMedia() {
+    if (this._state !== "admitted" || !this._pc) return;
+    const old = this._pc;
+    for (const pub of this._published.values()) {
+      delete pub.transceiver;
+      this._requested.push(pub);
+    }
+    this._published.clear();
+    old.onconnectionstatechange = old.onnegotiationneeded = old.onicecandidate = null;
+    old.onsignalingstatechange = null;
+    old.close();
+    for (const detail of this._remoteTracks.values()) this._emit("track-ended", detail);
+    this._remoteTracks.clear();
+    this._remote.clear();
+    this._pc = this._dc = null;
+    this._ensurePeerConnection();
+    this._mediaRestarts = (this._mediaRestarts ?? 0) + 1;
+    this._emit("reconnecting", { media: true, attempt: this._mediaRestarts });
+    await this._request({ type: "reconnect" });
+  }
+  // -- end bandwidth fallback and media restart --
 
   // Negotiation steps run one at a time, in arrival order.
   _enqueue(step) {
@@ -795,7 +855,8 @@ export class Consultation extends EventTarget {
       const i = this._requested.findIndex((p) => p.source === info.source && p.kind === (info.kind ?? p.kind));
       if (i < 0) continue;
       const [pub] = this._requested.splice(i, 1);
-      tr.sender.replaceTrack(pub.track).catch((e) => this._emitError("client", e));
+      const paused = this._pausedSources?.has(pub.source); // bandwidth fallback (issue 5)
+      tr.sender.replaceTrack(paused ? null : pub.track).catch((e) => this._emitError("client", e));
       tr.direction = "sendonly";
       pub.transceiver = tr;
       this._published.set(tr, pub);

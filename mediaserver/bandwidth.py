@@ -1,0 +1,314 @@
+"""Bandwidth fallback: link samples and the per-direction mode state machine (pure, no I/O).
+
+Modes, best first: `video` -> `audio-only` -> `chat-only`. One `BandwidthController` runs per
+participant and direction (uplink: what it sends us; downlink: what we send it). Once per
+RTCP interval the participant feeds it a `LinkSample` built from what the server measures
+(sequence gaps of the publications, receiver reports and REMB of the subscriber, bytes per
+interval) and applies the controller's `state` (which sources may flow).
+
+Going down is quick (a few samples), going up is slow and proven: after a minimum dwell in the
+lower mode, the controller *probes* (lets the next level's media flow for `probe_s` while the
+mode stays) and climbs only if the probe's loss stays low. A probe that fails doubles the wait
+before the next one; a climb that falls back soon after doubles the dwell (no flapping).
+
+Within a mode, sources are shed by priority before the mode changes: with two video sources,
+the lowest-priority one (webcam `camera` before `exam-camera`) stops first; in audio-only with
+two audio sources, the webcam `microphone` stops before device audio (`stethoscope`).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+
+class Mode(enum.Enum):
+    VIDEO = "video"
+    AUDIO_ONLY = "audio-only"
+    CHAT_ONLY = "chat-only"
+
+
+RANK = {Mode.VIDEO: 0, Mode.AUDIO_ONLY: 1, Mode.CHAT_ONLY: 2}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FallbackConfig:
+    """Thresholds of the bandwidth fallback (docs/fallback.md explains how to tune them).
+
+    video_loss: loss (0..1) of the flowing streams at or above which video is shed.
+    audio_loss: loss of the audio streams (video already off) at or above which -> chat-only.
+    good_loss: loss at or below which a sample counts as good (a probe passes).
+    min_video_bps: goodput (payload bits/s delivered) below which video cannot fit; a REMB
+        estimate below it also sheds video.
+    min_audio_bps: goodput below which even audio cannot pass, with loss: straight to chat-only.
+    min_packets: packets a sample must cover for its loss to count.
+    down_samples: consecutive congested samples before stepping down (1 = at once);
+        a loss at or above `severe_loss` steps down at once.
+    settle_s: after any change (or a stalled link) samples are ignored this long (queues drain,
+        reports catch up).
+    min_dwell_s: time in a lower mode before the first probe up.
+    probe_s: how long a probe lets the next level's media flow before climbing.
+    max_backoff_s: ceiling of the probe wait and of the dwell after repeated failures.
+    video_priority / audio_priority: source labels, most important first; a source not listed
+        ranks after the listed ones.
+    """
+
+    enabled: bool = True
+    video_loss: float = 0.10
+    audio_loss: float = 0.20
+    severe_loss: float = 0.30
+    good_loss: float = 0.03
+    min_video_bps: int = 120_000
+    min_audio_bps: int = 24_000
+    min_packets: int = 8
+    down_samples: int = 2
+    settle_s: float = 1.5
+    min_dwell_s: float = 5.0
+    probe_s: float = 2.5
+    max_backoff_s: float = 10.0
+    video_priority: tuple[str, ...] = ("exam-camera", "screen", "camera")
+    audio_priority: tuple[str, ...] = ("stethoscope", "microphone")
+
+    def __post_init__(self) -> None:
+        if not 0 < self.good_loss < self.video_loss <= 1:
+            raise ValueError("fallback thresholds need 0 < good_loss < video_loss <= 1")
+        if not 0 < self.audio_loss <= 1 or not 0 < self.severe_loss <= 1:
+            raise ValueError("audio_loss and severe_loss are within (0, 1]")
+        if self.down_samples < 1 or self.min_packets < 1:
+            raise ValueError("down_samples and min_packets are at least 1")
+        if min(self.settle_s, self.min_dwell_s, self.probe_s) < 0:
+            raise ValueError("fallback times are not negative")
+
+
+@dataclass(frozen=True, slots=True)
+class LinkSample:
+    """One interval of one direction of a participant's link.
+
+    loss: worst loss among the streams that flowed (0..1); audio_loss: worst among audio
+    streams (None when no audio flowed); packets: packets the loss figures cover; goodput_bps:
+    payload bits/s delivered; estimate_bps: the receiver's REMB (downlink) or None; sent_bps:
+    payload bits/s sent (downlink; a REMB below it means we overshoot the receiver); stalled:
+    nothing at all arrived from the peer (an outage: reconnection's business, not ours).
+    """
+
+    loss: float = 0.0
+    audio_loss: float | None = None
+    packets: int = 0
+    goodput_bps: int = 0
+    estimate_bps: int | None = None
+    sent_bps: int = 0
+    stalled: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class State:
+    """What may flow: the mode, and how many low-priority sources are shed within it."""
+
+    mode: Mode = Mode.VIDEO
+    video_shed: int = 0
+    audio_shed: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """A mode change (what becomes an event, a metric and the room API's view)."""
+
+    mode: Mode
+    previous: Mode
+    reason: str
+
+
+def step_down(state: State, n_video: int, n_audio: int, *, to: Mode | None = None) -> State:
+    """One level lower (or straight to the first level of `to`)."""
+    if to is Mode.CHAT_ONLY:
+        return State(Mode.CHAT_ONLY)
+    if to is Mode.AUDIO_ONLY and state.mode is Mode.VIDEO:
+        return State(Mode.AUDIO_ONLY)
+    if state.mode is Mode.VIDEO:
+        if state.video_shed < n_video - 1:
+            return replace(state, video_shed=state.video_shed + 1)
+        return State(Mode.AUDIO_ONLY)
+    if state.mode is Mode.AUDIO_ONLY:
+        if state.audio_shed < n_audio - 1:
+            return replace(state, audio_shed=state.audio_shed + 1)
+        return State(Mode.CHAT_ONLY)
+    return state
+
+
+def step_up(state: State, n_video: int, n_audio: int) -> State:
+    """One level higher."""
+    if state.mode is Mode.CHAT_ONLY:
+        return State(Mode.AUDIO_ONLY, audio_shed=max(0, n_audio - 1))
+    if state.mode is Mode.AUDIO_ONLY:
+        if state.audio_shed > 0:
+            return replace(state, audio_shed=state.audio_shed - 1)
+        return State(Mode.VIDEO, video_shed=max(0, n_video - 1))
+    if state.video_shed > 0:
+        return replace(state, video_shed=state.video_shed - 1)
+    return state
+
+
+def _rank(source: str, priority: tuple[str, ...]) -> int:
+    return priority.index(source) if source in priority else len(priority)
+
+
+def allowed_sources(
+    state: State, sources: Sequence[tuple[str, str]], config: FallbackConfig
+) -> list[bool]:
+    """For each (kind, source), whether it may flow in this state (priority order applies)."""
+    keep = [False] * len(sources)
+    if state.mode is Mode.CHAT_ONLY:
+        return keep
+    for kind, priority, shed in (
+        ("video", config.video_priority, state.video_shed),
+        ("audio", config.audio_priority, state.audio_shed),
+    ):
+        if kind == "video" and state.mode is not Mode.VIDEO:
+            continue
+        idx = [i for i, (k, _) in enumerate(sources) if k == kind]
+        idx.sort(key=lambda i: _rank(sources[i][1], priority))  # stable: earlier first on ties
+        for i in idx[: max(0, len(idx) - shed)] if idx else []:
+            keep[i] = True
+    return keep
+
+
+@dataclass(slots=True)
+class BandwidthController:
+    """The mode state machine of one direction of one participant's link."""
+
+    config: FallbackConfig = field(default_factory=FallbackConfig)
+    state: State = field(default_factory=State)
+    probe: State | None = None  # the higher state being tried, while a probe runs
+    since: float = 0.0  # when the current mode began
+    _settle_until: float = 0.0
+    _bad: int = 0
+    _probe_until: float = 0.0
+    _next_probe: float = 0.0
+    _probe_failures: int = 0
+    _dwell: float = -1.0
+    _last_climb: float = -1e9
+    time_in_mode: dict[Mode, float] = field(default_factory=dict)
+
+    @property
+    def mode(self) -> Mode:
+        return self.state.mode
+
+    @property
+    def effective(self) -> State:
+        """What flows now: the probe's state while a probe runs, else the state."""
+        return self.probe if self.probe is not None else self.state
+
+    def start(self, now: float) -> None:
+        self.since = now
+        self._settle_until = now + self.config.settle_s
+        self._dwell = self.config.min_dwell_s
+
+    def update(self, now: float, sample: LinkSample, n_video: int, n_audio: int) -> Change | None:
+        """Feed one sample; returns the mode change it caused, if any."""
+        cfg = self.config
+        if self._dwell < 0:
+            self.start(now)
+        if not cfg.enabled:
+            return None
+        if sample.stalled:
+            self._bad = 0
+            self._settle_until = now + cfg.settle_s
+            return None
+        if now < self._settle_until:
+            return None
+        if self.probe is not None:
+            return self._judge_probe(now, sample, n_video, n_audio)
+        return self._judge(now, sample, n_video, n_audio)
+
+    def _judge(self, now: float, sample: LinkSample, n_video: int, n_audio: int) -> Change | None:
+        cfg = self.config
+        state = self.state
+        measured = sample.packets >= cfg.min_packets
+        audio_loss = sample.audio_loss if sample.audio_loss is not None else sample.loss
+        starving = measured and sample.loss >= cfg.video_loss
+        starving = starving and sample.goodput_bps < cfg.min_audio_bps
+        if state.mode is Mode.VIDEO:
+            # A low REMB counts only when we send more than it: a receiver also estimates low
+            # when the *publisher's* uplink is what limits the stream.
+            low_estimate = (
+                sample.estimate_bps is not None
+                and n_video > 0
+                and sample.estimate_bps < cfg.min_video_bps
+                and sample.sent_bps > 1.5 * sample.estimate_bps
+            )
+            congested = (measured and sample.loss >= cfg.video_loss) or low_estimate
+            if starving:
+                return self._down(now, State(Mode.CHAT_ONLY), "bandwidth")
+            if congested:
+                self._bad += 1
+                if self._bad >= cfg.down_samples or sample.loss >= cfg.severe_loss:
+                    reason = "loss" if measured and sample.loss >= cfg.video_loss else "bandwidth"
+                    return self._down(now, step_down(state, n_video, n_audio), reason)
+                return None
+        elif state.mode is Mode.AUDIO_ONLY:
+            congested = measured and audio_loss >= cfg.audio_loss
+            if starving:
+                return self._down(now, State(Mode.CHAT_ONLY), "bandwidth")
+            if congested:
+                self._bad += 1
+                if self._bad >= cfg.down_samples or audio_loss >= cfg.severe_loss:
+                    return self._down(now, step_down(state, n_video, n_audio), "loss")
+                return None
+        self._bad = 0
+        good = not measured or sample.loss <= cfg.good_loss
+        upper = step_up(state, n_video, n_audio)
+        if good and upper != state and now - self.since >= self._dwell and now >= self._next_probe:
+            self.probe = upper
+            self._probe_until = now + cfg.probe_s
+            self._settle_until = now + min(cfg.settle_s, cfg.probe_s / 2)
+        return None
+
+    def _judge_probe(
+        self, now: float, sample: LinkSample, n_video: int, n_audio: int
+    ) -> Change | None:
+        cfg = self.config
+        measured = sample.packets >= cfg.min_packets
+        if measured and sample.loss > max(cfg.good_loss * 2, cfg.video_loss / 2):
+            self.probe = None
+            self._probe_failures += 1
+            wait = cfg.min_dwell_s * (2 ** min(self._probe_failures, 6))
+            self._next_probe = now + min(cfg.max_backoff_s, wait)
+            self._settle_until = now + cfg.settle_s
+            return None
+        if now < self._probe_until:
+            return None
+        target, self.probe = self.probe, None
+        assert target is not None
+        self._probe_failures = 0
+        self._last_climb = now
+        return self._set(now, target, "recovered")
+
+    def _down(self, now: float, target: State, reason: str) -> Change | None:
+        self._bad = 0
+        if now - self._last_climb < 2 * self._dwell + self.config.probe_s:
+            # We climbed and fell back soon after: wait longer before the next climb.
+            self._dwell = min(self.config.max_backoff_s, self._dwell * 2)
+        elif now - self._last_climb > 4 * self.config.max_backoff_s:
+            self._dwell = self.config.min_dwell_s
+        self._next_probe = 0.0
+        self._probe_failures = 0
+        return self._set(now, target, reason)
+
+    def _set(self, now: float, target: State, reason: str) -> Change | None:
+        previous = self.state
+        self.state = target
+        self._settle_until = now + self.config.settle_s
+        if target.mode is previous.mode:
+            return None  # a source shed or restored within the mode: no mode change
+        self.time_in_mode[previous.mode] = (
+            self.time_in_mode.get(previous.mode, 0.0) + now - self.since
+        )
+        self.since = now
+        return Change(mode=target.mode, previous=previous.mode, reason=reason)
+
+    def elapsed(self, now: float) -> dict[Mode, float]:
+        """Seconds spent in each mode so far (the current one included)."""
+        out = dict(self.time_in_mode)
+        out[self.state.mode] = out.get(self.state.mode, 0.0) + max(0.0, now - self.since)
+        return out

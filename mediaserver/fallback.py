@@ -1,0 +1,219 @@
+"""Bandwidth fallback wired to one participant: samples its link, applies the controllers.
+
+Once per RTCP interval (`Participant._report`) `LinkFallback.tick()` builds one `LinkSample`
+per direction from what the server measured itself:
+- uplink (what the participant sends us): sequence gaps and bytes of its publications over the
+  interval, and whether anything (RTP or RTCP) arrived at all;
+- downlink (what we send it): the fraction lost of the receiver reports that arrived in the
+  interval for the streams that flowed, bytes sent, the subscriber's REMB.
+
+Then it applies the controllers' states: downlink sources not allowed stop being forwarded
+(`Subscription.set_paused`); uplink sources not allowed are listed in a "pause" event that the
+control plane sends to the publisher (it stops those senders). A mode change is a "mode" event
+(direction, mode, reason), a metric and `participant.info()["modes"]`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from .bandwidth import BandwidthController, FallbackConfig, LinkSample, Mode, allowed_sources
+from .events import NodeCounters
+
+if TYPE_CHECKING:
+    from .publication import Publication
+    from .subscription import Subscription
+
+DIRECTIONS = ("uplink", "downlink")
+logger = logging.getLogger(__name__)
+
+
+class LinkFallback:
+    def __init__(
+        self,
+        config: FallbackConfig,
+        counters: NodeCounters,
+        *,
+        emit_mode: Callable[[str, str, str], None],
+        emit_pause: Callable[[list[str], str], None],
+    ) -> None:
+        self.config = config
+        self.up = BandwidthController(config)
+        self.down = BandwidthController(config)
+        self._counters = counters
+        self._emit_mode = emit_mode
+        self._emit_pause = emit_pause
+        self._pub_prior: dict[int, tuple[int, int, int]] = {}  # id -> expected, received, bytes
+        self._sub_prior: dict[int, tuple[int, int]] = {}  # id -> reports, octets
+        self._paused_sources: list[str] = []
+        self._pause_reason = "bandwidth"
+        self.last_rtcp = 0.0
+        self._reported: dict[str, float] = {}  # time in mode already added to the counters
+
+    def modes(self) -> dict[str, str]:
+        return {"uplink": self.up.mode.value, "downlink": self.down.mode.value}
+
+    def paused_sources(self) -> list[str]:
+        return list(self._paused_sources)
+
+    # -- sampling ----------------------------------------------------------------------------
+
+    def _uplink_sample(self, pubs: list[Publication], elapsed: float, now: float) -> LinkSample:
+        expected = received = octets = 0
+        loss = 0.0
+        audio_loss: float | None = None
+        for pub in pubs:
+            stats = pub.stats
+            key = id(stats)
+            e0, r0, b0 = self._pub_prior.get(key, (stats.expected, stats.received, stats.bytes))
+            self._pub_prior[key] = (stats.expected, stats.received, stats.bytes)
+            de, dr = stats.expected - e0, stats.received - r0
+            octets += stats.bytes - b0
+            received += max(dr, 0)
+            if de <= 0:
+                pub.recent_loss = 0.0
+                continue
+            expected += de
+            fraction = min(1.0, max(0.0, (de - dr) / de))
+            pub.recent_loss = fraction
+            loss = max(loss, fraction)
+            if pub.kind == "audio":
+                audio_loss = fraction if audio_loss is None else max(audio_loss, fraction)
+        live = {id(p.stats) for p in pubs}
+        self._pub_prior = {k: v for k, v in self._pub_prior.items() if k in live}
+        stalled = received == 0 and now - self.last_rtcp > 2.5 * max(elapsed, 0.2)
+        return LinkSample(
+            loss=loss,
+            audio_loss=audio_loss,
+            packets=expected,
+            goodput_bps=int(octets * 8 / elapsed) if elapsed > 0 else 0,
+            stalled=stalled,
+        )
+
+    def _downlink_sample(self, subs: list[Subscription], elapsed: float, now: float) -> LinkSample:
+        loss = 0.0
+        audio_loss: float | None = None
+        packets = octets = 0
+        estimate: int | None = None
+        for sub in subs:
+            key = id(sub)
+            reports0, octets0 = self._sub_prior.get(key, (sub.reports, sub.octets_sent))
+            self._sub_prior[key] = (sub.reports, sub.octets_sent)
+            if sub.paused:
+                continue
+            octets += sub.octets_sent - octets0
+            if sub.kind == "video" and sub.remb_bps is not None:
+                estimate = sub.remb_bps if estimate is None else min(estimate, sub.remb_bps)
+            if sub.reports == reports0:
+                continue  # no fresh receiver report for this stream
+            packets += sub.report_packets
+            # Forwarding keeps the source's sequence gaps: what the publisher's uplink lost
+            # shows in this subscriber's reports too. Charge the downlink with the rest only.
+            upstream = sub.publication.recent_loss
+            own = sub.fraction_lost
+            if upstream > 0:
+                own = max(0.0, (own - upstream) / (1 - upstream)) if upstream < 1 else 0.0
+            loss = max(loss, own)
+            if sub.kind == "audio":
+                audio_loss = own if audio_loss is None else max(audio_loss, own)
+        sent_bps = int(octets * 8 / elapsed) if elapsed > 0 else 0
+        return LinkSample(
+            loss=loss,
+            audio_loss=audio_loss,
+            packets=packets,
+            goodput_bps=int(sent_bps * (1 - loss)),
+            estimate_bps=estimate,
+            sent_bps=sent_bps,
+            stalled=now - self.last_rtcp > 2.5 * max(elapsed, 0.2),
+        )
+
+    # -- the interval's decision -------------------------------------------------------------
+
+    def tick(
+        self,
+        now: float,
+        elapsed: float,
+        publications: list[Publication],
+        subscriptions: list[Subscription],
+    ) -> None:
+        subs = [s for s in subscriptions if s.forwarder is not None and not s.closed]
+        pubs = [p for p in publications if p.stats.started]
+        self._step(
+            "downlink",
+            self.down,
+            now,
+            self._downlink_sample(subs, elapsed, now),
+            [(s.kind, s.publication.source) for s in subs],
+        )
+        self._apply_downlink(subs)
+        self._step(
+            "uplink",
+            self.up,
+            now,
+            self._uplink_sample(pubs, elapsed, now),
+            [(p.kind, p.source) for p in publications],
+        )
+        self._apply_uplink(list(publications))
+        self._sub_prior = {k: v for k, v in self._sub_prior.items() if k in {id(s) for s in subs}}
+
+    def _step(
+        self,
+        direction: str,
+        controller: BandwidthController,
+        now: float,
+        sample: LinkSample,
+        sources: list[tuple[str, str]],
+    ) -> None:
+        n_video = sum(1 for kind, _ in sources if kind == "video")
+        n_audio = sum(1 for kind, _ in sources if kind == "audio")
+        change = controller.update(now, sample, n_video, n_audio)
+        logger.debug("%.2f %s %s %s -> %s", now, direction, sample, controller.effective, change)
+        if change is None:
+            return
+        counters = self._counters
+        key = f"{direction}:{change.mode.value}"
+        counters.mode_transitions[key] = counters.mode_transitions.get(key, 0) + 1
+        spent = f"{direction}:{change.previous.value}"
+        counters.mode_seconds[spent] = counters.mode_seconds.get(spent, 0.0) + (
+            controller.time_in_mode.get(change.previous, 0.0) - self._reported.get(spent, 0.0)
+        )
+        self._reported[spent] = controller.time_in_mode.get(change.previous, 0.0)
+        if direction == "uplink":
+            self._pause_reason = change.reason
+        self._emit_mode(direction, change.mode.value, change.reason)
+
+    def _apply_downlink(self, subs: list[Subscription]) -> None:
+        state = self.down.effective
+        allowed = allowed_sources(
+            state, [(s.kind, s.publication.source) for s in subs], self.config
+        )
+        for sub, ok in zip(subs, allowed, strict=True):
+            sub.set_paused(not ok)
+
+    def _apply_uplink(self, pubs: list[Publication]) -> None:
+        state = self.up.effective
+        allowed = allowed_sources(state, [(p.kind, p.source) for p in pubs], self.config)
+        paused = sorted({p.source for p, ok in zip(pubs, allowed, strict=True) if not ok})
+        if paused != self._paused_sources:
+            resumed = [s for s in self._paused_sources if s not in paused]
+            self._paused_sources = paused
+            for pub in pubs:
+                if pub.source in resumed and pub.kind == "video":
+                    pub.request_keyframe(force=True)
+            reason = "probe" if self.up.probe is not None else self._pause_reason
+            self._emit_pause(paused, reason)
+
+    def close(self, now: float) -> None:
+        """Account the time spent in the current modes (the participant leaves)."""
+        for direction, controller in (("uplink", self.up), ("downlink", self.down)):
+            for mode, seconds in controller.elapsed(now).items():
+                key = f"{direction}:{mode.value}"
+                self._counters.mode_seconds[key] = self._counters.mode_seconds.get(key, 0.0) + (
+                    seconds - self._reported.get(key, 0.0)
+                )
+
+
+def initial_modes() -> dict[str, str]:
+    return {d: Mode.VIDEO.value for d in DIRECTIONS}

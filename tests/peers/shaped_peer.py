@@ -1,0 +1,152 @@
+"""A patient on an impaired link, run as a subprocess inside the test's client namespace.
+
+    python tests/peers/shaped_peer.py --url http://10.1.2.1:8080 --token JWT [--seconds 120]
+
+A `ConsultClient` with `auto_reconnect=True` (socket resume, media restart, obeys `pause`),
+publishing a tone (`microphone`) and moving bars (`camera`), decoding what it receives. Prints
+one JSON object per line on stdout: `joined`, `admitted`, `mode`, `pause`, `chat` and, every
+half second, `stats` (frames decoded, reconnects, resumes, ICE state). Reads commands from
+stdin, one JSON object per line: `{"cmd": "chat", "text": "..."}`. Logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aioice.ice
+from aiortc import MediaStreamTrack
+from aiortc.codecs.opus import OpusEncoder
+from aiortc.mediastreams import MediaStreamError
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+_host_addresses = aioice.ice.get_host_addresses
+from aiortc_peer import BarsTrack, ToneTrack  # noqa: E402
+
+from signaling.client import ConsultClient  # noqa: E402
+
+# aiortc_peer gathers on loopback only (its namespace has nothing else); ours has the veth.
+aioice.ice.get_host_addresses = _host_addresses
+
+log = logging.getLogger("shaped_peer")
+
+
+def report(event: str, **fields: Any) -> None:
+    print(json.dumps({"event": event, "t": round(time.monotonic(), 3), **fields}), flush=True)
+
+
+class Patient:
+    def __init__(self, url: str, token: str) -> None:
+        self.client = ConsultClient(url, codecs=["VP8"], auto_reconnect=True)
+        self.token = token
+        self.frames = {"audio": 0, "video": 0}
+        self._consumed: set[int] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._seen = 0
+
+    async def run(self, seconds: float) -> int:
+        try:
+            return await asyncio.wait_for(self._run(), seconds)
+        except TimeoutError:
+            return 0
+        finally:
+            for task in self._tasks:
+                task.cancel()
+            await self.client.close()
+
+    async def _run(self) -> int:
+        c = self.client
+        joined = await c.connect(self.token)
+        report("joined", participant=joined["participant"]["id"])
+        await c.wait_state("admitted", timeout_s=60)
+        report("admitted")
+        await c.publish(ToneTrack(), BarsTrack(), sources=["microphone", "camera"])
+        self._spawn(self._commands())
+        while c.state == "admitted":
+            self._forward_messages()
+            self._consume_new_tracks()
+            pc = c.pc
+            report(
+                "stats",
+                video_frames=self.frames["video"],
+                audio_frames=self.frames["audio"],
+                reconnects=c.reconnects,
+                resumes=c.resumes,
+                ice=pc.iceConnectionState if pc is not None else None,
+                paused=sorted(c.paused_sources),
+            )
+            await asyncio.sleep(0.5)
+        report("closed", state=c.state, code=c.close_code)
+        return 0
+
+    def _forward_messages(self) -> None:
+        messages = self.client.messages
+        for msg in messages[self._seen :]:
+            if msg.get("type") in ("mode", "pause", "chat"):
+                report(str(msg["type"]), message=msg)
+        self._seen = len(messages)
+
+    async def _commands(self) -> None:
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader()
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+        while True:
+            line = await reader.readline()
+            if not line:
+                return
+            try:
+                cmd = json.loads(line)
+                if cmd.get("cmd") == "chat":
+                    await self.client.chat(str(cmd["text"]))
+                    report("chat-sent", text=cmd["text"])
+            except Exception as exc:
+                report("error", message=repr(exc))
+
+    def _consume_new_tracks(self) -> None:
+        for (_participant, _source), track in list(self.client.remote_tracks.items()):
+            if id(track) in self._consumed:
+                continue
+            self._consumed.add(id(track))
+            self._spawn(self._consume(track))
+
+    async def _consume(self, track: MediaStreamTrack) -> None:
+        with contextlib.suppress(MediaStreamError):
+            while True:
+                await track.recv()
+                self.frames[track.kind] += 1
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--token", required=True)
+    parser.add_argument("--seconds", type=float, default=180.0)
+    parser.add_argument("--opus-bps", type=int, default=0, help="Opus bitrate (0: aiortc's)")
+    args = parser.parse_args()
+    if args.opus_bps:
+        original = OpusEncoder.__init__
+
+        def init(self: OpusEncoder) -> None:
+            original(self)
+            self.codec.bit_rate = args.opus_bps
+
+        OpusEncoder.__init__ = init  # type: ignore[method-assign]
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+    return asyncio.run(Patient(args.url, args.token).run(args.seconds))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
