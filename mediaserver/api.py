@@ -28,6 +28,7 @@ participant stays usable.
 """
 
 from .config import IceConfig, IceServer, MediaConfig
+from .devices import SOURCES, opus_fmtp, parse_opus_fmtp, validate_channels, validate_source
 from .events import (
     CloseReason,
     DirectionStats,
@@ -43,6 +44,7 @@ from .room import Room, RoomOptions
 from .rtp.tap import bundle_data_channel
 
 __all__ = [
+    "SOURCES",
     "CloseReason",
     "DirectionStats",
     "IceConfig",
@@ -59,4 +61,8 @@ __all__ = [
     "TrackInfo",
     "TrackMeta",
     "bundle_data_channel",
+    "opus_fmtp",
+    "parse_opus_fmtp",
+    "validate_channels",
+    "validate_source",
 ]

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import logging
 import random
-import re
 import secrets
 import time
 from typing import TYPE_CHECKING, Any
@@ -26,6 +25,7 @@ from aiortc.rtcrtptransceiver import RTCRtpTransceiver
 from aiortc.sdp import candidate_from_sdp
 
 from .codecs import capabilities, codec_info
+from .devices import SPEECH_OPUS_FMTP, apply_opus_fmtp, mid_order
 from .emitter import Emitter
 from .events import CloseReason, LinkStats, Role, TrackMeta
 from .forwarder import ExtensionIds
@@ -47,8 +47,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
-OPUS_FMTP = "minptime=10;useinbandfec=1"
-_OPUS_RTPMAP = re.compile(r"^a=rtpmap:(\d+) opus/48000/2\r?$", re.MULTILINE | re.IGNORECASE)
+OPUS_FMTP = SPEECH_OPUS_FMTP
 
 
 class NegotiationError(ValueError):
@@ -56,17 +55,8 @@ class NegotiationError(ValueError):
 
 
 def add_opus_fmtp(sdp: str) -> str:
-    """aiortc writes no Opus fmtp: ask for in-band FEC (browsers then also send mono 10-20 ms)."""
-    for pt in _OPUS_RTPMAP.findall(sdp):
-        if f"a=fmtp:{pt} " not in sdp:
-            sdp = re.sub(
-                rf"^(a=rtpmap:{pt} opus/48000/2)\r?$",
-                rf"\1\r\na=fmtp:{pt} {OPUS_FMTP}",
-                sdp,
-                count=1,
-                flags=re.MULTILINE | re.IGNORECASE,
-            )
-    return sdp
+    """Speech Opus fmtp on every audio m-line (per-source parameters: devices.apply_opus_fmtp)."""
+    return apply_opus_fmtp(sdp, {})
 
 
 def validate_sdp(text: str) -> None:
@@ -164,7 +154,9 @@ class Participant(Emitter, TapHooks):
                     RTCSessionDescription(sdp=strip_mdns_candidates(sdp), type="offer")
                 )
                 answer = await self.pc.createAnswer()
-                text = add_opus_fmtp(drop_rejected_from_bundle(answer.sdp, sdp))
+                text = apply_opus_fmtp(  # devices: fmtp per track source
+                    drop_rejected_from_bundle(answer.sdp, sdp), self._mid_sources(tracks)
+                )
                 await self.pc.setLocalDescription(RTCSessionDescription(sdp=text, type="answer"))
             except Exception as exc:
                 raise NegotiationError(f"cannot apply offer: {exc}") from exc
@@ -297,7 +289,9 @@ class Participant(Emitter, TapHooks):
                         for d in (self.pc.remoteDescription, self.pc.localDescription)
                         if d is not None
                     ]
-                    text = add_opus_fmtp(harmonize(offer.sdp, established))
+                    text = apply_opus_fmtp(  # devices: fmtp per track source
+                        harmonize(offer.sdp, established), self._mid_sources({}, offer.sdp)
+                    )
                     await self.pc.setLocalDescription(RTCSessionDescription(sdp=text, type="offer"))
                     self.emit("offer", self.pc.localDescription.sdp, self._offer_tracks())
             await self._answered.wait()
@@ -322,6 +316,31 @@ class Participant(Emitter, TapHooks):
             if meta is not None:
                 tracks[t.mid] = {"kind": meta.kind, "source": meta.source, "direction": "recvonly"}
         return tracks
+
+    # -- devices: the source (and channels) of each audio m-line, for its Opus fmtp --------
+
+    def _mid_sources(
+        self, offered: dict[str, TrackMeta], offer: str = ""
+    ) -> dict[str, tuple[str, int]]:
+        """mid -> (source, channels); new transceivers get their mid at setLocalDescription,
+        so their m-line in `offer` (the SDP being made) names it."""
+        mids = mid_order(offer)
+
+        def mid_of(t: RTCRtpTransceiver) -> str | None:
+            index = t._get_mline_index()
+            if t.mid is None and index is not None and index < len(mids):
+                return mids[index]
+            return None if t.mid is None else str(t.mid)
+
+        sources = {p.mid: (p.source, p.channels) for p in self.publications.values()}
+        for transceiver, meta in self._requested.items():
+            if (mid := mid_of(transceiver)) is not None:
+                sources[mid] = (meta.source, meta.channels)
+        for transceiver, sub in self._sub_by_transceiver.items():
+            if (mid := mid_of(transceiver)) is not None:
+                sources[mid] = (sub.publication.source, sub.publication.channels)
+        sources.update({mid: (m.source, m.channels) for mid, m in offered.items()})
+        return sources
 
     def _subscription_closed(self, transceiver: RTCRtpTransceiver, sub: Subscription) -> None:
         self.subscriptions.pop(sub.publication.track_id, None)
@@ -377,6 +396,7 @@ class Participant(Emitter, TapHooks):
             rtcp_ssrc=self.rtcp_ssrc,
             pli_throttle_s=self._config.pli_throttle_s,
         )
+        pub.channels = meta.channels  # devices: a stereo stethoscope stays stereo downstream
         if pub.ssrc is not None:
             self._pub_by_ssrc[pub.ssrc] = pub
         if pub.rtx_ssrc is not None:

@@ -22,6 +22,7 @@ from .auth import TokenClaims
 from .chat import ChatLog, ChatMessage
 from .protocol import PROTOCOL_VERSION, CloseCode, ErrorCode, ProtocolError
 from .session import Session, SessionState
+from .telemetry import TelemetryLog
 
 if TYPE_CHECKING:
     from .hub import Hub
@@ -80,6 +81,7 @@ class Consultation:
         self.sessions: dict[str, Session] = {}
         self.waiting: list[str] = []
         self.chat = ChatLog()
+        self.telemetry = TelemetryLog()  # devices: vital signs, kept for the room's life
         self.ended = False
 
     # -- views --------------------------------------------------------------------------------
@@ -109,6 +111,7 @@ class Consultation:
             "room": self.id,
             "participants": [self.describe(s) for s in self.admitted()],
             "chat": self.chat.history(),
+            "telemetry": {"last": self.telemetry.last},  # devices: fetch with telemetry-history
         }
         if session.is_doctor:
             msg["waiting"] = self.waiting_list()
@@ -136,6 +139,7 @@ class Consultation:
             "participants": participants,
             "tracks": _room_tracks(self.media_room),
             "chat_messages": len(self.chat),
+            "telemetry_records": len(self.telemetry),
         }
 
     def summary(self) -> dict[str, Any]:
