@@ -18,9 +18,10 @@ from aiohttp import web
 
 from mediaserver.api import CloseReason, Participant, Role, Room, RoomOptions
 
+from . import telemetry
 from .auth import TokenClaims
 from .chat import ChatLog, ChatMessage
-from .protocol import PROTOCOL_VERSION, CloseCode, ErrorCode, ProtocolError
+from .protocol import PROTOCOL_VERSION, CloseCode, ErrorCode, ProtocolError, error_message
 from .session import Session, SessionState
 from .telemetry import TelemetryLog
 
@@ -327,11 +328,24 @@ class Consultation:
             msg = json.loads(text)
         except ValueError:
             return
+        if isinstance(msg, dict) and msg.get("type") == "telemetry":
+            self._on_channel_telemetry(session, msg)  # devices
+            return
         if not isinstance(msg, dict) or msg.get("type") != "chat":
             return
         body = msg.get("text")
         if isinstance(body, str) and body and len(body) <= self.hub.config.max_chat_chars:
             self.post_chat(session, body)
+
+    def _on_channel_telemetry(self, session: Session, msg: dict[str, Any]) -> None:
+        """devices: telemetry over the data channel; ack or error over the WebSocket."""
+        ref = msg.get("id") if isinstance(msg.get("id"), str) else None
+        try:
+            stored = telemetry.relay(self, session, msg.get("readings"), msg.get("seq"))
+        except telemetry.TelemetryError as exc:
+            session.send(error_message(ErrorCode.BAD_TELEMETRY, str(exc), ref))
+            return
+        session.send({"type": "ack", "ref": ref, "seq": msg.get("seq"), "stored": stored})
 
     def _on_media_mode(self, session: Session, direction: str, mode: str, reason: str) -> None:
         msg = {

@@ -39,6 +39,9 @@ if TYPE_CHECKING:
 MAX_BATCH = 100
 MAX_ECG_SAMPLES = 1000
 HISTORY_PAGE = 200
+# A room keeps its telemetry for its life, within a bound: 500 000 records is over 5 hours of
+# a 500 samples/s ECG in 20-sample batches, plus vitals (a few hundred MB at most).
+MAX_RECORDS = 500_000
 ECG_LEADS = frozenset({"I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6"})
 # the device clock may run ahead of ours a little, never days
 MAX_FUTURE_MS = 24 * 3600 * 1000
@@ -148,9 +151,11 @@ class TelemetryLog:
         device_seq: int | None,
     ) -> list[dict[str, Any]] | None:
         """Store a validated batch; None when it is a re-sent batch already stored."""
+        if device_seq is not None and device_seq <= self.device_seq.get(sender, -1):
+            return None
+        if len(self.records) + len(readings) > MAX_RECORDS:
+            raise TelemetryError("the room's telemetry log is full")
         if device_seq is not None:
-            if device_seq <= self.device_seq.get(sender, -1):
-                return None
             self.device_seq[sender] = device_seq
         received = int(time.time() * 1000)
         out = []

@@ -218,3 +218,29 @@ async def test_ecg_for_60_s_arrives_complete_and_in_order_across_a_reconnect(
     assert len([r for r in records if r["kind"] == "heart_rate"]) == duration_s
     _, info = await server.api("GET", "/api/v1/rooms/r1")
     assert info["telemetry_records"] == last
+
+
+async def test_telemetry_over_the_data_channel_is_relayed_and_acknowledged(
+    server: Server, clients: Clients
+) -> None:
+    from aiortc.mediastreams import AudioStreamTrack
+
+    doctor, device = await joined(server, clients)
+    await device.publish(AudioStreamTrack())  # negotiates the transport, data channel included
+    await doctor.wait_track(device.participant_id or "", "audio", timeout_s=20)
+    assert device.channel is not None
+    for _ in range(200):
+        if device.channel.readyState == "open":
+            break
+        await asyncio.sleep(0.05)
+    reading = {"kind": "temperature", "value": 37.4, "unit": "Cel", "t": now_ms()}
+    device.send_data(json.dumps({"type": "telemetry", "id": "d1", "seq": 1, "readings": [reading]}))
+    ack = await device.wait_for("ack", lambda m: m["ref"] == "d1")
+    assert ack["stored"] == 1
+    msg = await doctor.wait_for("telemetry")
+    assert msg["record"]["kind"] == "temperature" and msg["record"]["value"] == 37.4
+    bad = {"type": "telemetry", "id": "d2", "seq": 2, "readings": [{**reading, "value": 99}]}
+    device.send_data(json.dumps(bad))
+    error = await device.wait_for("error", lambda m: m["ref"] == "d2")
+    assert error["code"] == "bad-telemetry"
+    assert len(doctor.received("telemetry")) == 1
