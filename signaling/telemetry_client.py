@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from .client import ConsultClient
+from .client import ConsultClient, ServerError
 
 
 class TelemetrySender:
@@ -34,11 +34,29 @@ class TelemetrySender:
         await self.flush(timeout_s)
 
     async def flush(self, timeout_s: float = 15.0) -> None:
-        """Send every batch not acknowledged yet, in order (ServerError on a refused batch)."""
+        """Send every batch not acknowledged yet, in order, without waiting for each ack
+        (pipelined on the one socket); then wait for the acks. ServerError on a refused batch
+        (dropped from the queue), ConnectionError when the socket went (kept for a resume)."""
         while self.unacked:
-            seq, readings = self.unacked[0]
-            await self.client.request("telemetry", timeout_s, seq=seq, readings=readings)
-            self.unacked.pop(0)
+            sent: list[tuple[int, str, asyncio.Future[dict[str, Any]]]] = []
+            try:
+                for seq, readings in list(self.unacked):
+                    ref = self.client._next_id()
+                    sent.append((seq, ref, self.client._expect(ref)))
+                    await self.client.send(
+                        {"type": "telemetry", "id": ref, "seq": seq, "readings": readings}
+                    )
+                for seq, _, future in sent:
+                    reply = await asyncio.wait_for(future, timeout_s)
+                    self.unacked = [b for b in self.unacked if b[0] != seq]
+                    if reply.get("type") == "error":  # refused: dropped, the caller is told
+                        raise ServerError(reply.get("code", ""), reply.get("message", ""))
+            except (AssertionError, ConnectionError, RuntimeError, TimeoutError) as exc:
+                raise ConnectionError("socket lost") from exc
+            finally:
+                for _, ref, future in sent:
+                    future.cancel()
+                    self.client._pending.pop(ref, None)
 
 
 class TelemetryReceiver:
