@@ -12,8 +12,10 @@ publisher.
   only when it must be: G.711 (PCMU/PCMA) audio -> Opus, VP8 <-> H264 when the room uses the
   other one. Cost: docs/benchmarks.md (`python -m benchmarks.ingest`).
 - Garbage (not RTP version 2, a payload type the SDP does not list, a cut header) is counted
-  and dropped; decoder errors in the transcoder are counted and skipped. A stream that sends
-  nothing for `stall_s` is `stalled` (state event), and `receiving` again on the next packet.
+  and dropped; so is RTP from another address than the stream's sender (the port latches to
+  the first sender while it is receiving, and accepts a new one once it stalled); decoder
+  errors in the transcoder are counted and skipped. A stream that sends nothing for
+  `stall_s` is `stalled` (state event), and `receiving` again on the next packet.
   Nothing that happens on an ingest port touches the rest of the room.
 - There is no feedback channel: NACK and PLI are not sent to the device, so a forwarded video
   stream must carry a keyframe at least every few seconds (a new viewer starts on one). A
@@ -314,6 +316,9 @@ class IngestStream:
             or 72 <= (data[1] & 0x7F) <= 79  # RTCP on the RTP port
         ):
             stats.bad_packets += 1
+            return
+        if stats.sender is not None and addr != stats.sender and self.owner.state == "receiving":
+            stats.bad_packets += 1  # latched to the first sender until the stream stalls
             return
         now = time.monotonic()
         stats.packets += 1

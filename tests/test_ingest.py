@@ -82,7 +82,7 @@ async def test_vp8_and_opus_are_forwarded_without_transcoding(
     await doctor.connect(server.token("doctor"))
     body = {
         "name": "Exam kit",
-        "sdp": sdp(("video", 96, "VP8/90000"), ("audio", 111, "opus/48000/2")),
+        "sdp": sdp(("video", 100, "VP8/90000"), ("audio", 98, "opus/48000/2")),
     }
     info = await create(server, body)
     pid = info["id"]
@@ -92,8 +92,9 @@ async def test_vp8_and_opus_are_forwarded_without_transcoding(
     assert joined["participant"]["role"] == "device"
     assert {t["source"] for t in joined["participant"]["tracks"]} == {"exam-camera", "stethoscope"}
 
-    senders.append(RtpSender("127.0.0.1", video["port"], "VP8", payload_type=96))
-    senders.append(RtpSender("127.0.0.1", audio["port"], "OPUS", payload_type=111))
+    # payload types other than those the room negotiated: rewritten per subscriber
+    senders.append(RtpSender("127.0.0.1", video["port"], "VP8", payload_type=100))
+    senders.append(RtpSender("127.0.0.1", audio["port"], "OPUS", payload_type=98))
     for s in senders:
         s.start()
     frames = await frames_of(doctor, pid, "video", 10)
@@ -110,6 +111,15 @@ async def test_vp8_and_opus_are_forwarded_without_transcoding(
     status, device = await server.api("GET", f"/api/v1/rooms/r1/devices/{pid}")
     assert device["state"] == "receiving" and device["media"][0]["packets"] > 10
     assert device["media"][0]["frames_transcoded"] == 0
+    # another sender on the same port is not mixed in while the device is receiving
+    bad_before = device["media"][0]["bad_packets"]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.sendto(bytes([0x80, 100]) + os.urandom(200), ("127.0.0.1", video["port"]))
+    deadline = time.monotonic() + 20
+    while device["media"][0]["bad_packets"] == bad_before and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+        _, device = await server.api("GET", f"/api/v1/rooms/r1/devices/{pid}")
+    assert device["media"][0]["bad_packets"] == bad_before + 1
 
     # the device leaves through the API like any participant
     status, _ = await server.api("DELETE", f"/api/v1/rooms/r1/participants/{pid}")
