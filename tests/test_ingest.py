@@ -180,6 +180,7 @@ async def test_garbage_and_a_stopped_stream_leave_the_consultation_going(
     senders.append(sender)
     sender.start()
     await frames_of(doctor, pid, "video", 5)
+    await doctor.wait_for("device-state", lambda m: m["state"] == "receiving", timeout_s=30)
     sender.stop()
     state = await doctor.wait_for("device-state", lambda m: m["state"] == "stalled", timeout_s=30)
     assert state["participant"] == pid
