@@ -165,7 +165,7 @@ async def test_garbage_and_a_stopped_stream_leave_the_consultation_going(
     # garbage before any media: counted, nothing forwarded, the state stays waiting
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         for size in (3, 12, 200, 1200):
-            sock.sendto(os.urandom(size), ("127.0.0.1", port))
+            sock.sendto(bytes([0x40]) + os.urandom(size - 1), ("127.0.0.1", port))  # not v2
         sock.sendto(bytes([0x80, 0x7F]) + os.urandom(40), ("127.0.0.1", port))  # wrong PT
     deadline = time.monotonic() + 20
     while True:
