@@ -438,7 +438,18 @@ class IngestParticipant(Emitter):
         """An ingest device receives nothing."""
 
     def link_stats(self) -> LinkStats:
-        return LinkStats()
+        """Uplink loss (cumulative) and jitter from the RTP the device sent; no downlink."""
+        stats = LinkStats()
+        for pub in self.publications.values():
+            s = pub.stats
+            if not s.started:
+                continue
+            expected = s.expected
+            loss = max(0, s.lost) / expected if expected > 0 else 0.0
+            stats.uplink.loss = max(stats.uplink.loss, loss)
+            jitter_ms = s.jitter / pub.codec.clock_rate * 1000
+            stats.uplink.jitter_ms = max(stats.uplink.jitter_ms, jitter_ms)
+        return stats
 
     def pending_offer(self) -> None:
         return None
@@ -455,7 +466,7 @@ class IngestParticipant(Emitter):
             ],
             "subscriptions": 0,
             "modes": dict(self.modes),
-            "link": LinkStats().as_dict(),
+            "link": self.link_stats().as_dict(),
         }
 
     async def close(self, reason: CloseReason = CloseReason.LEFT) -> None:

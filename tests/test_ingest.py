@@ -111,6 +111,8 @@ async def test_vp8_and_opus_are_forwarded_without_transcoding(
     status, device = await server.api("GET", f"/api/v1/rooms/r1/devices/{pid}")
     assert device["state"] == "receiving" and device["media"][0]["packets"] > 10
     assert device["media"][0]["frames_transcoded"] == 0
+    media = next(p for p in room["participants"] if p["id"] == pid)["media"]
+    assert media["connection"] == "receiving" and media["link"]["uplink"]["loss"] < 0.5
     # another sender on the same port is not mixed in while the device is receiving
     bad_before = device["media"][0]["bad_packets"]
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
