@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from aiortc import RTCSessionDescription
 from aiortc import sdp as aiortc_sdp
 from aiortc.rtcrtpparameters import (
+    RTCRtpCodecParameters,
     RTCRtpReceiveParameters,
     RTCRtpSendParameters,
 )
@@ -31,7 +32,7 @@ from .events import CloseReason, LinkStats, Role, TrackMeta
 from .forwarder import ExtensionIds
 from .publication import Publication, extension_value
 from .rtp import rtcp
-from .rtp.bundle import drop_rejected_from_bundle, harmonize
+from .rtp.bundle import declared, drop_rejected_from_bundle, harmonize
 from .rtp.tap import (
     MediaTransport,
     ServerPeerConnection,
@@ -378,7 +379,7 @@ class Participant(Emitter, TapHooks):
             or self._requested.pop(transceiver, None)
             or TrackMeta.default(transceiver.kind)
         )
-        ext = {h.uri: h.id for h in parameters.headerExtensions}
+        codecs, ext = self._declared(parameters)
         self._mid_ext_id = ext.get(MID_URI, self._mid_ext_id)
         encoding = parameters.encodings[0] if parameters.encodings else None
         pub = Publication(
@@ -386,7 +387,7 @@ class Participant(Emitter, TapHooks):
             kind=transceiver.kind,
             source=meta.source,
             mid=mid,
-            codec=codec_info(parameters.codecs),
+            codec=codec_info(codecs),
             ssrc=encoding.ssrc if encoding else None,
             rtx_ssrc=encoding.rtx.ssrc if encoding and encoding.rtx else None,
             audio_level_id=ExtensionIds.from_uris(ext).audio_level,
@@ -411,7 +412,8 @@ class Participant(Emitter, TapHooks):
         sub = self._sub_by_transceiver.get(transceiver)
         if sub is None or sub.closed or not parameters.codecs:
             return
-        codec = codec_info(parameters.codecs)
+        codecs, ext = self._declared(parameters)
+        codec = codec_info(codecs)
         ssrc, rtx_ssrc = sender_ssrcs(transceiver)
         sub.start(
             mid=str(parameters.muxId),
@@ -419,11 +421,22 @@ class Participant(Emitter, TapHooks):
             rtx_ssrc=rtx_ssrc,
             payload_type=codec.payload_type,
             rtx_payload_type=codec.rtx_payload_type,
-            ext=ExtensionIds.from_uris({h.uri: h.id for h in parameters.headerExtensions}),
+            ext=ExtensionIds.from_uris(ext),
         )
         self._sub_by_ssrc[ssrc] = sub
         if sub.rtx_ssrc:
             self._sub_by_ssrc[sub.rtx_ssrc] = sub
+
+    def _declared(
+        self, parameters: RTCRtpReceiveParameters | RTCRtpSendParameters
+    ) -> tuple[list[RTCRtpCodecParameters], dict[str, int]]:
+        """Payload types and extension ids as our SDP declared them (bundle.declared)."""
+        aiortc_ext = {h.uri: h.id for h in parameters.headerExtensions}
+        local = self.pc.localDescription
+        if local is None:
+            return parameters.codecs, aiortc_ext
+        codecs, ext = declared(local.sdp, str(parameters.muxId), parameters.codecs)
+        return codecs, ext or aiortc_ext
 
     def _publication_closed(self, pub: Publication) -> None:
         self.publications.pop(pub.track_id, None)
