@@ -33,6 +33,7 @@ participant stays usable.
 
 from .bandwidth import FallbackConfig
 from .config import IceConfig, IceServer, MediaConfig
+from .devices import SOURCES, opus_fmtp, parse_opus_fmtp, validate_channels, validate_source
 from .events import (
     CloseReason,
     DirectionStats,
@@ -48,6 +49,7 @@ from .room import Room, RoomOptions
 from .rtp.tap import bundle_data_channel
 
 __all__ = [
+    "SOURCES",
     "CloseReason",
     "DirectionStats",
     "FallbackConfig",
@@ -65,4 +67,8 @@ __all__ = [
     "TrackInfo",
     "TrackMeta",
     "bundle_data_channel",
+    "opus_fmtp",
+    "parse_opus_fmtp",
+    "validate_channels",
+    "validate_source",
 ]

@@ -36,6 +36,7 @@ class TrackMeta:
 
     kind: str
     source: str
+    channels: int = 1  # audio: 2 for a stereo device (a two-headed stethoscope)
 
     @classmethod
     def default(cls, kind: str) -> TrackMeta:

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import logging
 import random
-import re
 import secrets
 import time
 from typing import TYPE_CHECKING, Any
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from aiortc import RTCSessionDescription
 from aiortc import sdp as aiortc_sdp
 from aiortc.rtcrtpparameters import (
+    RTCRtpCodecParameters,
     RTCRtpReceiveParameters,
     RTCRtpSendParameters,
 )
@@ -26,13 +26,14 @@ from aiortc.rtcrtptransceiver import RTCRtpTransceiver
 from aiortc.sdp import candidate_from_sdp
 
 from .codecs import capabilities, codec_info
+from .devices import SPEECH_OPUS_FMTP, apply_opus_fmtp, mid_order
 from .emitter import Emitter
 from .events import CloseReason, LinkStats, Role, TrackMeta
 from .fallback import LinkFallback
 from .forwarder import ExtensionIds
 from .publication import Publication, extension_value
 from .rtp import rtcp
-from .rtp.bundle import drop_rejected_from_bundle, harmonize
+from .rtp.bundle import declared, drop_rejected_from_bundle, harmonize
 from .rtp.tap import (
     MediaTransport,
     ServerPeerConnection,
@@ -48,8 +49,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
-OPUS_FMTP = "minptime=10;useinbandfec=1"
-_OPUS_RTPMAP = re.compile(r"^a=rtpmap:(\d+) opus/48000/2\r?$", re.MULTILINE | re.IGNORECASE)
+OPUS_FMTP = SPEECH_OPUS_FMTP
 
 
 class NegotiationError(ValueError):
@@ -57,17 +57,8 @@ class NegotiationError(ValueError):
 
 
 def add_opus_fmtp(sdp: str) -> str:
-    """aiortc writes no Opus fmtp: ask for in-band FEC (browsers then also send mono 10-20 ms)."""
-    for pt in _OPUS_RTPMAP.findall(sdp):
-        if f"a=fmtp:{pt} " not in sdp:
-            sdp = re.sub(
-                rf"^(a=rtpmap:{pt} opus/48000/2)\r?$",
-                rf"\1\r\na=fmtp:{pt} {OPUS_FMTP}",
-                sdp,
-                count=1,
-                flags=re.MULTILINE | re.IGNORECASE,
-            )
-    return sdp
+    """Speech Opus fmtp on every audio m-line (per-source parameters: devices.apply_opus_fmtp)."""
+    return apply_opus_fmtp(sdp, {})
 
 
 def validate_sdp(text: str) -> None:
@@ -177,7 +168,9 @@ class Participant(Emitter, TapHooks):
                     RTCSessionDescription(sdp=strip_mdns_candidates(sdp), type="offer")
                 )
                 answer = await self.pc.createAnswer()
-                text = add_opus_fmtp(drop_rejected_from_bundle(answer.sdp, sdp))
+                text = apply_opus_fmtp(  # devices: fmtp per track source
+                    drop_rejected_from_bundle(answer.sdp, sdp), self._mid_sources(tracks)
+                )
                 await self.pc.setLocalDescription(RTCSessionDescription(sdp=text, type="answer"))
             except Exception as exc:
                 raise NegotiationError(f"cannot apply offer: {exc}") from exc
@@ -311,7 +304,9 @@ class Participant(Emitter, TapHooks):
                         for d in (self.pc.remoteDescription, self.pc.localDescription)
                         if d is not None
                     ]
-                    text = add_opus_fmtp(harmonize(offer.sdp, established))
+                    text = apply_opus_fmtp(  # devices: fmtp per track source
+                        harmonize(offer.sdp, established), self._mid_sources({}, offer.sdp)
+                    )
                     await self.pc.setLocalDescription(RTCSessionDescription(sdp=text, type="offer"))
                     self.emit("offer", self.pc.localDescription.sdp, self._offer_tracks())
             await self._answered.wait()
@@ -336,6 +331,31 @@ class Participant(Emitter, TapHooks):
             if meta is not None:
                 tracks[t.mid] = {"kind": meta.kind, "source": meta.source, "direction": "recvonly"}
         return tracks
+
+    # -- devices: the source (and channels) of each audio m-line, for its Opus fmtp --------
+
+    def _mid_sources(
+        self, offered: dict[str, TrackMeta], offer: str = ""
+    ) -> dict[str, tuple[str, int]]:
+        """mid -> (source, channels); new transceivers get their mid at setLocalDescription,
+        so their m-line in `offer` (the SDP being made) names it."""
+        mids = mid_order(offer)
+
+        def mid_of(t: RTCRtpTransceiver) -> str | None:
+            index = t._get_mline_index()
+            if t.mid is None and index is not None and index < len(mids):
+                return mids[index]
+            return None if t.mid is None else str(t.mid)
+
+        sources = {p.mid: (p.source, p.channels) for p in self.publications.values()}
+        for transceiver, meta in self._requested.items():
+            if (mid := mid_of(transceiver)) is not None:
+                sources[mid] = (meta.source, meta.channels)
+        for transceiver, sub in self._sub_by_transceiver.items():
+            if (mid := mid_of(transceiver)) is not None:
+                sources[mid] = (sub.publication.source, sub.publication.channels)
+        sources.update({mid: (m.source, m.channels) for mid, m in offered.items()})
+        return sources
 
     def _subscription_closed(self, sub: Subscription) -> None:
         self.subscriptions.pop(sub.publication.track_id, None)
@@ -378,7 +398,7 @@ class Participant(Emitter, TapHooks):
             or self._requested.pop(transceiver, None)
             or TrackMeta.default(transceiver.kind)
         )
-        ext = {h.uri: h.id for h in parameters.headerExtensions}
+        codecs, ext = self._declared(parameters)
         self._mid_ext_id = ext.get(MID_URI, self._mid_ext_id)
         encoding = parameters.encodings[0] if parameters.encodings else None
         pub = Publication(
@@ -386,7 +406,7 @@ class Participant(Emitter, TapHooks):
             kind=transceiver.kind,
             source=meta.source,
             mid=mid,
-            codec=codec_info(parameters.codecs),
+            codec=codec_info(codecs),
             ssrc=encoding.ssrc if encoding else None,
             rtx_ssrc=encoding.rtx.ssrc if encoding and encoding.rtx else None,
             audio_level_id=ExtensionIds.from_uris(ext).audio_level,
@@ -396,6 +416,7 @@ class Participant(Emitter, TapHooks):
             rtcp_ssrc=self.rtcp_ssrc,
             pli_throttle_s=self._config.pli_throttle_s,
         )
+        pub.channels = meta.channels  # devices: a stereo stethoscope stays stereo downstream
         if pub.ssrc is not None:
             self._pub_by_ssrc[pub.ssrc] = pub
         if pub.rtx_ssrc is not None:
@@ -410,7 +431,8 @@ class Participant(Emitter, TapHooks):
         sub = self._sub_by_transceiver.get(transceiver)
         if sub is None or sub.closed or not parameters.codecs:
             return
-        codec = codec_info(parameters.codecs)
+        codecs, ext = self._declared(parameters)
+        codec = codec_info(codecs)
         ssrc, rtx_ssrc = sender_ssrcs(transceiver)
         sub.start(
             mid=str(parameters.muxId),
@@ -418,11 +440,22 @@ class Participant(Emitter, TapHooks):
             rtx_ssrc=rtx_ssrc,
             payload_type=codec.payload_type,
             rtx_payload_type=codec.rtx_payload_type,
-            ext=ExtensionIds.from_uris({h.uri: h.id for h in parameters.headerExtensions}),
+            ext=ExtensionIds.from_uris(ext),
         )
         self._sub_by_ssrc[ssrc] = sub
         if sub.rtx_ssrc:
             self._sub_by_ssrc[sub.rtx_ssrc] = sub
+
+    def _declared(
+        self, parameters: RTCRtpReceiveParameters | RTCRtpSendParameters
+    ) -> tuple[list[RTCRtpCodecParameters], dict[str, int]]:
+        """Payload types and extension ids as our SDP declared them (bundle.declared)."""
+        aiortc_ext = {h.uri: h.id for h in parameters.headerExtensions}
+        local = self.pc.localDescription
+        if local is None:
+            return parameters.codecs, aiortc_ext
+        codecs, ext = declared(local.sdp, str(parameters.muxId), parameters.codecs)
+        return codecs, ext or aiortc_ext
 
     def _publication_closed(self, pub: Publication) -> None:
         self.publications.pop(pub.track_id, None)
@@ -679,7 +712,9 @@ class Participant(Emitter, TapHooks):
             self._rtx_by_ssrc.clear()
             for pub in self.publications.values():
                 transceiver = self.pc.addTransceiver(pub.kind, direction="recvonly")
-                self._requested[transceiver] = TrackMeta(kind=pub.kind, source=pub.source)
+                self._requested[transceiver] = TrackMeta(
+                    kind=pub.kind, source=pub.source, channels=pub.channels
+                )
                 self._rebind[transceiver] = pub
             self._answered.set()
             self._needs_offer = True
@@ -698,12 +733,12 @@ class Participant(Emitter, TapHooks):
         if pub is None or pub.closed:
             return False
         self._requested.pop(transceiver, None)
-        ext = {h.uri: h.id for h in parameters.headerExtensions}
+        codecs, ext = self._declared(parameters)
         self._mid_ext_id = ext.get(MID_URI, self._mid_ext_id)
         encoding = parameters.encodings[0] if parameters.encodings else None
         pub.rebind(
             mid=str(parameters.muxId),
-            codec=codec_info(parameters.codecs),
+            codec=codec_info(codecs),
             ssrc=encoding.ssrc if encoding else None,
             rtx_ssrc=encoding.rtx.ssrc if encoding and encoding.rtx else None,
             audio_level_id=ExtensionIds.from_uris(ext).audio_level,

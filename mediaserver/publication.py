@@ -59,6 +59,7 @@ class Publication(Emitter):
         self.participant_id = participant_id
         self.kind = kind
         self.source = source
+        self.channels = 1  # audio channels the publisher declared (devices.py)
         self.mid = mid
         self.codec = codec
         self.ssrc = ssrc

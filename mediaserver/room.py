@@ -12,6 +12,7 @@ from .participant import Participant
 from .publication import Publication
 
 if TYPE_CHECKING:
+    from .ingest import IngestParticipant
     from .node import Node
 
 logger = logging.getLogger(__name__)
@@ -94,6 +95,20 @@ class Room(Emitter):
                 participant.subscribe(publication)
         self.emit("participant-added", participant)
         return participant
+
+    # -- devices: publishers without a peer connection (mediaserver/ingest.py) -------------
+
+    def add_publisher(self, publisher: IngestParticipant) -> None:
+        """Wire an ingest device like a participant (it publishes, it subscribes to nothing)."""
+        if self._closed:
+            raise RuntimeError("room is closed")
+        if publisher.id in self.participants:
+            raise ValueError("participant exists")
+        if len(self.participants) >= self.options.max_participants:
+            raise ValueError("room is full")
+        self.participants[publisher.id] = publisher  # type: ignore[assignment]
+        publisher.on("publication", self._on_publication)
+        publisher.once("close", lambda reason: self._participant_closed(publisher.id, reason))
 
     def _on_publication(self, publication: Publication) -> None:
         for other in self.participants.values():

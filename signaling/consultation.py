@@ -18,10 +18,12 @@ from aiohttp import web
 
 from mediaserver.api import CloseReason, Participant, Role, Room, RoomOptions
 
+from . import telemetry
 from .auth import TokenClaims
 from .chat import ChatLog, ChatMessage
-from .protocol import PROTOCOL_VERSION, CloseCode, ErrorCode, ProtocolError
+from .protocol import PROTOCOL_VERSION, CloseCode, ErrorCode, ProtocolError, error_message
 from .session import Session, SessionState
+from .telemetry import TelemetryLog
 
 if TYPE_CHECKING:
     from .hub import Hub
@@ -80,6 +82,7 @@ class Consultation:
         self.sessions: dict[str, Session] = {}
         self.waiting: list[str] = []
         self.chat = ChatLog()
+        self.telemetry = TelemetryLog()  # devices: vital signs, kept for the room's life
         self.ended = False
 
     # -- views --------------------------------------------------------------------------------
@@ -109,6 +112,7 @@ class Consultation:
             "room": self.id,
             "participants": [self.describe(s) for s in self.admitted()],
             "chat": self.chat.history(),
+            "telemetry": {"last": self.telemetry.last},  # devices: fetch with telemetry-history
         }
         if session.is_doctor:
             msg["waiting"] = self.waiting_list()
@@ -136,6 +140,7 @@ class Consultation:
             "participants": participants,
             "tracks": _room_tracks(self.media_room),
             "chat_messages": len(self.chat),
+            "telemetry_records": len(self.telemetry),
         }
 
     def summary(self) -> dict[str, Any]:
@@ -324,11 +329,24 @@ class Consultation:
             msg = json.loads(text)
         except ValueError:
             return
+        if isinstance(msg, dict) and msg.get("type") == "telemetry":
+            self._on_channel_telemetry(session, msg)  # devices
+            return
         if not isinstance(msg, dict) or msg.get("type") != "chat":
             return
         body = msg.get("text")
         if isinstance(body, str) and body and len(body) <= self.hub.config.max_chat_chars:
             self.post_chat(session, body)
+
+    def _on_channel_telemetry(self, session: Session, msg: dict[str, Any]) -> None:
+        """devices: telemetry over the data channel; ack or error over the WebSocket."""
+        ref = msg.get("id") if isinstance(msg.get("id"), str) else None
+        try:
+            stored = telemetry.relay(self, session, msg.get("readings"), msg.get("seq"))
+        except telemetry.TelemetryError as exc:
+            session.send(error_message(ErrorCode.BAD_TELEMETRY, str(exc), ref))
+            return
+        session.send({"type": "ack", "ref": ref, "seq": msg.get("seq"), "stored": stored})
 
     def _on_media_mode(self, session: Session, direction: str, mode: str, reason: str) -> None:
         msg = {

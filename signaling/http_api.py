@@ -11,6 +11,7 @@ from aiohttp import web
 from mediaserver.api import CloseReason
 
 from .consultation import ConsultationOptions
+from .devices_api import add_device_routes
 from .hub import Draining, Hub, RoomExists
 from .metrics import CONTENT_TYPE
 
@@ -154,3 +155,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
+    add_device_routes(app)  # devices: ingest and telemetry over HTTP (devices_api.py)

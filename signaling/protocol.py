@@ -37,6 +37,7 @@ class ErrorCode(enum.StrEnum):
     NOT_FOUND = "not-found"
     ROOM_FULL = "room-full"
     ALREADY_JOINED = "already-joined"
+    BAD_TELEMETRY = "bad-telemetry"
     INTERNAL = "internal"
 
 
@@ -55,6 +56,8 @@ CLIENT_TYPES = frozenset(
         "end",
         "leave",
         "ping",
+        "telemetry",
+        "telemetry-history",
     }
 )
 

@@ -13,8 +13,15 @@ from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from mediaserver.api import CloseReason, NegotiationError, TrackMeta
+from mediaserver.api import (
+    CloseReason,
+    NegotiationError,
+    TrackMeta,
+    validate_channels,
+    validate_source,
+)
 
+from . import telemetry
 from .auth import TokenError, verify_token
 from .consultation import Consultation, RoomUnavailable
 from .hub import Draining, Hub, RoomExists
@@ -222,9 +229,23 @@ def _tracks_of_offer(msg: dict[str, Any], sdp: str) -> dict[str, TrackMeta]:
         kind = meta.get("kind") or kinds.get(mid)
         if kind not in ("audio", "video"):
             raise ProtocolError(ErrorCode.BAD_REQUEST, "tracks names an unknown mid", msg["id"])
-        source = meta.get("source") or TrackMeta.default(kind).source
-        tracks[mid] = TrackMeta(kind=kind, source=source[:32])
+        tracks[mid] = _track_meta(kind, meta, msg)
     return tracks
+
+
+def _track_meta(kind: str, item: dict[str, Any], msg: dict[str, Any]) -> TrackMeta:
+    """devices: a known source label for this kind, and the channels of an audio device."""
+    source = item.get("source") or TrackMeta.default(kind).source
+    if not isinstance(source, str):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "track source must be a string", msg["id"])
+    try:
+        return TrackMeta(
+            kind=kind,
+            source=validate_source(kind, source),
+            channels=validate_channels(item.get("channels")),
+        )
+    except ValueError as exc:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, str(exc), msg["id"]) from exc
 
 
 def _negotiation_error(exc: Exception, msg: dict[str, Any]) -> ProtocolError:
@@ -286,10 +307,8 @@ async def on_publish(hub: Hub, session: Session, msg: dict[str, Any]) -> None:
         kind = item.get("kind") if isinstance(item, dict) else None
         if kind not in ("audio", "video"):
             raise ProtocolError(ErrorCode.BAD_REQUEST, "track kind must be audio|video", msg["id"])
-        source = item.get("source") or TrackMeta.default(kind).source
-        if not isinstance(source, str):
-            raise ProtocolError(ErrorCode.BAD_REQUEST, "track source must be a string", msg["id"])
-        tracks.append(TrackMeta(kind=kind, source=source[:32]))
+        assert isinstance(item, dict)
+        tracks.append(_track_meta(kind, item, msg))
     media.request_publish(tracks)
     _ack(session, msg)
 
@@ -299,6 +318,32 @@ async def on_reconnect(hub: Hub, session: Session, msg: dict[str, Any]) -> None:
     media = _media(session, msg)
     await media.restart_transport()
     _ack(session, msg)
+
+
+# -- devices: vital-sign telemetry (signaling/telemetry.py) -----------------------------------
+
+
+async def on_telemetry(hub: Hub, session: Session, msg: dict[str, Any]) -> None:
+    if session.state is not SessionState.ADMITTED:
+        raise ProtocolError(ErrorCode.NOT_ADMITTED, "telemetry is open after admission", msg["id"])
+    try:
+        stored = telemetry.relay(session.consultation, session, msg.get("readings"), msg.get("seq"))
+    except telemetry.TelemetryError as exc:
+        raise ProtocolError(ErrorCode.BAD_TELEMETRY, str(exc), msg["id"]) from exc
+    session.send({"type": "ack", "ref": msg["id"], "seq": msg.get("seq"), "stored": stored})
+
+
+async def on_telemetry_history(hub: Hub, session: Session, msg: dict[str, Any]) -> None:
+    if session.state is not SessionState.ADMITTED:
+        raise ProtocolError(ErrorCode.NOT_ADMITTED, "telemetry is open after admission", msg["id"])
+    after = msg.get("after", 0)
+    if isinstance(after, bool) or not isinstance(after, int) or after < 0:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "after must be an integer >= 0", msg["id"])
+    log = session.consultation.telemetry
+    records = log.after(after)
+    session.send(
+        {"type": "telemetry-history", "ref": msg["id"], "records": records, "last": log.last}
+    )
 
 
 HANDLERS: dict[str, Handler] = {
@@ -315,6 +360,8 @@ HANDLERS: dict[str, Handler] = {
     "candidate": on_candidate,
     "publish": on_publish,
     "reconnect": on_reconnect,
+    "telemetry": on_telemetry,
+    "telemetry-history": on_telemetry_history,
 }
 
 

@@ -134,3 +134,56 @@ def drop_rejected_from_bundle(answer: str, offer: str) -> str:
             line = " ".join(["a=group:BUNDLE", *items])
         lines.append(line)
     return "\r\n".join(lines)
+
+
+def _codec_keys(codecs: list[RTCRtpCodecParameters]) -> dict[int, CodecKey]:
+    """payload type -> codec key (RTX keyed by the codec it repairs)."""
+    by_pt = {c.payloadType: c for c in codecs}
+    keys: dict[int, CodecKey] = {}
+    for codec in codecs:
+        if codec.payloadType is None:
+            continue
+        if codec.mimeType.lower().endswith("/rtx"):
+            base = by_pt.get(codec.parameters.get("apt"))  # type: ignore[arg-type]
+            if base is not None:
+                keys[codec.payloadType] = ("rtx", codec.clockRate, _base_key(base))
+        else:
+            keys[codec.payloadType] = _base_key(codec)
+    return keys
+
+
+def declared(
+    text: str, mid: str, codecs: list[RTCRtpCodecParameters]
+) -> tuple[list[RTCRtpCodecParameters], dict[str, int]]:
+    """`codecs` with the payload types, and the header-extension ids (uri -> id), that the
+    m-line `mid` of our own SDP `text` declares.
+
+    aiortc records a transceiver's payload types and extension ids from its own defaults until
+    the answer is applied, and may start a sender or receiver before that, while `harmonize()`
+    renumbered them in the SDP the peer got: our local description is the truth (an answerer
+    uses the offerer's numbers). What the SDP does not name is left as aiortc has it.
+    """
+    for media in sdp.SessionDescription.parse(text).media:
+        if media.rtp.muxId != mid:
+            continue
+        pt_of = {key: pt for pt, key in _codec_keys(media.rtp.codecs).items()}
+        mapping = {pt: pt_of[key] for pt, key in _codec_keys(codecs).items() if key in pt_of}
+        out = []
+        for codec in codecs:
+            params = dict(codec.parameters)
+            if "apt" in params and params["apt"] in mapping:
+                params["apt"] = mapping[params["apt"]]
+            out.append(
+                RTCRtpCodecParameters(
+                    mimeType=codec.mimeType,
+                    clockRate=codec.clockRate,
+                    channels=codec.channels,
+                    payloadType=None
+                    if codec.payloadType is None
+                    else mapping.get(codec.payloadType, codec.payloadType),
+                    rtcpFeedback=codec.rtcpFeedback,
+                    parameters=params,
+                )
+            )
+        return out, {ext.uri: ext.id for ext in media.rtp.headerExtensions}
+    return codecs, {}

@@ -19,6 +19,36 @@ export const SOURCES = Object.freeze({
   screen: "video",
 });
 
+// -- devices (docs/devices.md) -------------------------------------------------------------
+/**
+ * getUserMedia audio constraints for a medical device (digital stethoscope): no echo
+ * cancellation, noise suppression or auto gain (they treat heart sounds as noise), 48 kHz,
+ * two channels where the device has them. `publish(track, {source: "stethoscope"})` also
+ * switches them off on a track opened without them.
+ */
+export const DEVICE_AUDIO_CONSTRAINTS = Object.freeze({
+  echoCancellation: false,
+  noiseSuppression: false,
+  autoGainControl: false,
+  sampleRate: 48000,
+  channelCount: { ideal: 2 },
+});
+
+/** Open a stethoscope (an audio input device) with DEVICE_AUDIO_CONSTRAINTS. */
+export async function openDeviceAudio(deviceId) {
+  const audio = { ...DEVICE_AUDIO_CONSTRAINTS, ...(deviceId ? { deviceId: { exact: deviceId } } : {}) };
+  const stream = await navigator.mediaDevices.getUserMedia({ audio, video: false });
+  return stream.getAudioTracks()[0];
+}
+
+/** Telemetry kinds and their units (signaling/telemetry.py). */
+export const TELEMETRY_UNITS = Object.freeze({
+  spo2: "%", heart_rate: "bpm", temperature: "Cel", respiratory_rate: "/min",
+  blood_pressure: "mm[Hg]", ecg: "mV",
+});
+const DEVICE_AUDIO_SOURCES = new Set(["stethoscope"]);
+// -- end devices --------------------------------------------------------------------------
+
 /** Close codes of the server (docs/protocol.md). */
 export const CloseCode = Object.freeze({
   NORMAL: 1000,
@@ -73,6 +103,11 @@ export class ConsultError extends Error {
 // A ConsultError's code, or a fallback for DOMExceptions (numeric codes) and the like.
 function codeOf(err, fallback) {
   return typeof err?.code === "string" && err.code ? err.code : fallback;
+}
+
+/** devices: the label of a publication in `offer.tracks` / `publish.tracks`. */
+function trackLabel(pub) {
+  return pub.channels === 2 ? { source: pub.source, channels: 2 } : { source: pub.source };
 }
 
 function requireId(value, what) {
@@ -153,6 +188,7 @@ export class Consultation extends EventTarget {
     this._chatIds = new Set();
     this._knocks = new Map();
     this._modes = new Map();
+    this._telemetryInit(); // devices
     this._position = null;
     this._closeReason = null;
     this._joinRefused = null;
@@ -304,6 +340,7 @@ export class Consultation extends EventTarget {
       const outbox = this._outbox.splice(0);
       for (const m of outbox) this._sendRaw(m);
       this._emit("resumed", { state, rejoined });
+      this._flushTelemetry(); // devices: batches whose ack was lost go again
       // An offer of ours that the lost socket never answered would hang the negotiation.
       this._enqueue(async () => {
         if (this._pc && this._pc.signalingState === "have-local-offer") {
@@ -401,6 +438,11 @@ export class Consultation extends EventTarget {
         return this._onParticipantLeft(msg);
       case "chat":
         return this._addChat(msg.message, true);
+      case "telemetry": // devices
+        return this._onTelemetry([msg.record]);
+      case "device-state": // devices
+        this._deviceStates.set(msg.participant, msg.state);
+        return this._emit("device-state", { participant: msg.participant, state: msg.state });
       case "mode":
         this._modes.set(`${msg.participant}/${msg.direction}`, {
           participant: msg.participant, direction: msg.direction, mode: msg.mode, reason: msg.reason,
@@ -446,6 +488,7 @@ export class Consultation extends EventTarget {
       this._emit("knocks", { knocks: this.knocks });
     }
     for (const m of msg.chat ?? []) this._addChat(m, true);
+    this._telemetryOnRoom(msg.telemetry); // devices: replay what the socket missed
     this._emit("room", { participants: this.participants, chat: this.chat });
   }
 
@@ -572,13 +615,111 @@ export class Consultation extends EventTarget {
     this._finish("left", "left");
   }
 
+  // -- devices: device tracks and vital-sign telemetry (docs/devices.md) ------------------
+  _telemetryInit() {
+    this._telemetry = new Map(); // seq -> record (the room's log, merged live and replayed)
+    this._telemetryNext = 1; // next seq to emit (records are emitted in seq order, once)
+    this._telemetryOut = []; // [{seq, readings, sending}] not acknowledged yet
+    this._telemetrySeq = 0;
+    this._telemetrySyncing = false;
+    this._telemetryMax = 0;
+    this._vitals = {};
+    this._deviceStates = new Map();
+  }
+
+  /** Every telemetry record received, in order (`{seq, from, kind, t, unit, ...}`). */
+  get telemetry() { return [...this._telemetry.values()].filter((r) => r.seq < this._telemetryNext); }
+  /** The latest reading of each kind per participant: `{participant: {spo2: record, ...}}`. */
+  get vitals() { return this._vitals; }
+  get deviceStates() { return Object.fromEntries(this._deviceStates); }
+
+  _prepareDeviceTrack(pub, channels) {
+    if (channels != null && channels !== 1 && channels !== 2) throw new RangeError("channels must be 1 or 2");
+    pub.channels = channels ?? pub.track.getSettings?.().channelCount ?? 1;
+    if (!DEVICE_AUDIO_SOURCES.has(pub.source)) return;
+    if ("contentHint" in pub.track) pub.track.contentHint = "music"; // not speech
+    const { echoCancellation, noiseSuppression, autoGainControl } = DEVICE_AUDIO_CONSTRAINTS;
+    pub.track.applyConstraints?.({ echoCancellation, noiseSuppression, autoGainControl })
+      ?.catch((e) => this._emitError("device-audio", e));
+  }
+
+  /**
+   * Send vital-sign readings (the schema in docs/devices.md). Batches are numbered and kept
+   * until the server acknowledges them, and re-sent after a reconnect (the server stores a
+   * batch once). Resolves when this batch is acknowledged; rejects with `bad-telemetry`.
+   */
+  sendTelemetry(readings) {
+    if (!Array.isArray(readings) || !readings.length) throw new TypeError("readings must be a non-empty array");
+    this._requireJoined("sendTelemetry");
+    const batch = { seq: ++this._telemetrySeq, readings, sending: false };
+    const done = new Promise((resolve, reject) => { batch.resolve = resolve; batch.reject = reject; });
+    this._telemetryOut.push(batch);
+    this._flushTelemetry();
+    return done;
+  }
+
+  _flushTelemetry() {
+    for (const batch of this._telemetryOut) {
+      if (batch.sending) continue;
+      batch.sending = true;
+      this._request({ type: "telemetry", seq: batch.seq, readings: batch.readings }, { queue: false, silent: true })
+        .then(() => {
+          this._telemetryOut = this._telemetryOut.filter((b) => b !== batch);
+          batch.resolve();
+        })
+        .catch((e) => {
+          batch.sending = false;
+          if (e?.code === "disconnected" || e?.code === "timeout") return; // re-sent on resume
+          this._telemetryOut = this._telemetryOut.filter((b) => b !== batch);
+          batch.reject(e);
+          this._emitError(codeOf(e, "bad-telemetry"), e, e.ref ?? null);
+        });
+    }
+  }
+
+  _onTelemetry(records, syncing = false) {
+    for (const r of records) {
+      if (!r || !Number.isInteger(r.seq) || r.seq < this._telemetryNext) continue;
+      this._telemetry.set(r.seq, r);
+      this._telemetryMax = Math.max(this._telemetryMax, r.seq);
+    }
+    while (this._telemetry.has(this._telemetryNext)) {
+      const r = this._telemetry.get(this._telemetryNext++);
+      (this._vitals[r.from] ??= {})[r.kind] = r;
+      this._emit("telemetry", { record: r });
+    }
+    if (!syncing && this._telemetryMax >= this._telemetryNext) this._syncTelemetry(); // a gap
+  }
+
+  _telemetryOnRoom(info) {
+    if (info && Number.isInteger(info.last) && info.last >= this._telemetryNext) this._syncTelemetry();
+  }
+
+  async _syncTelemetry() {
+    if (this._telemetrySyncing) return;
+    this._telemetrySyncing = true;
+    try {
+      for (;;) {
+        const reply = await this._request({ type: "telemetry-history", after: this._telemetryNext - 1 }, { queue: false });
+        const records = reply.records ?? [];
+        this._onTelemetry(records, true);
+        if (!records.length || this._telemetryNext > (reply.last ?? 0)) break;
+      }
+    } catch (e) {
+      if (e?.code !== "disconnected") this._emitError(codeOf(e, "telemetry"), e);
+    } finally {
+      this._telemetrySyncing = false;
+    }
+  }
+  // -- end devices ------------------------------------------------------------------------
+
   // -- publishing ------------------------------------------------------------------------
   /**
    * Publish a local track under a source label. Returns the publication
    * `{id, source, kind, track}`. Before admission the track waits and goes out once admitted.
    * `negotiate: "server"` asks the server to offer a recvonly m-line instead of offering.
    */
-  publish(track, { source, negotiate = "client" } = {}) {
+  publish(track, { source, negotiate = "client", channels } = {}) {
     if (!track || typeof track.kind !== "string" || typeof track.stop !== "function") {
       throw new TypeError("publish() needs a MediaStreamTrack");
     }
@@ -596,6 +737,7 @@ export class Consultation extends EventTarget {
       throw new ConsultError("already-published", "this track is already published");
     }
     const pub = { id: `p${this._nextId++}`, source, kind: track.kind, track, negotiate };
+    this._prepareDeviceTrack(pub, channels); // devices: stethoscope audio untouched
     if (!this._pc) this._waitingPublish.push(pub);
     else this._startPublication(pub);
     return pub;
@@ -604,7 +746,7 @@ export class Consultation extends EventTarget {
   _startPublication(pub) {
     if (pub.negotiate === "server") {
       this._requested.push(pub);
-      this._request({ type: "publish", tracks: [{ kind: pub.kind, source: pub.source }] }).catch(
+      this._request({ type: "publish", tracks: [{ kind: pub.kind, ...trackLabel(pub) }] }).catch(
         (e) => {
           this._requested = this._requested.filter((p) => p !== pub);
           this._emitError(codeOf(e, "publish"), e, e.ref ?? null);
@@ -776,7 +918,7 @@ export class Consultation extends EventTarget {
       if (pc.signalingState !== "have-local-offer") return; // a server offer won meanwhile
       const tracks = {};
       for (const [tr, pub] of this._published) {
-        if (tr.mid != null && tr.currentDirection !== "stopped") tracks[tr.mid] = { source: pub.source };
+        if (tr.mid != null && tr.currentDirection !== "stopped") tracks[tr.mid] = trackLabel(pub);
       }
       const req = this._request(
         { type: "offer", sdp: pc.localDescription.sdp, tracks },

@@ -1,0 +1,167 @@
+"""HTTP API for devices that do not speak WebRTC (docs/api.md, docs/devices.md).
+
+- `POST /api/v1/rooms/{room}/devices`: a device participant joins the room (admitted, role
+  `device`). With `sdp` (plain RTP over UDP, see mediaserver/ingest.py) the server binds a UDP
+  port per m-line and answers with the ports to send to; without it the device only posts
+  telemetry.
+- `GET /api/v1/rooms/{room}/devices/{participant}`: its state (`waiting`, `receiving`,
+  `stalled`) and per-stream counters (packets, bad packets, forward or transcode).
+- `POST /api/v1/rooms/{room}/devices/{participant}/telemetry`: `{seq?, readings}`, the schema of
+  signaling/telemetry.py; `400 bad-telemetry` for a refused batch.
+- The device leaves with `DELETE /api/v1/rooms/{room}/participants/{participant}`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, cast
+
+from aiohttp import web
+
+from mediaserver.api import CloseReason, Participant, Role, validate_source
+from mediaserver.ingest import IngestError, IngestParticipant, parse_sdp
+
+from . import telemetry
+from .consultation import Consultation
+from .hub import Hub
+from .session import Session, SessionState
+
+logger = logging.getLogger(__name__)
+
+
+def _error(status: int, code: str, message: str) -> web.Response:
+    return web.json_response({"error": code, "message": message}, status=status)
+
+
+async def _body(request: web.Request) -> dict[str, Any] | web.Response:
+    try:
+        body = await request.json() if request.can_read_body else {}
+    except ValueError:
+        return _error(400, "bad-json", "body is not valid JSON")
+    if not isinstance(body, dict):
+        return _error(400, "bad-request", "body must be a JSON object")
+    return body
+
+
+def _hub(request: web.Request) -> Hub:
+    from .http_api import HUB as API_HUB
+
+    return request.app[API_HUB]
+
+
+def _device(request: web.Request) -> tuple[Consultation, Session] | web.Response:
+    consultation = _hub(request).get(request.match_info["room_id"])
+    session = consultation.sessions.get(request.match_info["pid"]) if consultation else None
+    if consultation is None or session is None or session.role is not Role.DEVICE:
+        return _error(404, "not-found", "no such device")
+    return consultation, session
+
+
+def _ingest_host(hub: Hub) -> str:
+    hosts = hub.node.config.ice.host_addresses
+    return hosts[0] if hosts else "0.0.0.0"
+
+
+async def create_device(request: web.Request) -> web.Response:
+    hub = _hub(request)
+    consultation = hub.get(request.match_info["room_id"])
+    if consultation is None:
+        return _error(404, "not-found", "no such room")
+    body = await _body(request)
+    if isinstance(body, web.Response):
+        return body
+    name = body.get("name", "Device")
+    sub = body.get("sub", "device-api")
+    sdp = body.get("sdp")
+    sources = body.get("sources")
+    if not isinstance(name, str) or not 1 <= len(name) <= 64:
+        return _error(400, "bad-request", "name must be a string of 1-64 characters")
+    if not isinstance(sub, str) or not 1 <= len(sub) <= 128:
+        return _error(400, "bad-request", "sub must be a string of 1-128 characters")
+    media = []
+    if sdp is not None:
+        try:
+            media = parse_sdp(sdp)
+            if sources is not None:
+                if not isinstance(sources, list) or len(sources) != len(media):
+                    raise IngestError("sources must list one source per m-line")
+                media = parse_sdp(sdp, sources=dict(enumerate(sources)))
+                for m in media:
+                    validate_source(m.kind, m.source)
+        except (IngestError, ValueError) as exc:
+            return _error(400, "bad-sdp", str(exc))
+    session = Session(consultation=consultation, role=Role.DEVICE, name=name, sub=sub, codecs=None)
+    ingest: IngestParticipant | None = None
+    if media:
+        ingest = IngestParticipant(session.id, consultation.media_room, media)
+        try:
+            consultation.media_room.add_publisher(ingest)
+        except (ValueError, RuntimeError) as exc:
+            return _error(409, "room-full", str(exc))
+        try:
+            await ingest.start(_ingest_host(hub))
+        except OSError as exc:
+            await ingest.close(CloseReason.FAILED)
+            return _error(503, "no-port", f"cannot bind a UDP port: {exc.strerror}")
+        session.media = cast(Participant, ingest)
+    consultation.sessions[session.id] = session
+    session.state = SessionState.ADMITTED
+    if ingest is not None:
+        ingest.on("state", lambda state: _on_state(consultation, session, state))
+        ingest.once("close", lambda reason: _on_close(hub, consultation, session, reason))
+    consultation.broadcast(
+        {"type": "participant-joined", "participant": consultation.describe(session)},
+        exclude=session,
+    )
+    logger.info("device %s joined room %s over the API", session.id, consultation.id)
+    return web.json_response(_describe(session, ingest), status=201)
+
+
+def _describe(session: Session, ingest: IngestParticipant | None) -> dict[str, Any]:
+    out: dict[str, Any] = {"id": session.id, "role": "device", "state": "receiving"}
+    if ingest is None:
+        out.update(state="telemetry-only", media=[])
+    else:
+        out.update(state=ingest.state, media=[s.info() for s in ingest.streams])
+    return out
+
+
+def _on_state(consultation: Consultation, session: Session, state: str) -> None:
+    consultation.broadcast(
+        {"type": "device-state", "participant": session.id, "state": state}, exclude=session
+    )
+
+
+def _on_close(hub: Hub, consultation: Consultation, session: Session, reason: CloseReason) -> None:
+    if session.state is not SessionState.CLOSED:
+        hub.spawn(consultation.remove(session, reason))
+
+
+async def get_device(request: web.Request) -> web.Response:
+    found = _device(request)
+    if isinstance(found, web.Response):
+        return found
+    _, session = found
+    ingest = session.media if isinstance(session.media, IngestParticipant) else None
+    return web.json_response(_describe(session, ingest))
+
+
+async def post_telemetry(request: web.Request) -> web.Response:
+    found = _device(request)
+    if isinstance(found, web.Response):
+        return found
+    consultation, session = found
+    body = await _body(request)
+    if isinstance(body, web.Response):
+        return body
+    try:
+        stored = telemetry.relay(consultation, session, body.get("readings"), body.get("seq"))
+    except telemetry.TelemetryError as exc:
+        return _error(400, "bad-telemetry", str(exc))
+    return web.json_response({"stored": stored, "seq": body.get("seq")})
+
+
+def add_device_routes(app: web.Application) -> None:
+    app.router.add_post("/api/v1/rooms/{room_id}/devices", create_device)
+    app.router.add_get("/api/v1/rooms/{room_id}/devices/{pid}", get_device)
+    app.router.add_post("/api/v1/rooms/{room_id}/devices/{pid}/telemetry", post_telemetry)

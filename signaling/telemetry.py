@@ -1,0 +1,198 @@
+"""Vital-sign telemetry: schema, validation, the room's log, relay and replay.
+
+A device (or a nurse's app) sends batches of readings; each accepted reading gets the room's
+next sequence number `seq` (1, 2, 3... per room, no gaps), is kept for the room's life and is
+relayed to every admitted participant except devices. A client that lost its socket asks for
+what it missed with `telemetry-history {after: <last seq it has>}`: the log is the single
+source of truth, live records and replayed ones carry the same `seq`, so a client merges them
+without loss or duplicates. Device batches carry the device's own increasing `seq`: a batch
+re-sent after a reconnect (its ack was lost) is acknowledged again and not stored twice.
+
+Reading schema (docs/devices.md): every reading has `kind`, `t` (the device's clock when it was
+measured: milliseconds since the Unix epoch) and a `unit` that must be the one listed.
+
+| kind | fields | unit | range |
+|---|---|---|---|
+| `spo2` | `value` | `%` | 50-100 |
+| `heart_rate` | `value` | `bpm` | 20-300 |
+| `temperature` | `value` | `Cel` | 30-45 |
+| `respiratory_rate` | `value` | `/min` | 2-80 |
+| `blood_pressure` | `systolic`, `diastolic`, `mean?` | `mm[Hg]` | 40-300 / 20-200, sys > dia |
+| `ecg` | `lead`, `rate` (250-500 samples/s), `samples` (1-1000 numbers) | `mV` | -10..10 each |
+
+No reading value is ever logged: errors name the field, not the value.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from mediaserver.api import Role
+
+if TYPE_CHECKING:
+    from .consultation import Consultation
+    from .session import Session
+
+MAX_BATCH = 100
+MAX_ECG_SAMPLES = 1000
+HISTORY_PAGE = 200
+# A room keeps its telemetry for its life, within a bound: 500 000 records is over 5 hours of
+# a 500 samples/s ECG in 20-sample batches, plus vitals (a few hundred MB at most).
+MAX_RECORDS = 500_000
+ECG_LEADS = frozenset({"I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6"})
+# the device clock may run ahead of ours a little, never days
+MAX_FUTURE_MS = 24 * 3600 * 1000
+MIN_T_MS = 946684800000  # 2000-01-01
+
+SCALARS: dict[str, tuple[str, float, float]] = {
+    "spo2": ("%", 50, 100),
+    "heart_rate": ("bpm", 20, 300),
+    "temperature": ("Cel", 30, 45),
+    "respiratory_rate": ("/min", 2, 80),
+}
+KINDS = (*SCALARS, "blood_pressure", "ecg")
+
+
+class TelemetryError(ValueError):
+    """A batch refused as a whole: nothing of it is stored or relayed."""
+
+
+def _number(reading: dict[str, Any], key: str, where: str, lo: float, hi: float) -> float:
+    value = reading.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise TelemetryError(f"{where}: {key} must be a number")
+    if not lo <= value <= hi:
+        raise TelemetryError(f"{where}: {key} out of range {lo:g}..{hi:g}")
+    return float(value)
+
+
+def validate_reading(reading: object, where: str, now_ms: int) -> dict[str, Any]:
+    """A clean copy of one reading (only the schema's fields), or TelemetryError."""
+    if not isinstance(reading, dict):
+        raise TelemetryError(f"{where}: a reading must be an object")
+    kind = reading.get("kind")
+    if kind not in KINDS:
+        raise TelemetryError(f"{where}: kind must be one of {', '.join(KINDS)}")
+    t = reading.get("t")
+    if isinstance(t, bool) or not isinstance(t, int):
+        raise TelemetryError(f"{where}: t must be integer milliseconds since the Unix epoch")
+    if not MIN_T_MS <= t <= now_ms + MAX_FUTURE_MS:
+        raise TelemetryError(f"{where}: t is not a plausible device time")
+    unit = reading.get("unit")
+    clean: dict[str, Any] = {"kind": kind, "t": t}
+    if kind in SCALARS:
+        expected, lo, hi = SCALARS[kind]
+        if unit != expected:
+            raise TelemetryError(f"{where}: unit of {kind} must be {expected!r}")
+        clean["value"] = _number(reading, "value", where, lo, hi)
+    elif kind == "blood_pressure":
+        if unit != "mm[Hg]":
+            raise TelemetryError(f"{where}: unit of blood_pressure must be 'mm[Hg]'")
+        systolic = _number(reading, "systolic", where, 40, 300)
+        diastolic = _number(reading, "diastolic", where, 20, 200)
+        if systolic <= diastolic:
+            raise TelemetryError(f"{where}: systolic must be above diastolic")
+        clean.update(systolic=systolic, diastolic=diastolic)
+        if reading.get("mean") is not None:
+            clean["mean"] = _number(reading, "mean", where, diastolic, systolic)
+    else:  # ecg
+        if unit != "mV":
+            raise TelemetryError(f"{where}: unit of ecg must be 'mV'")
+        lead = reading.get("lead", "II")
+        if lead not in ECG_LEADS:
+            raise TelemetryError(f"{where}: lead must be one of {', '.join(sorted(ECG_LEADS))}")
+        rate = reading.get("rate")
+        if isinstance(rate, bool) or not isinstance(rate, int) or not 250 <= rate <= 500:
+            raise TelemetryError(f"{where}: rate must be an integer 250..500 samples/s")
+        samples = reading.get("samples")
+        if not isinstance(samples, list) or not 1 <= len(samples) <= MAX_ECG_SAMPLES:
+            raise TelemetryError(f"{where}: samples must be a list of 1..{MAX_ECG_SAMPLES}")
+        for s in samples:
+            if isinstance(s, bool) or not isinstance(s, int | float) or not -10 <= s <= 10:
+                raise TelemetryError(f"{where}: samples must be numbers within -10..10 mV")
+        clean.update(lead=lead, rate=rate, samples=[float(s) for s in samples])
+    clean["unit"] = unit
+    return clean
+
+
+def validate_batch(readings: object, now_ms: int | None = None) -> list[dict[str, Any]]:
+    if not isinstance(readings, list) or not 1 <= len(readings) <= MAX_BATCH:
+        raise TelemetryError(f"readings must be a list of 1..{MAX_BATCH}")
+    now = int(time.time() * 1000) if now_ms is None else now_ms
+    return [validate_reading(r, f"readings[{i}]", now) for i, r in enumerate(readings)]
+
+
+def parse_device_seq(value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**53:
+        raise TelemetryError("seq must be a non-negative integer")
+    return value
+
+
+@dataclass(slots=True)
+class TelemetryLog:
+    """The room's telemetry, kept for its life (a list indexed by seq - 1)."""
+
+    records: list[dict[str, Any]] = field(default_factory=list)
+    device_seq: dict[str, int] = field(default_factory=dict)  # participant -> last batch seq
+
+    @property
+    def last(self) -> int:
+        return len(self.records)
+
+    def append_batch(
+        self,
+        sender: str,
+        readings: list[dict[str, Any]],
+        device_seq: int | None,
+    ) -> list[dict[str, Any]] | None:
+        """Store a validated batch; None when it is a re-sent batch already stored."""
+        if device_seq is not None and device_seq <= self.device_seq.get(sender, -1):
+            return None
+        if len(self.records) + len(readings) > MAX_RECORDS:
+            raise TelemetryError("the room's telemetry log is full")
+        if device_seq is not None:
+            self.device_seq[sender] = device_seq
+        received = int(time.time() * 1000)
+        out = []
+        for reading in readings:
+            record = {
+                "seq": len(self.records) + 1,
+                "from": sender,
+                "received": received,
+                **reading,
+            }
+            self.records.append(record)
+            out.append(record)
+        return out
+
+    def after(self, seq: int, limit: int = HISTORY_PAGE) -> list[dict[str, Any]]:
+        start = max(0, seq)
+        return self.records[start : start + limit]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+
+def relay(consultation: Consultation, session: Session, batch: object, seq: object) -> int:
+    """Validate, store and relay a batch from an admitted participant; returns records stored.
+
+    TelemetryError when the batch is refused (nothing stored, nothing relayed).
+    """
+    from .session import SessionState
+
+    if session.state is not SessionState.ADMITTED:
+        raise TelemetryError("telemetry is open after admission")
+    readings = validate_batch(batch)
+    records = consultation.telemetry.append_batch(session.id, readings, parse_device_seq(seq))
+    if not records:
+        return 0
+    for other in consultation.admitted():
+        if other is not session and other.role is not Role.DEVICE:
+            for record in records:
+                other.send({"type": "telemetry", "record": record})
+    return len(records)
