@@ -14,8 +14,10 @@ import json
 import re
 from typing import Any
 
+import numpy as np
 from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
+from av import VideoFrame
 
 from compat.driver import Driver
 from compat.synth import BarsTrack, ToneTrack
@@ -179,13 +181,22 @@ class AiortcPeer(Peer):
             await asyncio.sleep(0.3)
 
     async def _consume(self, track: MediaStreamTrack) -> None:
-        entry = self.frames.setdefault(id(track), {"frames": 0, "width": None, "height": None})
+        entry: dict[str, Any] = {"frames": 0, "width": None, "height": None, "brightness": None}
+        entry["energy"] = 0.0
+        self.frames[id(track)] = entry
         with contextlib.suppress(MediaStreamError):
             while True:
                 frame = await track.recv()
                 entry["frames"] += 1
-                if track.kind == "video":
-                    entry["width"], entry["height"] = frame.width, frame.height  # type: ignore[union-attr]
+                if entry["frames"] % 10:
+                    continue
+                # Every 10th frame: what a muted sender shows (black video, silent audio).
+                if isinstance(frame, VideoFrame):
+                    entry["width"], entry["height"] = frame.width, frame.height
+                    entry["brightness"] = int(frame.to_ndarray(format="gray").mean())
+                else:
+                    pcm = frame.to_ndarray().astype(np.float32) / 32768.0
+                    entry["energy"] += float((pcm**2).mean()) * 10
 
     async def status(self) -> dict[str, Any]:
         c = self.client
@@ -238,6 +249,8 @@ class AiortcPeer(Peer):
                         "packets": packets,
                         "framesDecoded": f.get("frames", 0) if tr.kind == "video" else 0,
                         "audioFrames": f.get("frames", 0) if tr.kind == "audio" else 0,
+                        "brightness": f.get("brightness"),
+                        "audioEnergy": f.get("energy") if tr.kind == "audio" else None,
                         "width": f.get("width"),
                         "height": f.get("height"),
                         "codec": {"mimeType": f"{tr.kind}/{picked.get(tr.mid or '', '?')}"},

@@ -47,7 +47,14 @@ class Call:
             s = self.last.get(side) or {}
             brief = {k: s.get(k) for k in ("state", "connection", "signaling", "startError")}
             remote = [
-                (r.get("participant"), r.get("source"), r.get("packets"), r.get("framesDecoded"))
+                (
+                    r.get("participant"),
+                    r.get("source"),
+                    r.get("packets"),
+                    r.get("framesDecoded"),
+                    r.get("brightness"),
+                    r.get("audioEnergy"),
+                )
                 for r in s.get("remote", [])
             ]
             errs = [e for e in s.get("events", []) if e.get("type") == "error"][-3:]
@@ -103,6 +110,8 @@ def brief(r: dict[str, Any] | None) -> dict[str, Any] | None:
         "fps",
         "codec",
         "decoder",
+        "brightness",
+        "audioEnergy",
     )
     return {k: r[k] for k in keys if r.get(k) is not None}
 
@@ -269,36 +278,61 @@ async def chat_data(call: Call, ev: dict[str, Any]) -> None:
     ev["messages"] = texts
 
 
-async def _stopped(call: Call, side: str, participant: str | None, source: str) -> int:
-    """Wait until the counter stays the same across a 2 s window; return it."""
-    prev = [-2]
+DARK = 40  # mean brightness (0-255) under which a picture counts as black
 
-    async def still() -> bool:
-        now = counter(remote(await call.st(side), participant, source))
-        same = now == prev[0]
-        prev[0] = now
-        if not same:
-            await asyncio.sleep(1.5)
-        return same
 
-    await until(call, f"{source} of {participant} to stop at {side}", still)
-    return prev[0]
+async def _muted(call: Call, side: str, participant: str | None, source: str) -> dict[str, Any]:
+    """Wait until the track shows it is muted: its counter stays the same across a 1.5 s
+    window (nothing sent), or its picture is black / its audio energy stays flat (a browser
+    that sends black frames or silence instead). Returns what was seen."""
+    prev: dict[str, Any] = {}
+
+    async def muted() -> bool:
+        r = remote(await call.st(side), participant, source) or {}
+        if r.get("kind") == "video" and r.get("brightness") is not None and r["brightness"] < DARK:
+            prev.update(r, how="black picture")
+            return True
+        if prev and counter(r) == counter(prev):
+            prev.update(r, how="nothing received")
+            return True
+        energy, old = r.get("audioEnergy"), prev.get("audioEnergy")
+        if prev and energy is not None and old is not None and energy - old < 1e-7:
+            prev.update(r, how="silence")
+            return True
+        prev.clear()
+        prev.update(r)
+        await asyncio.sleep(1.5)
+        return False
+
+    await until(call, f"{source} of {participant} to be muted at {side}", muted)
+    return {"how": prev.get("how"), **(brief(prev) or {})}
+
+
+async def _unmuted(call: Call, ev: dict[str, Any], participant: str | None) -> None:
+    await check_rising(call, "b", participant, "camera", 10, ev)
+    await check_rising(call, "b", participant, "microphone", 20, ev)
+
+    async def bright() -> bool:
+        r = remote(await call.st("b"), participant, "camera") or {}
+        return r.get("brightness") is None or r["brightness"] >= DARK
+
+    await until(call, "the picture to come back", bright)
 
 
 async def mute(call: Call, ev: dict[str, Any]) -> None:
-    """The doctor mutes camera and microphone (nothing sent), then unmutes: media resumes."""
+    """The doctor mutes camera and microphone (track.enabled = false): the patient sees a black
+    picture (or no frames) and hears silence (or no packets); unmuted, both come back."""
     assert isinstance(call.a, BrowserPeer)
     a_id = me(call.last["a"])
     await call.a.set_muted("camera", True)
     await call.a.set_muted("microphone", True)
-    ev["muted_at"] = {
-        "camera": await _stopped(call, "b", a_id, "camera"),
-        "microphone": await _stopped(call, "b", a_id, "microphone"),
+    ev["muted"] = {
+        "camera": await _muted(call, "b", a_id, "camera"),
+        "microphone": await _muted(call, "b", a_id, "microphone"),
     }
     await call.a.set_muted("camera", False)
     await call.a.set_muted("microphone", False)
-    await check_rising(call, "b", a_id, "camera", 10, ev)
-    await check_rising(call, "b", a_id, "microphone", 20, ev)
+    await _unmuted(call, ev, a_id)
 
 
 async def exam_camera(call: Call, ev: dict[str, Any]) -> None:
