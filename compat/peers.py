@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
-from av import VideoFrame
+from av import AudioFrame, VideoFrame
 
 from compat.driver import Driver
 from compat.synth import BarsTrack, ToneTrack
@@ -194,7 +194,7 @@ class AiortcPeer(Peer):
                 if isinstance(frame, VideoFrame):
                     entry["width"], entry["height"] = frame.width, frame.height
                     entry["brightness"] = int(frame.to_ndarray(format="gray").mean())
-                else:
+                elif isinstance(frame, AudioFrame):
                     pcm = frame.to_ndarray().astype(np.float32) / 32768.0
                     entry["energy"] += float((pcm**2).mean()) * 10
 
