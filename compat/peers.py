@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import re
 from typing import Any
 
@@ -148,6 +149,27 @@ def _answer_codecs(sdp: str) -> dict[str, str]:
     return out
 
 
+class _AiortcWarnings(logging.Handler):
+    """aiortc logs (not raises) the failures that end a connection, e.g. an RTP packet its
+    parser rejects; keep them so the report shows why an aiortc peer's connection closed."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            text += f" {type(exc).__name__}: {exc}"
+        self.lines.append(f"{record.name}: {text}"[:500])
+        del self.lines[:-20]
+
+
+AIORTC_WARNINGS = _AiortcWarnings()
+logging.getLogger("aiortc").addHandler(AIORTC_WARNINGS)
+
+
 class AiortcPeer(Peer):
     """signaling.client.ConsultClient: publishes a tone and colour bars, decodes what it gets."""
 
@@ -159,11 +181,17 @@ class AiortcPeer(Peer):
         self.frames: dict[int, dict[str, Any]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._consumed: set[int] = set()
+        self.errors: list[str] = []
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            self.errors.append(f"{type(exc).__name__}: {exc}")
 
     async def join(self, token: str, publish: bool = True) -> None:
         await self.client.connect(token)
@@ -256,7 +284,15 @@ class AiortcPeer(Peer):
                         "codec": {"mimeType": f"{tr.kind}/{picked.get(tr.mid or '', '?')}"},
                     }
                 )
+        events += [{"type": "error", "code": "aiortc", "message": e} for e in self.errors]
+        if c.pc is not None and c.pc.connectionState in ("failed", "closed"):
+            events += [
+                {"type": "error", "code": "aiortc-log", "message": line}
+                for line in AIORTC_WARNINGS.lines[-3:]
+            ]
         return {
+            "received": [m.get("type") for m in c.messages][-25:],
+            "negotiations": c.negotiations,
             "state": c.state,
             "me": {"id": c.participant_id},
             "closeCode": c.close_code,

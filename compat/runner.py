@@ -228,11 +228,21 @@ class PairRun:
             b=peer("b", self.b_name),
             tokens=lambda role, sub: self.ctx.token(room, role, sub),
             room=room,
+            a_sub=f"compat-doctor-{n}",
+            b_sub=f"compat-patient-{n}",
         )
 
     async def close_call(self, call: sc.Call | None) -> None:
-        if call is not None:
-            await asyncio.gather(call.a.close(), call.b.close(), return_exceptions=True)
+        """End the consultation (the doctor's `end`, the patient's `leave`), then close both
+        sides, so that the node drops the call's media sessions before the next call starts
+        instead of timing them out meanwhile. Errors are ignored: the call may be broken."""
+        if call is None:
+            return
+        for peer, action in ((call.a, call.a.end), (call.b, call.b.leave)):
+            with contextlib.suppress(Exception):
+                if (call.last.get("a" if peer is call.a else "b") or {}).get("state") == "admitted":
+                    await asyncio.wait_for(action(), 10)
+        await asyncio.gather(call.a.close(), call.b.close(), return_exceptions=True)
 
     async def evidence_base(self, call: sc.Call | None) -> dict[str, Any]:
         ev: dict[str, Any] = {
@@ -256,7 +266,14 @@ class PairRun:
             if side in call.last:
                 ev.setdefault("last_status", {})[side] = {
                     k: call.last[side].get(k)
-                    for k in ("state", "connection", "signaling", "events")
+                    for k in (
+                        "state",
+                        "connection",
+                        "signaling",
+                        "events",
+                        "received",
+                        "negotiations",
+                    )
                 }
 
     async def run_one(
