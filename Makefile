@@ -5,10 +5,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # Debian packages the tests need (binary -> package).
-DEB_TEST := chromium:chromium iproute2:ip nftables:nft
+DEB_TEST := chromium:chromium iproute2:ip nftables:nft firefox-esr:firefox-esr nodejs:node npm:npm
 APT_ENV := DEBIAN_FRONTEND=noninteractive
 
-.PHONY: run test lint typecheck pytest deps-deb venv bench clean
+.PHONY: run test lint typecheck pytest deps-deb venv bench clean compat-driver
 
 $(STAMP): pyproject.toml
 	@command -v python3 >/dev/null || { apt-get update -q && $(APT_ENV) apt-get install -yq python3 python3-venv; }
@@ -36,7 +36,15 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
-pytest: $(STAMP) deps-deb
+# puppeteer-core for `compat` (compat/driver); it drives Debian's browsers, never downloads one.
+DRIVER := compat/driver
+$(DRIVER)/node_modules/.installed: $(DRIVER)/package-lock.json | deps-deb
+	cd $(DRIVER) && PUPPETEER_SKIP_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+compat-driver: $(DRIVER)/node_modules/.installed
+
+pytest: $(STAMP) deps-deb compat-driver
 	$(PY) -m pytest -q -p no:cacheprovider
 
 test: lint typecheck pytest
@@ -45,4 +53,4 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.forwarding
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache
+	rm -rf $(VENV) .mypy_cache .ruff_cache $(DRIVER)/node_modules
