@@ -75,6 +75,7 @@ def _options(args: argparse.Namespace) -> Options:
         server_cpu=server_cpu,
         gen_cpu=gen_cpu,
         decrypt_all=args.decrypt_all,
+        event_loop_receive=args.event_loop_receive,
         thresholds=Thresholds(
             max_loss=args.max_loss / 100,
             max_latency_p95_ms=args.max_latency_ms,
@@ -97,6 +98,11 @@ def _common(p: argparse.ArgumentParser, *, duration: float) -> None:
     p.add_argument("--gen-cpu", type=int, default=1, help="CPU of the generator (-1: no pin)")
     p.add_argument("--out", help="report folder (default loadtest-results/<time>-<command>)")
     p.add_argument("--decrypt-all", action="store_true", help="decrypt every received packet")
+    p.add_argument(
+        "--event-loop-receive",
+        action="store_true",
+        help="generator: one event-loop wake-up per datagram (uvloop) instead of draining",
+    )
     p.add_argument("--max-loss", type=float, default=1.0, help="SLO: loss per stream, %%")
     p.add_argument("--max-latency-ms", type=float, default=50.0, help="SLO: p95 latency")
     p.add_argument("--max-freezes", type=int, default=0, help="SLO: video gaps > 500 ms")
@@ -186,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
             text = compare_text(results, command)
             print(text)
             if args.docs:
+                # benchmarks/ lives in the checkout beside loadtest/ (not installed).
+                sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
                 from benchmarks.common import machine as bench_machine
                 from benchmarks.common import write_section
 
@@ -227,7 +235,11 @@ def compare_text(results: dict[str, dict[str, Any]], command: str) -> str:
     ours, janus = results.get("ours", {}), results.get("janus", {})
 
     def by_n(res: dict[str, Any]) -> dict[int, dict[str, Any]]:
-        return {p["consultations"]: p for p in res.get("probes", []) if "node" in p}
+        return {
+            p["consultations"]: p
+            for p in res.get("probes", [])
+            if "node" in p and p["target"] == res.get("target")
+        }
 
     a, b = by_n(ours), by_n(janus)
     common = sorted(set(a) & set(b))

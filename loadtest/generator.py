@@ -30,12 +30,14 @@ from __future__ import annotations
 
 import asyncio
 import random
+import socket
 import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import pylibsrtp
 from aiortc import RTCSessionDescription
 from aiortc.rtcrtpparameters import (
     RTCRtpReceiveParameters,
@@ -58,6 +60,8 @@ from mediaserver.rtp.tap import (
 from .media import MediaLoop
 
 _header = struct.Struct("!BBHII")
+_timespec = struct.Struct("@qq")
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux; Python's socket lacks it
 _pack_header = _header.pack
 HISTORY = 512  # packets kept per sent stream to answer NACKs (power of two)
 MAX_NACK_GAP = 64
@@ -194,6 +198,10 @@ class StreamSender:
         self.keyframes_forced += 1
         return True
 
+    def use(self, send: Callable[[bytes], bool]) -> None:
+        """Send through `send` from now on (the generator's direct socket path)."""
+        self._send = send
+
     @property
     def start(self) -> float:
         """When the loop's first packet was due (monotonic): send times count from here."""
@@ -263,11 +271,69 @@ class StreamSender:
         }
 
 
+def direct_sender(sock: socket.socket, tx: Any, addr: Any) -> Callable[[bytes], bool]:
+    """SRTP-protect and `sendto` on the raw socket: no transport wrapper, no pair lookup."""
+    protect = tx.protect
+    sendto = sock.sendto
+
+    def send(packet: bytes) -> bool:
+        try:
+            sendto(protect(packet), addr)
+        except (pylibsrtp.Error, OSError):
+            return False
+        return True
+
+    return send
+
+
+class SocketDrain:
+    """A peer's media socket read by the pacer: every queued datagram, once a tick.
+
+    Arrival times are the kernel's receive timestamps (SO_TIMESTAMPNS, wall clock, mapped to
+    the monotonic clock), so batching does not blur latency or jitter. STUN (ICE consent) and
+    DTLS go to aioice's protocol as the event loop would have delivered them.
+    """
+
+    __slots__ = ("peer", "protocol", "received", "sock")
+
+    def __init__(self, sock: socket.socket, peer: SyntheticPeer, protocol: Any) -> None:
+        self.sock = sock
+        self.peer = peer
+        self.protocol = protocol
+        self.received = 0
+
+    def drain(self, mono_minus_wall: float) -> None:
+        recvmsg = self.sock.recvmsg
+        on_datagram = self.peer.on_datagram
+        unpack = _timespec.unpack_from
+        for _ in range(4096):  # bounded: a tick never spins on a flooded socket
+            try:
+                data, anc, _flags, addr = recvmsg(2048, 64)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            self.received += 1
+            if data and 127 < data[0] < 192:
+                if anc:
+                    sec, nsec = unpack(anc[0][2])
+                    arrival = sec + nsec * 1e-9 + mono_minus_wall
+                else:
+                    arrival = now()
+                try:
+                    on_datagram(data, arrival)
+                except Exception:  # a malformed packet never stops the pacer
+                    pass
+            else:
+                self.protocol.datagram_received(data, addr)
+
+
 class Pacer:
-    """Sends every stream's due packets from one timer per process."""
+    """Sends every stream's due packets from one timer per process (and drains sockets)."""
 
     def __init__(self, tick: float = 0.005) -> None:
         self.tick = tick
+        self.drains: list[SocketDrain] = []
         self.senders: list[StreamSender] = []
         self.ticks = 0
         self.late_ticks = 0  # ticks that woke more than one tick late
@@ -289,6 +355,10 @@ class Pacer:
             if t - next_tick > tick:
                 self.late_ticks += 1
             self.ticks += 1
+            if self.drains:
+                offset = now() - time.time()
+                for d in self.drains:
+                    d.drain(offset)
             for sender in self.senders:
                 if sender.next_due <= t:
                     sender.send_due(t)
@@ -624,12 +694,16 @@ class SyntheticPeer(TapHooks):
     # -- packet path ----------------------------------------------------------------------
 
     def _datagram(self, data: bytes, component: int) -> None:
-        """Every non-STUN datagram: media RTP is counted from its clear header, undecrypted."""
+        """Every non-STUN datagram read by the event loop (before `detach_socket`)."""
+        self.on_datagram(data, now())
+
+    def on_datagram(self, data: bytes, arrival: float) -> None:
+        """Media RTP is counted from its clear header, undecrypted; the rest goes on to
+        MediaTransport (RTCP, RTX, DTLS)."""
         if 127 < data[0] < 192 and len(data) >= 12 and not 191 < data[1] < 224:
             entry = self._by_ssrc.get(int.from_bytes(data[8:12], "big"))
             if entry is not None and not entry.rtx and not self.decrypt_all:
                 stream = entry.stream
-                arrival = now()
                 ts = int.from_bytes(data[4:8], "big")
                 if stream.wants_sample():
                     self._sample(stream, data, ts, arrival)
@@ -641,7 +715,30 @@ class SyntheticPeer(TapHooks):
                         rtcp.nack(self.rtcp_ssrc, entry.media_ssrc, [s & 0xFFFF for s in gap])
                     )
                 return
-        self._decrypting(data, component)
+        self._decrypting(data, 1)
+
+    def detach_socket(self) -> SocketDrain | None:
+        """Take the connected pair's socket away from the event loop: the pacer drains it once
+        a tick (`SocketDrain`), so a received packet costs no event-loop wake-up. Needs the
+        stock asyncio loop (its datagram transports can pause reading; uvloop's cannot)."""
+        if self.transport is None:
+            return None
+        pair = self.transport._conn._nominated.get(1)
+        transport = getattr(getattr(pair, "protocol", None), "transport", None)
+        if transport is None or not hasattr(transport, "pause_reading"):
+            return None
+        sock = transport.get_extra_info("socket")
+        sock = getattr(sock, "_sock", sock)
+        if not isinstance(sock, socket.socket):
+            return None
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        transport.pause_reading()
+        tx = self.transport.dtls._tx_srtp
+        if tx is not None:
+            send = direct_sender(sock, tx, pair.remote_addr)  # type: ignore[union-attr]
+            for sender in self.senders.values():
+                sender.use(send)
+        return SocketDrain(sock, self, transport.get_protocol())
 
     def _sample(self, stream: StreamReceiver, data: bytes, ts: int, arrival: float) -> None:
         rx = self.transport.dtls._rx_srtp if self.transport is not None else None

@@ -45,6 +45,7 @@ class Options:
     server_cpu: int | None = 0
     gen_cpu: int | None = 1
     decrypt_all: bool = False
+    event_loop_receive: bool = False
     thresholds: Thresholds = field(default_factory=Thresholds)
     out: Path = Path("loadtest-results")
 
@@ -123,6 +124,7 @@ def _measure(
             "run_id": run_id,
             "max_seconds": budget,
             "decrypt_all": opts.decrypt_all,
+            "event_loop_receive": opts.event_loop_receive,
         }
         gens.append(children.start(_worker_cmd(opts, spec)))
 
@@ -364,7 +366,8 @@ def capacity(
     """Ramp (doubling from `start`) until a probe is not sustained, then binary search.
     A generator-bound probe stops the search: capacity is then only a lower bound."""
     progress = progress or Progress()
-    probes = probes if probes is not None else []
+    everything = probes if probes is not None else []
+    probes = []  # this target's
     good, bad = 0, None
     bound = False
     error = ""
@@ -373,6 +376,7 @@ def capacity(
         nonlocal bound, error
         r = run_probe(opts, n, progress)
         probes.append(r)
+        everything.append(r)
         progress.log(f"{opts.target} N={n}: {verdict(r)}")
         if r.get("generator", {}).get("bound"):
             bound = True
