@@ -233,6 +233,9 @@ class VethNS(NetNS):
             raise
         return self
 
+    def __enter__(self) -> VethNS:
+        return self.create()
+
     def close(self) -> None:
         super().close()
         with contextlib.suppress(subprocess.SubprocessError, OSError):
