@@ -208,13 +208,21 @@ def _measure(
                     pass
         return out
 
+    scrape_failures = [0]
+
     def metrics_sample() -> None:
         if not target.metrics_url:
             return
         try:
             m = scrape(target.metrics_url)
-        except OSError:
+        except OSError as exc:
+            scrape_failures[0] += 1
+            if scrape_failures[0] >= 3:
+                raise TargetError(
+                    f"the node stopped answering {target.metrics_url}: {exc}"
+                ) from exc
             return
+        scrape_failures[0] = 0
         keep = {
             k: v
             for k, v in m.items()

@@ -97,7 +97,13 @@ class ExternalTarget(Target):
         return [self.node_pid] if self.node_pid else []
 
     def alive(self) -> str | None:
-        if self.node_pid and not Path(f"/proc/{self.node_pid}").exists():
+        if not self.node_pid:
+            return None
+        try:
+            state = Path(f"/proc/{self.node_pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            state = "X"
+        if state in ("Z", "X"):
             return f"the node's process {self.node_pid} exited"
         return None
 

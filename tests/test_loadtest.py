@@ -89,8 +89,7 @@ def test_unreachable_url_is_a_clear_error(tmp_path: Path) -> None:
     assert "cannot reach the node" in json.loads((tmp_path / "run.json").read_text())["error"]
 
 
-def test_refused_tokens_end_with_an_error_and_a_report(tmp_path: Path) -> None:
-    port = _free_port()
+def _start_node(port: int) -> subprocess.Popen[bytes]:
     node = subprocess.Popen(
         [
             sys.executable,
@@ -109,15 +108,22 @@ def test_refused_tokens_end_with_an_error_and_a_report(tmp_path: Path) -> None:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read()
+            return node
+        except OSError:
+            if time.monotonic() > deadline:
+                node.kill()
+                raise AssertionError("node did not start") from None
+            time.sleep(0.2)
+
+
+def test_refused_tokens_end_with_an_error_and_a_report(tmp_path: Path) -> None:
+    port = _free_port()
+    node = _start_node(port)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "node did not start"
-                time.sleep(0.2)
         proc = subprocess.run(
             [
                 *LOADTEST,
@@ -146,4 +152,54 @@ def test_refused_tokens_end_with_an_error_and_a_report(tmp_path: Path) -> None:
         assert node.poll() is None  # the node is still up
     finally:
         node.terminate()
+        node.wait(10)
+
+
+def test_a_node_dying_mid_run_ends_the_run_with_an_error_and_a_report(tmp_path: Path) -> None:
+    port = _free_port()
+    node = _start_node(port)
+    try:
+        run = subprocess.Popen(
+            [
+                *LOADTEST,
+                "run",
+                "-n",
+                "1",
+                "--url",
+                f"http://127.0.0.1:{port}",
+                "--api-key",
+                "key",
+                "--token-secret",
+                "right-secret",
+                "--node-pid",
+                str(node.pid),
+                "--warmup",
+                "1",
+                "--duration",
+                "120",
+                "--out",
+                str(tmp_path),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        # Fault injection, not a timed assertion: wait until media flows, then kill the node.
+        deadline = time.monotonic() + 60
+        while True:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+            if b"consult_media_packets_forwarded_total 0.0" not in text and (
+                b"consult_media_packets_forwarded_total" in text
+            ):
+                break
+            assert time.monotonic() < deadline, "no media flowed"
+            time.sleep(0.5)
+        node.kill()
+        out, _ = run.communicate(timeout=90)
+        assert run.returncode == 1, out
+        report = json.loads((tmp_path / "run.json").read_text())
+        assert "exited" in report["error"] or "stopped answering" in report["error"], report
+        assert report["joined"] == 1  # what was measured before is kept
+    finally:
+        node.kill()
         node.wait(10)
