@@ -27,7 +27,7 @@ from .targets import ExternalTarget, Target, TargetError, scrape, start_target
 from .worker import JOIN_TIMEOUT_S
 
 GEN_BUSY_LIMIT = 0.90  # generator share of its core above which it is the bottleneck
-LATE_TICKS_LIMIT = 0.05
+LATE_TICKS_LIMIT = 0.15  # pacer ticks woken over a tick late (other load preempting it)
 METRICS_EVERY_S = 2.0
 
 
@@ -380,36 +380,44 @@ def capacity(
     bound = False
     error = ""
 
-    def probe(n: int) -> bool:
-        nonlocal bound, error
+    def probe(n: int) -> str:
+        """Outcome: ok, fail, or bound (the generator was the bottleneck: no verdict on N)."""
+        nonlocal bound, error, good
         r = run_probe(opts, n, progress)
         probes.append(r)
         everything.append(r)
         progress.log(f"{opts.target} N={n}: {verdict(r)}")
-        if r.get("generator", {}).get("bound"):
-            bound = True
         if r.get("error") and not r.get("consultation_results"):
             error = r["error"]
-        return probe_ok(r)
+            return "fail"
+        if r.get("generator", {}).get("bound"):
+            bound = True
+            if r.get("all_sustained") and not r.get("error"):
+                good = max(good, n)  # sustained even so: capacity is at least N
+            return "bound"
+        return "ok" if probe_ok(r) else "fail"
 
     n = start
     while n <= max_n:
-        if probe(n):
+        outcome = probe(n)
+        if outcome == "ok":
             good = n
-            if bound:
+            if n >= max_n:
                 break
-            n = min(max_n, n * 2) if n < max_n else max_n + 1
-        else:
+            n = min(max_n, n * 2)
+            continue
+        if outcome == "fail":
             bad = n
-            break
-        if error:
-            break
+        break
     while bad is not None and bad - good > resolution and not bound and not error:
         mid = (good + bad) // 2
-        if probe(mid):
+        outcome = probe(mid)
+        if outcome == "ok":
             good = mid
-        else:
+        elif outcome == "fail":
             bad = mid
+        else:
+            break
     best = max((p for p in probes if probe_ok(p)), key=lambda p: p["consultations"], default=None)
     result: dict[str, Any] = {
         "target": opts.target,

@@ -37,7 +37,7 @@ from signaling.auth import encode_token
 from signaling.client import ConsultClient, JoinRefused, ServerError
 
 from .generator import Pacer, SocketDrain, StreamReceiver, StreamSender, SyntheticPeer
-from .janus import JanusSession
+from .janus import JanusError, JanusSession
 from .media import MediaLoop, load_media
 
 ROLES = ("doctor", "patient")
@@ -257,15 +257,20 @@ class Worker:
             sub = self.peer(f"{c.id}-{role}-sub", datachannel=False)
             c.peers.append(sub)
             c.role_peer(role, senders[role], sub)
-            _, jsep = await session.message(
-                handle,
-                {
-                    "request": "join",
-                    "ptype": "subscriber",
-                    "room": room,
-                    "streams": [{"feed": feeds[other]}],
-                },
-            )
+            join = {
+                "request": "join",
+                "ptype": "subscriber",
+                "room": room,
+                "streams": [{"feed": feeds[other]}],
+            }
+            for attempt in range(20):  # Janus may not have the publisher's media set up yet
+                try:
+                    _, jsep = await session.message(handle, join)
+                    break
+                except JanusError as exc:
+                    if "No such feed" not in str(exc) or attempt == 19:
+                        raise
+                    await asyncio.sleep(0.1)
             if not jsep:
                 raise RuntimeError("Janus sent no offer to the subscriber")
             answer = await sub.answer(jsep["sdp"], {})

@@ -168,3 +168,28 @@ def test_report_json_and_charts(tmp_path: Path) -> None:
     pngs = charts(tmp_path, probes)
     assert [p.name for p in pngs] == ["load.png", "latency.png"]
     assert all(p.read_bytes()[:4] == b"\x89PNG" for p in pngs)
+
+
+def test_capacity_ramps_then_bisects(monkeypatch: Any) -> None:
+    """The search logic alone (each probe's outcome given by the capacity we pretend)."""
+    import loadtest.runner as runner
+
+    tried: list[int] = []
+
+    def fake_probe(opts: Any, n: int, progress: Any = None) -> dict[str, Any]:
+        tried.append(n)
+        return probe("ours", n, n if n <= 13 else n - 1)
+
+    monkeypatch.setattr(runner, "run_probe", fake_probe)
+    res = runner.capacity(runner.Options(), start=4, max_n=64, resolution=1)
+    assert res["capacity"] == 13 and res["first_failing"] == 14
+    assert tried[:3] == [4, 8, 16] and sorted(tried[3:]) == [12, 13, 14]
+    assert res["at_capacity"]["node_us_per_packet"] == 80.0
+
+    def bound_probe(opts: Any, n: int, progress: Any = None) -> dict[str, Any]:
+        return probe("ours", n, n, bound=n >= 8)
+
+    monkeypatch.setattr(runner, "run_probe", bound_probe)
+    res = runner.capacity(runner.Options(), start=4, max_n=64, resolution=1)
+    assert res["capacity"] == 8 and res["generator_bound"]  # a lower bound, search stopped
+    assert [p["consultations"] for p in res["probes"]] == [4, 8]
