@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "compare":
             text = compare_text(results, command)
             print(text)
-            if args.docs:
+            if args.docs and not any(r["error"] for r in results.values()):
                 # benchmarks/ lives in the checkout beside loadtest/ (not installed).
                 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
                 from benchmarks.common import machine as bench_machine
@@ -259,6 +259,9 @@ def compare_text(results: dict[str, dict[str, Any]], command: str) -> str:
         "Machine: MACHINE.",
         f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
         "",
+        f"Other processes' load during the windows (mean over probes, % of CPU0/CPU1): "
+        f"{_mean_load(ours, janus)}.",
+        "",
         "Each SFU in its own network namespace (veth pair), pinned to CPU 0; the generator",
         "(`loadtest`) outside, on CPU 1. CPU per packet = the SFU's CPU time over the window",
         "/ packets received by the generator's subscribers. See docs/loadtest.md.",
@@ -275,6 +278,16 @@ def compare_text(results: dict[str, dict[str, Any]], command: str) -> str:
         *rows,
     ]
     return "\n".join(lines)
+
+
+def _mean_load(*results: dict[str, Any]) -> str:
+    loads = [p["other_load"] for r in results for p in r.get("probes", []) if "other_load" in p]
+    if not loads:
+        return "-"
+    cpus = sorted({c for load in loads for c in load})
+    return "/".join(
+        f"{sum(load.get(c, 0.0) for load in loads) / len(loads) * 100:.0f}%" for c in cpus
+    )
 
 
 def _us(node: dict[str, Any]) -> str:

@@ -91,6 +91,7 @@ def run_probe(opts: Options, n: int, progress: Progress | None = None) -> dict[s
         report["error"] = str(exc)
     except KeyboardInterrupt:
         report["error"] = "interrupted"
+        raise  # after the cleanup below: Ctrl-C ends the whole command
     finally:
         children.stop()
         if target is not None:
