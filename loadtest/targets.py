@@ -13,11 +13,13 @@ import contextlib
 import os
 import secrets
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import IO, Any
@@ -87,6 +89,7 @@ class ExternalTarget(Target):
         self.token_secret = token_secret
         self.metrics_url = self.url + "/metrics"
         self.node_pid = node_pid
+        self.ice_host = _local_address_towards(self.url)
         try:
             with urllib.request.urlopen(self.metrics_url, timeout=5) as resp:
                 resp.read()
@@ -106,6 +109,17 @@ class ExternalTarget(Target):
         if state in ("Z", "X"):
             return f"the node's process {self.node_pid} exited"
         return None
+
+
+def _local_address_towards(url: str) -> str:
+    """The generator's own address on the route to the node (UDP connect sends nothing)."""
+    host = urllib.parse.urlsplit(url).hostname or "127.0.0.1"
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect((socket.gethostbyname(host), 9))
+            return str(s.getsockname()[0])
+    except OSError:
+        return "127.0.0.1"
 
 
 class _Managed(Target):
