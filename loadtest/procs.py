@@ -60,9 +60,14 @@ class Children:
     def __init__(self) -> None:
         self.procs: list[subprocess.Popen[str]] = []
 
-    def start(self, args: list[str]) -> subprocess.Popen[str]:
+    def start(self, args: list[str], *, stderr: IO[str] | None = None) -> subprocess.Popen[str]:
         proc = subprocess.Popen(
-            args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1
+            args,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            bufsize=1,
         )
         self.procs.append(proc)
         return proc

@@ -127,7 +127,10 @@ def _measure(
             "decrypt_all": opts.decrypt_all,
             "event_loop_receive": opts.event_loop_receive,
         }
-        gens.append(children.start(_worker_cmd(opts, spec)))
+        log_dir = opts.out / "logs"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        with (log_dir / f"generator-{target.kind}-{n}-{w}.log").open("w") as log:
+            gens.append(children.start(_worker_cmd(opts, spec), stderr=log))
 
     def check() -> None:
         why = target.alive()

@@ -142,7 +142,10 @@ class LoadClient(ConsultClient):
         async with self._negotiation:
             self._ensure_pc()
             sdp = await self.peer.answer(msg["sdp"], msg.get("tracks") or {})
-            await self.request("answer", sdp=sdp)
+            try:
+                await self.request("answer", sdp=sdp)
+            except (ConnectionError, aiohttp.ClientError, TimeoutError):
+                return  # the socket closed meanwhile (the run is ending): nothing to answer
             self.negotiations += 1
 
 
