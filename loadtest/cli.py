@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "run" and args.consultations < 1:
         print("loadtest: --consultations must be at least 1", file=sys.stderr)
         return 2
-    command = "loadtest " + shlex.join(sys.argv[1:] if argv is None else argv)
+    command = ".venv/bin/loadtest " + shlex.join(sys.argv[1:] if argv is None else argv)
     progress = RichProgress()
     probes: list[dict[str, Any]] = []
     try:
