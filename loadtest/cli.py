@@ -109,10 +109,10 @@ def _common(p: argparse.ArgumentParser, *, duration: float) -> None:
     p.add_argument("--max-join-s", type=float, default=2.0, help="SLO: join time")
 
 
-def _search(p: argparse.ArgumentParser) -> None:
+def _search(p: argparse.ArgumentParser, *, resolution: int = 2) -> None:
     p.add_argument("--start", type=int, default=8, help="first N of the ramp (doubling)")
     p.add_argument("--max-consultations", type=int, default=64)
-    p.add_argument("--resolution", type=int, default=2, help="binary search stops here")
+    p.add_argument("--resolution", type=int, default=resolution, help="bisection stops here")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -129,8 +129,8 @@ def parser() -> argparse.ArgumentParser:
     _common(cap, duration=20.0)
     _search(cap)
     cmp_ = sub.add_parser("compare", help="capacity of ours and Janus, side by side")
-    _common(cmp_, duration=15.0)
-    _search(cmp_)
+    _common(cmp_, duration=12.0)
+    _search(cmp_, resolution=3)  # two searches in about ten minutes
     cmp_.add_argument("--docs", action="store_true", help="write docs/benchmarks.md's section")
     return ap
 
