@@ -29,6 +29,7 @@ from .worker import JOIN_TIMEOUT_S
 GEN_BUSY_LIMIT = 0.90  # generator share of its core above which it is the bottleneck
 LATE_TICKS_LIMIT = 0.15  # pacer ticks woken over a tick late (other load preempting it)
 METRICS_EVERY_S = 2.0
+METRICS_SILENT_S = 15.0  # a node silent on /metrics this long (3 tries at least) is dead
 
 
 @dataclass
@@ -213,6 +214,7 @@ def _measure(
         return out
 
     scrape_failures = [0]
+    last_scrape = [time.monotonic()]
 
     def metrics_sample() -> None:
         if not target.metrics_url:
@@ -221,12 +223,14 @@ def _measure(
             m = scrape(target.metrics_url)
         except OSError as exc:
             scrape_failures[0] += 1
-            if scrape_failures[0] >= 3:
+            silent = time.monotonic() - last_scrape[0]
+            if scrape_failures[0] >= 3 and silent > METRICS_SILENT_S:
                 raise TargetError(
-                    f"the node stopped answering {target.metrics_url}: {exc}"
+                    f"the node stopped answering {target.metrics_url} ({silent:.0f} s): {exc}"
                 ) from exc
             return
         scrape_failures[0] = 0
+        last_scrape[0] = time.monotonic()
         keep = {
             k: v
             for k, v in m.items()
