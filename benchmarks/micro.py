@@ -7,7 +7,8 @@ Each row is the best of several timeit repeats, in microseconds per call: the he
 publication path (stats, cache, keyframe check, fan-out to 1 and 3 subscriptions through
 their Forwarders, with a no-op send), SRTP protect/unprotect of a 1100-byte packet with the
 profile aiortc negotiates between aiortc peers (AEAD_AES_256_GCM) and the common browser one
-(AES128_CM_SHA1_80), and RTCP parsing (RR + REMB compound, NACK). The table goes to
+(AES128_CM_SHA1_80), RTCP parsing (RR + REMB compound, NACK), and the load generator's own
+per-packet work (stamping a header, counting a received one: loadtest/). The table goes to
 docs/benchmarks.md (section "micro").
 """
 
