@@ -227,7 +227,15 @@ def _capacity_line(target: str, res: dict[str, Any]) -> str:
             + (f" ({mem:.1f} MB per consultation)" if mem is not None else "")
             + f"; generator {at['generator_ratio_to_node'] or 0:.2f}x the node per packet"
         )
-    return f"{target}: {cap} consultations sustained{bound}{extra}"
+    busy = max(
+        (v for p in res.get("probes", []) for v in p.get("other_load", {}).values()), default=0.0
+    )
+    noisy = (
+        f" [other processes used up to {busy * 100:.0f}% of a CPU: re-run on a quiet machine]"
+        if busy > 0.1
+        else ""
+    )
+    return f"{target}: {cap} consultations sustained{bound}{extra}{noisy}"
 
 
 def compare_text(results: dict[str, dict[str, Any]], command: str) -> str:
