@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import select
 import socket
 import struct
 import time
@@ -393,9 +394,17 @@ class Pacer:
     def __init__(self, tick: float = 0.005) -> None:
         self.tick = tick
         self.drains: list[SocketDrain] = []
+        self._by_fd: dict[int, SocketDrain] = {}
+        self._ready = select.epoll()  # which drained sockets have data: one syscall a tick
         self.senders: list[StreamSender] = []
         self.ticks = 0
         self.late_ticks = 0  # ticks that woke more than one tick late
+
+    def add_drain(self, drain: SocketDrain) -> None:
+        fd = drain.sock.fileno()
+        self._ready.register(fd, select.EPOLLIN)
+        self._by_fd[fd] = drain
+        self.drains = [*self.drains, drain]
 
     def add(self, sender: StreamSender) -> None:
         self.senders = [*self.senders, sender]
@@ -405,6 +414,12 @@ class Pacer:
 
     async def run(self, until: float) -> None:
         """Send until monotonic time `until` (bounded)."""
+        try:
+            await self._run(until)
+        finally:
+            self._ready.close()
+
+    async def _run(self, until: float) -> None:
         tick = self.tick
         next_tick = now()
         while True:
@@ -415,9 +430,12 @@ class Pacer:
                 self.late_ticks += 1
             self.ticks += 1
             if self.drains:
-                offset = now() - time.time()
-                for d in self.drains:
-                    d.drain(offset)
+                ready = self._ready.poll(0)
+                if ready:
+                    offset = now() - time.time()
+                    by_fd = self._by_fd
+                    for fd, _ in ready:
+                        by_fd[fd].drain(offset)
             for sender in self.senders:
                 if sender.next_due <= t:
                     sender.send_due(t)

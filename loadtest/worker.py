@@ -302,7 +302,7 @@ class Worker:
                         drain = peer.detach_socket()
                         if drain is not None:
                             c.drains.append(drain)
-                            self.pacer.drains = [*self.pacer.drains, drain]
+                            self.pacer.add_drain(drain)
             except JoinRefused as exc:
                 c.error = f"join refused by the node ({exc.code}: {exc.reason or 'no reason'})"
             except ServerError as exc:
