@@ -287,6 +287,17 @@ def run_once(
         result.packets_in = c1["packets_in"] - c0["packets_in"]
         result.retransmissions = c1["retransmissions"] - c0["retransmissions"]
         result.nacks = c1["nacks_received"] - c0["nacks_received"]
+        flushes = c1.get("send_flushes", 0) - c0.get("send_flushes", 0)
+        syscalls = c1.get("send_syscalls", 0) - c0.get("send_syscalls", 0)
+        sent = c1.get("send_datagrams", 0) - c0.get("send_datagrams", 0)
+        if flushes and syscalls:  # the batched send path (mediaserver/rtp/batch.py)
+            print(
+                f"server send path: {sent} datagrams, {sent / flushes:.2f} per flush"
+                f" (one per transport and loop pass), {sent / syscalls:.2f} per system call,"
+                f" {c1.get('send_errors', 0)} send errors",
+                file=sys.stderr,
+                flush=True,
+            )
         result.server_setup_lag_max_ms = c0["loop_lag_max_ms"]
         result.server_setup_gc_max_ms = c0["gc_pause_max_ms"]
         result.server_lag_max_ms = c1["loop_lag_max_ms"]
