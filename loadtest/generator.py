@@ -29,6 +29,7 @@ keyframe every ~2 s). Receivers NACK sequence gaps once, so "loss" is after retr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import select
 import socket
@@ -68,6 +69,9 @@ UDP_SEGMENT = getattr(socket, "UDP_SEGMENT", 103)  # Linux UDP GSO
 GSO_MAX_SEGMENTS = 64
 GSO_MAX_BYTES = 60000
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux; Python's socket lacks it
+UDP_GRO = 104  # Linux: a GSO batch is received as one buffer, with its segment size
+GRO_BUFFER = 65536  # one received buffer: a whole GSO batch (at most a UDP payload)
+_int = struct.Struct("@i")
 _pack_header = _header.pack
 HISTORY = 512  # packets kept per sent stream to answer NACKs (power of two)
 MAX_NACK_GAP = 64
@@ -350,7 +354,9 @@ class SocketDrain:
 
     Arrival times are the kernel's receive timestamps (SO_TIMESTAMPNS, wall clock, mapped to
     the monotonic clock), so batching does not blur latency or jitter. STUN (ICE consent) and
-    DTLS go to aioice's protocol as the event loop would have delivered them.
+    DTLS go to aioice's protocol as the event loop would have delivered them. With UDP_GRO
+    set, a GSO batch from the SFU (ours sends them) arrives as one buffer and one system call,
+    cut apart here by its segment size; datagrams sent one by one (Janus) arrive one by one.
     """
 
     __slots__ = ("batch", "peer", "protocol", "received", "sock")
@@ -368,20 +374,31 @@ class SocketDrain:
         unpack = _timespec.unpack_from
         for _ in range(4096):  # bounded: a tick never spins on a flooded socket
             try:
-                data, anc, _flags, addr = recvmsg(2048, 64)
+                data, anc, _flags, addr = recvmsg(GRO_BUFFER, 64)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
                 return
             self.received += 1
             if data and 127 < data[0] < 192:
-                if anc:
-                    sec, nsec = unpack(anc[0][2])
-                    arrival = sec + nsec * 1e-9 + mono_minus_wall
-                else:
+                arrival = 0.0
+                segment = 0
+                for level, kind, value in anc:
+                    if kind == SO_TIMESTAMPNS and level == socket.SOL_SOCKET:
+                        sec, nsec = unpack(value)
+                        arrival = sec + nsec * 1e-9 + mono_minus_wall
+                    elif kind == UDP_GRO and level == SOL_UDP:
+                        segment = _int.unpack_from(value)[0]
+                if not arrival:
                     arrival = now()
                 try:
-                    on_datagram(data, arrival)
+                    if segment and len(data) > segment:  # a GSO batch (UDP_GRO): cut it apart
+                        n = len(data)
+                        self.received += (n - 1) // segment
+                        for i in range(0, n, segment):
+                            on_datagram(data[i : i + segment], arrival)
+                    else:
+                        on_datagram(data, arrival)
                 except Exception:  # a malformed packet never stops the pacer
                     pass
             else:
@@ -812,6 +829,8 @@ class SyntheticPeer(TapHooks):
         if not isinstance(sock, socket.socket):
             return None
         sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        with contextlib.suppress(OSError):  # a kernel without UDP_GRO: one datagram a call
+            sock.setsockopt(SOL_UDP, UDP_GRO, 1)
         transport.pause_reading()
         drain = SocketDrain(sock, self, transport.get_protocol())
         tx = self.transport.dtls._tx_srtp
