@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 DEB_TEST := chromium:chromium iproute2:ip nftables:nft firefox-esr:firefox-esr nodejs:node npm:npm
 APT_ENV := DEBIAN_FRONTEND=noninteractive
 
-.PHONY: run test lint typecheck pytest deps-deb venv bench clean compat-driver
+.PHONY: run test lint typecheck pytest deps-deb venv bench clean compat-driver janus loadtest-compare
 
 $(STAMP): pyproject.toml
 	@command -v python3 >/dev/null || { apt-get update -q && $(APT_ENV) apt-get install -yq python3 python3-venv; }
@@ -51,6 +51,13 @@ test: lint typecheck pytest
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.forwarding
+
+# Load test against Janus (Debian's package; not needed by `make test`).
+janus:
+	@command -v janus >/dev/null || { apt-get update -q && $(APT_ENV) apt-get install -yq --no-install-recommends janus; }
+
+loadtest-compare: $(STAMP) deps-deb janus
+	$(VENV)/bin/loadtest compare --docs
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache $(DRIVER)/node_modules

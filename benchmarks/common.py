@@ -25,6 +25,9 @@ with it; each section is rewritten in place by its command and says what it meas
   per-stream loss, delay and gaps, generator cost. `--sweep` searches the largest N with loss
   under 1% on every stream. `--profile FILE` adds a py-spy profile of the server.
 - `benchmarks/profile_summary.py FILE`: self/inclusive shares of a py-spy raw profile.
+- `loadtest compare --docs` (docs/loadtest.md): the macro comparison, consultations through
+  the real signaling against our node and against Janus's VideoRoom, each in a network
+  namespace pinned to CPU 0, generator on CPU 1 (section "Load test: ours against Janus").
 
 Target (issue 2): at most 100 us of server CPU per forwarded packet and at least 25
 consultations with loss under 1%, server on one core. CPU per packet falls as load rises

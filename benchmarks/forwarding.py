@@ -30,7 +30,6 @@ import asyncio
 import contextlib
 import json
 import os
-import select
 import shlex
 import signal
 import subprocess
@@ -38,11 +37,11 @@ import sys
 import time
 import urllib.request
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import Any
 
 from benchmarks.common import Stalls, machine, table, write_section
+from loadtest.procs import CLK_TCK, Children, cpu_jiffies, proc_cpu, proc_rss_mb, read_line
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 LOSS_LIMIT = 0.01
 GEN_BUSY_LIMIT = 0.90  # generator share of its core above which it is called the bottleneck
 SERVER_BUSY_LIMIT = 0.95
@@ -51,33 +50,6 @@ DELIVERED_MIN = 0.95  # a run forwarding less than this share of the nominal rat
 
 
 # -- parent: processes ------------------------------------------------------------------------
-
-
-def proc_cpu(pid: int) -> float:
-    """utime + stime of a process, in seconds."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def proc_rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def cpu_jiffies() -> dict[int, tuple[int, int]]:
-    """Per CPU: (busy, steal) jiffies from /proc/stat (busy: user+nice+system+irq+softirq)."""
-    out: dict[int, tuple[int, int]] = {}
-    with open("/proc/stat") as f:
-        for line in f:
-            name, *vals = line.split()
-            if name.startswith("cpu") and name != "cpu":
-                v = [int(x) for x in vals]
-                out[int(name[3:])] = (v[0] + v[1] + v[2] + v[5] + v[6], v[7])
-    return out
 
 
 def wait_quiet(max_wait: float, threshold: float = 0.15) -> float:
@@ -103,53 +75,10 @@ def delay_p95(before: dict[str, int], after: dict[str, int]) -> float:
     return percentile(hist, 0.95)
 
 
-def read_line(stream: IO[str], timeout: float) -> str:
-    deadline = time.monotonic() + timeout
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise TimeoutError("child did not answer in time")
-        ready, _, _ = select.select([stream], [], [], left)
-        if ready:
-            line = stream.readline()
-            if not line:
-                raise RuntimeError("child exited")
-            return line
-
-
 def get_counters(port: int) -> dict[str, Any]:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/counters", timeout=10) as resp:
         result: dict[str, Any] = json.load(resp)
         return result
-
-
-class Children:
-    """Child processes, killed (by their own pid) when the benchmark ends in any way."""
-
-    def __init__(self) -> None:
-        self.procs: list[subprocess.Popen[str]] = []
-
-    def start(self, args: list[str]) -> subprocess.Popen[str]:
-        proc = subprocess.Popen(
-            args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1
-        )
-        self.procs.append(proc)
-        return proc
-
-    def stop(self, grace: float = 10) -> None:
-        for proc in self.procs:
-            with contextlib.suppress(OSError):
-                if proc.stdin:
-                    proc.stdin.close()
-        deadline = time.monotonic() + grace
-        for proc in self.procs:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(max(0.1, deadline - time.monotonic()))
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        self.procs = []
 
 
 # -- parent: one run --------------------------------------------------------------------------
@@ -358,6 +287,17 @@ def run_once(
         result.packets_in = c1["packets_in"] - c0["packets_in"]
         result.retransmissions = c1["retransmissions"] - c0["retransmissions"]
         result.nacks = c1["nacks_received"] - c0["nacks_received"]
+        flushes = c1.get("send_flushes", 0) - c0.get("send_flushes", 0)
+        syscalls = c1.get("send_syscalls", 0) - c0.get("send_syscalls", 0)
+        sent = c1.get("send_datagrams", 0) - c0.get("send_datagrams", 0)
+        if flushes and syscalls:  # the batched send path (mediaserver/rtp/batch.py)
+            print(
+                f"server send path: {sent} datagrams, {sent / flushes:.2f} per flush"
+                f" (one per transport and loop pass), {sent / syscalls:.2f} per system call,"
+                f" {c1.get('send_errors', 0)} send errors",
+                file=sys.stderr,
+                flush=True,
+            )
         result.server_setup_lag_max_ms = c0["loop_lag_max_ms"]
         result.server_setup_gc_max_ms = c0["gc_pause_max_ms"]
         result.server_lag_max_ms = c1["loop_lag_max_ms"]

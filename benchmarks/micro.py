@@ -7,7 +7,8 @@ Each row is the best of several timeit repeats, in microseconds per call: the he
 publication path (stats, cache, keyframe check, fan-out to 1 and 3 subscriptions through
 their Forwarders, with a no-op send), SRTP protect/unprotect of a 1100-byte packet with the
 profile aiortc negotiates between aiortc peers (AEAD_AES_256_GCM) and the common browser one
-(AES128_CM_SHA1_80), and RTCP parsing (RR + REMB compound, NACK). The table goes to
+(AES128_CM_SHA1_80), RTCP parsing (RR + REMB compound, NACK), and the load generator's own
+per-packet work (stamping a header, counting a received one: loadtest/). The table goes to
 docs/benchmarks.md (section "micro").
 """
 
@@ -183,6 +184,39 @@ def bench_rtcp() -> list[tuple[str, float]]:
     ]
 
 
+def bench_generator() -> list[tuple[str, float]]:
+    """The load generator's own per-packet work (it must cost well under the server's)."""
+    from loadtest.generator import StreamReceiver, StreamSender
+    from loadtest.media import MediaLoop, MediaPacket
+
+    packets = [
+        MediaPacket(at=i / 1000, ts=i * 90, marker=False, keyframe=i == 0, payload=bytes(PAYLOAD))
+        for i in range(1000)
+    ]
+    loop = MediaLoop(kind="video", clock_rate=90000, duration=1.0, period_ts=90000, packets=packets)
+    sender = StreamSender(loop, lambda _b: True, ssrc=1, payload_type=96, start=0.0)
+    clock = [0.0]
+
+    def send() -> None:
+        clock[0] += 0.001
+        sender.send_due(clock[0])
+
+    recv = StreamReceiver("video", 90000)
+    recv.ts0 = 0
+    data = [rtp_packet(i) for i in range(0x10000)]
+    state = [0]
+
+    def receive() -> None:
+        i = state[0] = (state[0] + 1) & 0xFFFF
+        d = data[i]
+        recv.on_packet((d[2] << 8) | d[3], int.from_bytes(d[4:8], "big"), i / 30, len(d))
+
+    return [
+        ("generator StreamSender.send_due, 1 packet (no-op send)", measure(send, 50_000)),
+        ("generator StreamReceiver.on_packet (clear header)", measure(receive, 50_000)),
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cpu", type=int, default=None, help="pin to one CPU")
@@ -197,6 +231,7 @@ def main() -> None:
     rows.append(bench_publication(3))
     rows += bench_srtp()
     rows += bench_rtcp()
+    rows += bench_generator()
     text = table(["operation", "us per call"], [[name, f"{us:.2f}"] for name, us in rows])
     print(text)
     if args.no_docs:

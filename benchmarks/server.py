@@ -57,6 +57,17 @@ async def counters(request: web.Request) -> web.Response:
         for p in r.participants.values()
         if p.connection_state == "connected"
     )
+    # The batched send path (mediaserver/rtp/batch.py): one flush per transport and loop pass.
+    batches = [
+        p.transport.batch
+        for r in node.rooms.values()
+        for p in r.participants.values()
+        if p.transport is not None and p.transport.batch is not None
+    ]
+    body["send_flushes"] = sum(b.flushes for b in batches)
+    body["send_syscalls"] = sum(b.batches for b in batches)
+    body["send_datagrams"] = sum(b.datagrams for b in batches)
+    body["send_errors"] = sum(b.send_errors for b in batches)
     body["pid"] = os.getpid()
     body |= request.app[STALLS].read()
     return web.json_response(body)

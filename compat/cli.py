@@ -138,7 +138,7 @@ def _inner(blob: str) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from compat.netns import NetNS, netns_available
+    from loadtest.netns import NetNS, netns_available
 
     ok, why = netns_available()
     if not ok:

@@ -10,6 +10,16 @@ Negotiation is the server-offers flow (`Participant.request_publish`): the peer 
 it answers every server offer, turning the recvonly m-lines meant for its own tracks into
 sendonly ones. Signaling transport is the caller's business (see `benchmarks/forwarding.py`).
 
+Receiving is cheap: SRTP leaves the RTP header (sequence number, timestamp, SSRC) in the
+clear, so `SyntheticPeer` reads loss, jitter, gaps and arrival from the encrypted datagram and
+decrypts only RTX packets (their original sequence number is in the payload) and a sample of
+packets (`SAMPLE_EVERY`). One-way latency: sender and receiver of a consultation live in the
+same process (one clock). A decrypted sample's payload names its position in the sender's
+loop (`MediaLoop.index`), hence its send time and the RTP timestamp it left with; the
+difference to the forwarded timestamp is the server's timestamp offset (constant per
+forwarder until a switch, re-checked on every sample). Every other packet's send time is then
+`start + (ts - offset - base) / clock`, and its latency `arrival - send time`.
+
 One `Pacer` per process sends every stream's due packets from one timer (a tick of a few
 ms), looping the media with continuous sequence numbers and timestamps. A NACK is answered
 from a short per-stream history (RTX when negotiated); a PLI needs nothing (the loop has a
@@ -19,13 +29,17 @@ keyframe every ~2 s). Receivers NACK sequence gaps once, so "loss" is after retr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
+import select
+import socket
 import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import pylibsrtp
 from aiortc import RTCSessionDescription
 from aiortc.rtcrtpparameters import (
     RTCRtpReceiveParameters,
@@ -48,10 +62,22 @@ from mediaserver.rtp.tap import (
 from .media import MediaLoop
 
 _header = struct.Struct("!BBHII")
+_timespec = struct.Struct("@qq")
+_u16 = struct.Struct("=H")
+SOL_UDP = getattr(socket, "SOL_UDP", 17)
+UDP_SEGMENT = getattr(socket, "UDP_SEGMENT", 103)  # Linux UDP GSO
+GSO_MAX_SEGMENTS = 64
+GSO_MAX_BYTES = 60000
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux; Python's socket lacks it
+UDP_GRO = 104  # Linux: a GSO batch is received as one buffer, with its segment size
+GRO_BUFFER = 65536  # one received buffer: a whole GSO batch (at most a UDP payload)
+_int = struct.Struct("@i")
 _pack_header = _header.pack
 HISTORY = 512  # packets kept per sent stream to answer NACKs (power of two)
 MAX_NACK_GAP = 64
 DELAY_BINS = 2000  # 1 ms bins of added delay; the last one holds everything above
+SAMPLE_EVERY = 64  # decrypt one received packet in this many (latency offset check)
+FREEZE_S = 0.5  # a video gap longer than this is a freeze
 
 
 def percentile(hist: dict[int, int], q: float) -> float:
@@ -68,6 +94,15 @@ def percentile(hist: dict[int, int], q: float) -> float:
 
 
 now = time.monotonic
+_indexes: dict[int, tuple[MediaLoop, dict[bytes, int]]] = {}
+
+
+def loop_index(loop: MediaLoop) -> dict[bytes, int]:
+    """`loop.index()`, computed once per loop object."""
+    entry = _indexes.get(id(loop))
+    if entry is None or entry[0] is not loop:
+        entry = _indexes[id(loop)] = (loop, loop.index())
+    return entry[1]
 
 
 def loopback_ports() -> PortAllocator:
@@ -84,7 +119,9 @@ class StreamSender:
         "_base_ts",
         "_history",
         "_i",
+        "_keyframes",
         "_lap",
+        "_last_jump",
         "_loop",
         "_packets",
         "_pt",
@@ -94,8 +131,10 @@ class StreamSender:
         "_send",
         "_start",
         "bytes_sent",
+        "keyframes_forced",
         "kind",
         "late_max",
+        "media",
         "next_due",
         "packets_sent",
         "retransmitted",
@@ -115,6 +154,7 @@ class StreamSender:
         start: float | None = None,
     ) -> None:
         self.kind = loop.kind
+        self.media = loop
         self._loop = loop
         self._packets = loop.packets
         self._send = send
@@ -134,6 +174,52 @@ class StreamSender:
         self.bytes_sent = 0
         self.retransmitted = 0
         self.late_max = 0.0
+        self._keyframes = [i for i, p in enumerate(self._packets) if p.keyframe]
+        self._last_jump = -1.0
+        self.keyframes_forced = 0
+
+    def request_keyframe(self, t: float) -> bool:
+        """Answer a PLI as an encoder would: jump ahead to the loop's next keyframe.
+
+        The jump shifts the loop's start and base timestamp back by the skipped span, so the
+        sequence numbers, timestamps and due times go on unbroken (the latency mapping holds).
+        At most one jump per second (a PLI burst from several subscribers is one request).
+        """
+        if not self._keyframes or t - self._last_jump < 1.0 or self._packets[self._i].keyframe:
+            return False
+        i = self._i
+        loop = self._loop
+        p_i = self._packets[i]
+        k = next((k for k in self._keyframes if k > i), None)
+        wrapped = k is None
+        if k is None:
+            k = self._keyframes[0]
+            span = loop.duration - p_i.at + self._packets[k].at
+            span_ts = loop.period_ts - p_i.ts + self._packets[k].ts
+        else:
+            span = self._packets[k].at - p_i.at
+            span_ts = self._packets[k].ts - p_i.ts
+        self._last_jump = t
+        self._i = k
+        if wrapped:
+            self._lap += 1
+        self._start -= span
+        self._base_ts = (self._base_ts - span_ts) & 0xFFFFFFFF
+        self.keyframes_forced += 1
+        return True
+
+    def use(self, send: Callable[[bytes], bool]) -> None:
+        """Send through `send` from now on (the generator's direct socket path)."""
+        self._send = send
+
+    @property
+    def start(self) -> float:
+        """When the loop's first packet was due (monotonic): send times count from here."""
+        return self._start
+
+    @property
+    def base_ts(self) -> int:
+        return self._base_ts
 
     def send_due(self, t: float) -> int:
         """Send every packet due at time `t`; returns how many were sent."""
@@ -195,14 +281,147 @@ class StreamSender:
         }
 
 
+class BatchSender:
+    """One peer's outgoing media: SRTP-protected at once, sent once a tick in UDP GSO batches.
+
+    Consecutive datagrams of one size (a video frame's packets) leave in one `sendmsg` with
+    UDP_SEGMENT (the kernel cuts them apart again: the SFU receives ordinary datagrams); a
+    shorter datagram may end a batch. On a veth pair this divides the sender's kernel time per
+    packet by about three (see docs/loadtest.md). Falls back to one `sendto` per datagram
+    where the kernel refuses GSO.
+    """
+
+    __slots__ = ("addr", "batches", "datagrams", "gso", "protect", "queue", "sock")
+
+    def __init__(self, sock: socket.socket, tx: Any, addr: Any) -> None:
+        self.sock = sock
+        self.addr = addr
+        self.protect = tx.protect
+        self.queue: list[bytes] = []
+        self.gso = True
+        self.batches = 0
+        self.datagrams = 0
+
+    def send(self, packet: bytes) -> bool:
+        try:
+            self.queue.append(self.protect(packet))
+        except pylibsrtp.Error:
+            return False
+        return True
+
+    def flush(self) -> None:
+        q = self.queue
+        if not q:
+            return
+        self.queue = []
+        n = len(q)
+        self.datagrams += n
+        sock, addr = self.sock, self.addr
+        i = 0
+        try:
+            while i < n:
+                size = len(q[i])
+                j = i + 1
+                total = size
+                if self.gso:
+                    while j < n and j - i < GSO_MAX_SEGMENTS and total + size <= GSO_MAX_BYTES:
+                        ln = len(q[j])
+                        if ln > size:
+                            break
+                        j += 1
+                        total += ln
+                        if ln < size:
+                            break  # a shorter datagram ends the batch
+                self.batches += 1
+                if j - i == 1:
+                    sock.sendto(q[i], addr)
+                else:
+                    try:
+                        sock.sendmsg(
+                            [b"".join(q[i:j])], [(SOL_UDP, UDP_SEGMENT, _u16.pack(size))], 0, addr
+                        )
+                    except OSError:
+                        self.gso = False  # no GSO here: one datagram at a time from now on
+                        for k in range(i, j):
+                            sock.sendto(q[k], addr)
+                i = j
+        except OSError:
+            pass  # a full socket buffer drops what is left of this tick, as a network would
+
+
+class SocketDrain:
+    """A peer's media socket read by the pacer: every queued datagram, once a tick.
+
+    Arrival times are the kernel's receive timestamps (SO_TIMESTAMPNS, wall clock, mapped to
+    the monotonic clock), so batching does not blur latency or jitter. STUN (ICE consent) and
+    DTLS go to aioice's protocol as the event loop would have delivered them. With UDP_GRO
+    set, a GSO batch from the SFU (ours sends them) arrives as one buffer and one system call,
+    cut apart here by its segment size; datagrams sent one by one (Janus) arrive one by one.
+    """
+
+    __slots__ = ("batch", "peer", "protocol", "received", "sock")
+
+    def __init__(self, sock: socket.socket, peer: SyntheticPeer, protocol: Any) -> None:
+        self.batch: BatchSender | None = None  # the peer's sending side, flushed each tick
+        self.sock = sock
+        self.peer = peer
+        self.protocol = protocol
+        self.received = 0
+
+    def drain(self, mono_minus_wall: float) -> None:
+        recvmsg = self.sock.recvmsg
+        on_datagram = self.peer.on_datagram
+        unpack = _timespec.unpack_from
+        for _ in range(4096):  # bounded: a tick never spins on a flooded socket
+            try:
+                data, anc, _flags, addr = recvmsg(GRO_BUFFER, 64)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            self.received += 1
+            if data and 127 < data[0] < 192:
+                arrival = 0.0
+                segment = 0
+                for level, kind, value in anc:
+                    if kind == SO_TIMESTAMPNS and level == socket.SOL_SOCKET:
+                        sec, nsec = unpack(value)
+                        arrival = sec + nsec * 1e-9 + mono_minus_wall
+                    elif kind == UDP_GRO and level == SOL_UDP:
+                        segment = _int.unpack_from(value)[0]
+                if not arrival:
+                    arrival = now()
+                try:
+                    if segment and len(data) > segment:  # a GSO batch (UDP_GRO): cut it apart
+                        n = len(data)
+                        self.received += (n - 1) // segment
+                        for i in range(0, n, segment):
+                            on_datagram(data[i : i + segment], arrival)
+                    else:
+                        on_datagram(data, arrival)
+                except Exception:  # a malformed packet never stops the pacer
+                    pass
+            else:
+                self.protocol.datagram_received(data, addr)
+
+
 class Pacer:
-    """Sends every stream's due packets from one timer per process."""
+    """Sends every stream's due packets from one timer per process (and drains sockets)."""
 
     def __init__(self, tick: float = 0.005) -> None:
         self.tick = tick
+        self.drains: list[SocketDrain] = []
+        self._by_fd: dict[int, SocketDrain] = {}
+        self._ready = select.epoll()  # which drained sockets have data: one syscall a tick
         self.senders: list[StreamSender] = []
         self.ticks = 0
         self.late_ticks = 0  # ticks that woke more than one tick late
+
+    def add_drain(self, drain: SocketDrain) -> None:
+        fd = drain.sock.fileno()
+        self._ready.register(fd, select.EPOLLIN)
+        self._by_fd[fd] = drain
+        self.drains = [*self.drains, drain]
 
     def add(self, sender: StreamSender) -> None:
         self.senders = [*self.senders, sender]
@@ -212,6 +431,12 @@ class Pacer:
 
     async def run(self, until: float) -> None:
         """Send until monotonic time `until` (bounded)."""
+        try:
+            await self._run(until)
+        finally:
+            self._ready.close()
+
+    async def _run(self, until: float) -> None:
         tick = self.tick
         next_tick = now()
         while True:
@@ -221,9 +446,19 @@ class Pacer:
             if t - next_tick > tick:
                 self.late_ticks += 1
             self.ticks += 1
+            if self.drains:
+                ready = self._ready.poll(0)
+                if ready:
+                    offset = now() - time.time()
+                    by_fd = self._by_fd
+                    for fd, _ in ready:
+                        by_fd[fd].drain(offset)
             for sender in self.senders:
                 if sender.next_due <= t:
                     sender.send_due(t)
+            for d in self.drains:
+                if d.batch is not None:
+                    d.batch.flush()
             next_tick += tick
             if next_tick < t:
                 next_tick = t + tick
@@ -243,18 +478,27 @@ class StreamReceiver:
         "delay_hist",
         "duplicates",
         "ext_ts",
+        "first_arrival",
+        "freezes",
         "gap_max",
         "jitter",
         "kind",
         "last_arrival",
         "last_ts",
+        "latency_hist",
         "max_ext",
         "min_transit",
         "missing",
+        "offset_changes",
         "received",
         "recovered",
+        "sample_in",
+        "samples",
+        "source",
+        "src_start",
         "started",
         "transit",
+        "ts0",
     )
 
     def __init__(self, kind: str, clock_rate: int) -> None:
@@ -278,6 +522,48 @@ class StreamReceiver:
         self.ext_ts = 0
         self.min_transit = float("inf")
         self.delay_hist = [0] * DELAY_BINS
+        self.first_arrival = 0.0
+        self.freezes = 0
+        # One-way latency (see the module doc): the sending stream, once paired; `ts0` is the
+        # forwarded timestamp of the sender's start (-1 until a decrypted sample gave it).
+        self.source: StreamSender | None = None
+        self.src_start = 0.0
+        self.ts0 = -1
+        self.sample_in = 0
+        self.samples = 0
+        self.offset_changes = 0
+        self.latency_hist = [0] * DELAY_BINS
+
+    def wants_sample(self) -> bool:
+        """Whether the next packet should be decrypted (offset unknown, or one in N)."""
+        if self.source is None:
+            return False
+        if self.ts0 < 0:
+            return True
+        self.sample_in -= 1
+        return self.sample_in <= 0
+
+    def on_sample(self, payload: bytes, ts: int, arrival: float) -> None:
+        """A decrypted packet's payload: learn (or re-check) the timestamp offset."""
+        src = self.source
+        if src is None:
+            return
+        loop = src.media
+        i = loop_index(loop).get(payload)
+        if i is None:
+            return  # a payload that occurs twice in the loop (silence): no verdict
+        self.sample_in = SAMPLE_EVERY
+        p = loop.packets[i]
+        lap = int((arrival - src.start - p.at) // loop.duration)
+        if lap < 0:
+            return
+        ts0 = (ts - lap * loop.period_ts - p.ts) & 0xFFFFFFFF
+        self.samples += 1
+        if ts0 != self.ts0:
+            if self.ts0 >= 0:
+                self.offset_changes += 1
+            self.ts0 = ts0
+            self.src_start = src.start
 
     @property
     def expected(self) -> int:
@@ -299,6 +585,7 @@ class StreamReceiver:
             self.last_ts = ts
             self.min_transit = arrival
             self.delay_hist[0] += 1
+            self.first_arrival = arrival
             return None
         delta = (seq - self.max_ext) & 0xFFFF
         if 0 < delta < 0x8000:
@@ -321,6 +608,8 @@ class StreamReceiver:
             g = arrival - self.last_arrival
             if g > self.gap_max:
                 self.gap_max = g
+            if g > FREEZE_S:
+                self.freezes += 1
             self.last_arrival = arrival
             step = (ts - self.last_ts) & 0xFFFFFFFF
             self.ext_ts += step - (1 << 32) if step & 0x80000000 else step
@@ -330,6 +619,12 @@ class StreamReceiver:
                 self.min_transit = rel
             ms = int((rel - self.min_transit) * 1000)
             self.delay_hist[ms if ms < DELAY_BINS else DELAY_BINS - 1] += 1
+            if self.ts0 >= 0:
+                ms = int(
+                    (arrival - self.src_start - ((ts - self.ts0) & 0xFFFFFFFF) / self.clock_rate)
+                    * 1000
+                )
+                self.latency_hist[ms if 0 <= ms < DELAY_BINS else (0 if ms < 0 else -1)] += 1
             return gap
         ext = self.max_ext - ((self.max_ext - seq) & 0xFFFF)
         if ext in self.missing:
@@ -354,6 +649,10 @@ class StreamReceiver:
             "jitter_ms": self.jitter / self.clock_rate * 1000,
             "gap_max_ms": gap * 1000,
             "delay_hist": {str(i): n for i, n in enumerate(self.delay_hist) if n},
+            "latency_hist": {str(i): n for i, n in enumerate(self.latency_hist) if n},
+            "freezes": self.freezes,
+            "samples": self.samples,
+            "offset_changes": self.offset_changes,
         }
 
 
@@ -378,8 +677,16 @@ class SyntheticPeer(TapHooks):
         audio: MediaLoop,
         pacer: Pacer,
         ports: PortAllocator | None = None,
+        datachannel: bool = True,
+        decrypt_all: bool = False,
     ) -> None:
+        """`datachannel=False` for SFUs that do not negotiate ours (Janus publishers and
+        subscribers); `decrypt_all=True` decrypts every received packet (the old path, kept
+        to measure what skipping it saves)."""
         self.name = name
+        self.decrypt_all = decrypt_all
+        self.receiving: dict[str, StreamReceiver] = {}
+        self.decrypted = 0
         self.media = {"video": video, "audio": audio}
         self.pacer = pacer
         self.transport: MediaTransport | None = None
@@ -394,7 +701,9 @@ class SyntheticPeer(TapHooks):
         self.nacks_received = 0
         self.offers = 0
         self.pc = ServerPeerConnection(hooks=self, ports=ports or loopback_ports())
-        self.channel = self.pc.createDataChannel("consult", negotiated=True, id=0)
+        self.channel = (
+            self.pc.createDataChannel("consult", negotiated=True, id=0) if datachannel else None
+        )
 
     @property
     def connection_state(self) -> str:
@@ -412,6 +721,18 @@ class SyntheticPeer(TapHooks):
         await self.pc.setLocalDescription(answer)
         return str(self.pc.localDescription.sdp)
 
+    async def offer(self, kinds: tuple[str, ...] = ("audio", "video")) -> str:
+        """Offer to publish (SFUs where the client offers: Janus's VideoRoom publisher)."""
+        for kind in kinds:
+            self.pc.addTransceiver(kind, direction="sendonly")
+        offer = await self.pc.createOffer()
+        await self.pc.setLocalDescription(offer)
+        return str(self.pc.localDescription.sdp)
+
+    async def accept(self, sdp: str) -> None:
+        """Apply the SFU's answer to our `offer()`."""
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
+
     async def close(self) -> None:
         for sender in self.senders.values():
             self.pacer.remove(sender)
@@ -423,6 +744,11 @@ class SyntheticPeer(TapHooks):
         self.transport = transport
         transport.on_rtp = self._on_rtp
         transport.on_rtcp = self._on_rtcp
+        # Read RTP headers before MediaTransport decrypts (see the module doc); everything
+        # else (DTLS, RTCP, RTX, samples) takes MediaTransport's own path.
+        conn = transport._conn
+        self._decrypting = conn.data_received
+        conn.data_received = self._datagram  # type: ignore[method-assign]
 
     def transceiver_created(self, transceiver: RTCRtpTransceiver) -> None:
         want = "video/vp8" if transceiver.kind == "video" else "audio/opus"
@@ -435,6 +761,7 @@ class SyntheticPeer(TapHooks):
             return
         stream = StreamReceiver(transceiver.kind, codec_info(parameters.codecs).clock_rate)
         self.receivers.append(stream)
+        self.receiving.setdefault(transceiver.kind, stream)
         enc = parameters.encodings[0]
         if enc.ssrc:
             self._by_ssrc[enc.ssrc] = _RecvSsrc(stream, False, enc.ssrc)
@@ -463,7 +790,74 @@ class SyntheticPeer(TapHooks):
 
     # -- packet path ----------------------------------------------------------------------
 
+    def _datagram(self, data: bytes, component: int) -> None:
+        """Every non-STUN datagram read by the event loop (before `detach_socket`)."""
+        self.on_datagram(data, now())
+
+    def on_datagram(self, data: bytes, arrival: float) -> None:
+        """Media RTP is counted from its clear header, undecrypted; the rest goes on to
+        MediaTransport (RTCP, RTX, DTLS)."""
+        if 127 < data[0] < 192 and len(data) >= 12 and not 191 < data[1] < 224:
+            entry = self._by_ssrc.get(int.from_bytes(data[8:12], "big"))
+            if entry is not None and not entry.rtx and not self.decrypt_all:
+                stream = entry.stream
+                ts = int.from_bytes(data[4:8], "big")
+                if stream.wants_sample():
+                    self._sample(stream, data, ts, arrival)
+                seq = (data[2] << 8) | data[3]
+                gap = stream.on_packet(seq, ts, arrival, len(data))
+                if gap is not None and len(gap) <= MAX_NACK_GAP and self.transport is not None:
+                    self.nacks_sent += 1
+                    self.transport.send(
+                        rtcp.nack(self.rtcp_ssrc, entry.media_ssrc, [s & 0xFFFF for s in gap])
+                    )
+                return
+        self._decrypting(data, 1)
+
+    def detach_socket(self) -> SocketDrain | None:
+        """Take the connected pair's socket away from the event loop: the pacer drains it once
+        a tick (`SocketDrain`), so a received packet costs no event-loop wake-up. Needs the
+        stock asyncio loop (its datagram transports can pause reading; uvloop's cannot)."""
+        if self.transport is None:
+            return None
+        pair = self.transport._conn._nominated.get(1)
+        transport = getattr(getattr(pair, "protocol", None), "transport", None)
+        if transport is None or not hasattr(transport, "pause_reading"):
+            return None
+        sock = transport.get_extra_info("socket")
+        sock = getattr(sock, "_sock", sock)
+        if not isinstance(sock, socket.socket):
+            return None
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        with contextlib.suppress(OSError):  # a kernel without UDP_GRO: one datagram a call
+            sock.setsockopt(SOL_UDP, UDP_GRO, 1)
+        transport.pause_reading()
+        drain = SocketDrain(sock, self, transport.get_protocol())
+        tx = self.transport.dtls._tx_srtp
+        if tx is not None and self.senders:
+            drain.batch = BatchSender(sock, tx, pair.remote_addr)  # type: ignore[union-attr]
+            for sender in self.senders.values():
+                sender.use(drain.batch.send)
+        return drain
+
+    def _sample(self, stream: StreamReceiver, data: bytes, ts: int, arrival: float) -> None:
+        rx = self.transport.dtls._rx_srtp if self.transport is not None else None
+        if rx is None:
+            return
+        try:
+            plain = rx.unprotect(data)
+        except Exception:  # pylibsrtp.Error (a replay, a bad tag): no sample this time
+            return
+        self.decrypted += 1
+        b0 = plain[0]
+        off = 12 + ((b0 & 0x0F) << 2)
+        if b0 & 0x10 and len(plain) >= off + 4:
+            off += 4 + (((plain[off + 2] << 8) | plain[off + 3]) << 2)
+        end = len(plain) - (plain[-1] if b0 & 0x20 else 0)
+        stream.on_sample(plain[off:end], ts, arrival)
+
     def _on_rtp(self, data: bytes, arrival: float) -> None:
+        self.decrypted += 1
         entry = self._by_ssrc.get(int.from_bytes(data[8:12], "big"))
         if entry is None:
             self.unknown_rtp += 1
@@ -493,7 +887,10 @@ class SyntheticPeer(TapHooks):
                     self.nacks_received += 1
                     sender.on_nack(item.lost)
             elif isinstance(item, rtcp.KeyframeRequest):
-                self.plis += 1  # the loop has periodic keyframes: nothing to do
+                self.plis += 1
+                sender = self._send_by_ssrc.get(item.media_ssrc)
+                if sender is not None and sender.kind == "video":
+                    sender.request_keyframe(now())
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -506,4 +903,5 @@ class SyntheticPeer(TapHooks):
             "nacks_sent": self.nacks_sent,
             "nacks_received": self.nacks_received,
             "decrypt_errors": self.transport.decrypt_errors if self.transport else 0,
+            "decrypted": self.decrypted,
         }

@@ -67,6 +67,16 @@ class MediaLoop:
     def keyframes(self) -> int:
         return sum(1 for p in self.packets if p.keyframe)
 
+    def index(self) -> dict[bytes, int]:
+        """Payload -> position in the loop, for the payloads that occur once (latency probes)."""
+        seen: dict[bytes, int] = {}
+        dup: set[bytes] = set()
+        for i, p in enumerate(self.packets):
+            if p.payload in seen:
+                dup.add(p.payload)
+            seen[p.payload] = i
+        return {k: v for k, v in seen.items() if k not in dup}
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MediaParams:

@@ -1,7 +1,7 @@
-"""The `netns` pytest fixture over `compat.netns` (loopback-only network namespaces).
+"""The `netns` pytest fixture over `loadtest.netns` (network namespaces for real peers).
 
-The namespace helper itself lives in `compat/netns.py` (the `compat` tool uses it at run
-time); tests import `NetNS`, `netns_available` and `remove_stale` from here as before.
+The namespace helpers live in `loadtest/netns.py` (`compat run` and the load test use them
+at run time); tests import `NetNS`, `VethNS`, `netns_available` and `remove_stale` from here.
 """
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from compat.netns import IP, NetNS, netns_available, remove_stale
+from loadtest.netns import IP, NetNS, VethNS, netns_available, remove_stale
 
-__all__ = ["IP", "NetNS", "netns", "netns_available", "remove_stale"]
+__all__ = ["IP", "NetNS", "VethNS", "netns", "netns_available", "remove_stale"]
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ import pytest
 
 from compat import sdp
 from compat.browsers import default_pairs, load_browsers, parse_pair
-from compat.netns import netns_available
+from loadtest.netns import netns_available
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures" / "sdp"

@@ -6,7 +6,7 @@ import itertools
 import struct
 from collections.abc import Callable
 
-from loadtest.generator import StreamReceiver, StreamSender, percentile
+from loadtest.generator import BatchSender, StreamReceiver, StreamSender, percentile
 from loadtest.media import MediaLoop, MediaPacket, packetize_video, vp8_payloads
 from mediaserver.rtp.keyframe import vp8_keyframe_start
 
@@ -115,3 +115,61 @@ def test_receiver_added_delay_across_timestamp_wrap() -> None:
     assert sum(hist.values()) == 10
     assert hist.get(0, 0) + hist.get(1, 0) == 9 and 29 <= max(hist) <= 30
     assert percentile(hist, 0.5) <= 1 and percentile(hist, 1.0) >= 29
+
+
+def test_keyframe_request_jumps_to_the_next_keyframe_with_continuous_numbering() -> None:
+    packets = [
+        MediaPacket(at=i / 10, ts=i * 9000, marker=True, keyframe=i in (0, 5), payload=bytes([i]))
+        for i in range(10)
+    ]
+    loop = MediaLoop(kind="video", clock_rate=90000, duration=1.0, period_ts=90000, packets=packets)
+    sent: list[bytes] = []
+    sender = StreamSender(loop, collect(sent), ssrc=7, payload_type=96, start=100.0)
+    sender.send_due(100.15)  # packets 0 and 1
+    assert sender.request_keyframe(100.15)
+    assert not sender.request_keyframe(100.16)  # one jump per second
+    sender.send_due(100.35)  # packets 5 and 6, due at 100.2 and 100.3 as 2 and 3 were
+    headers = [struct.unpack("!BBHII", p[:12]) for p in sent]
+    assert [p[12] for p in sent] == [0, 1, 5, 6]
+    assert all((b[2] - a[2]) & 0xFFFF == 1 for a, b in itertools.pairwise(headers))
+    assert all((b[3] - a[3]) & 0xFFFFFFFF == 9000 for a, b in itertools.pairwise(headers))
+    # Wrapping: from packet 7 the next keyframe is packet 0 of the next lap.
+    sender.send_due(100.45)  # packet 7
+    assert sender.request_keyframe(101.5)
+    sender.send_due(100.55)
+    assert sent[-1][12] == 0
+    ts = [struct.unpack("!BBHII", p[:12])[3] for p in sent]
+    assert all((b - a) & 0xFFFFFFFF == 9000 for a, b in itertools.pairwise(ts))
+
+
+class _Clear:
+    """An SRTP session stand-in that protects nothing (the batching is under test)."""
+
+    @staticmethod
+    def protect(packet: bytes) -> bytes:
+        return packet
+
+
+def test_batch_sender_sends_equal_sized_runs_in_gso_batches_and_keeps_order() -> None:
+    import socket
+
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        rx.bind(("127.0.0.1", 0))
+        rx.settimeout(5)
+        batch = BatchSender(tx, _Clear(), rx.getsockname())
+        sizes = [1116, 1116, 1115, 1115, 100, 100]
+        packets = [bytes([i]) * n for i, n in enumerate(sizes)]
+        for p in packets:
+            assert batch.send(p)
+        batch.flush()
+        got = [rx.recv(2048) for _ in packets]
+        assert got == packets  # one datagram each, in order, whatever the batching
+        assert batch.datagrams == 6
+        assert batch.gso and batch.batches == 3  # [1116 1116 1115] [1115 100] [100]
+        batch.flush()  # nothing queued: nothing sent
+        assert batch.batches == 3
+    finally:
+        rx.close()
+        tx.close()

@@ -21,7 +21,13 @@ RCVBUF = 1024 * 1024
 
 
 class MediaStunProtocol(StunProtocol):
-    """aioice's socket protocol, with RTP/RTCP (first byte 128-191) skipping the STUN parse."""
+    """aioice's socket protocol, with RTP/RTCP (first byte 128-191) skipping the STUN parse.
+
+    `sock` is the socket it reads, bound by PortAllocator: the media send path writes UDP GSO
+    batches on it (rtp/batch.py), which the event loop's transport cannot do.
+    """
+
+    sock: socket.socket | None = None
 
     def datagram_received(self, data: bytes | str, addr: tuple[Any, ...]) -> None:
         if type(data) is bytes and data and 127 < data[0] < 192:
@@ -47,15 +53,31 @@ class PortAllocator:
     ) -> tuple[asyncio.DatagramTransport, StunProtocol]:
         loop = asyncio.get_running_loop()
         if not self.config.min_port:
-            return await loop.create_datagram_endpoint(factory, local_addr=(address, 0))
-        span = self.config.max_port - self.config.min_port + 1
-        for _ in range(span):
-            port = self._next
-            self._next = port + 1 if port < self.config.max_port else self.config.min_port
+            ports = [0]
+        else:
+            ports = []
+            for _ in range(self.config.max_port - self.config.min_port + 1):
+                ports.append(self._next)
+                self._next = (
+                    self._next + 1 if self._next < self.config.max_port else self.config.min_port
+                )
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        for port in ports:
+            # Our own socket, handed to the loop (which closes it with the transport): the
+            # protocol keeps it for the batched send path.
+            sock = socket.socket(family, socket.SOCK_DGRAM)
             try:
-                return await loop.create_datagram_endpoint(factory, local_addr=(address, port))
+                sock.bind((address, port))
+                sock.setblocking(False)
+                transport, protocol = await loop.create_datagram_endpoint(factory, sock=sock)
             except OSError:
+                sock.close()
+                if port == 0:
+                    raise
                 continue
+            if isinstance(protocol, MediaStunProtocol):
+                protocol.sock = sock
+            return transport, protocol
         raise OSError(f"no free UDP port in {self.config.min_port}-{self.config.max_port}")
 
     def install(self, connection: aioice.Connection) -> None:

@@ -5,13 +5,15 @@ aiortc negotiates SDP, ICE and DTLS for us. Everything else on the media path is
   wake-up per datagram), decrypted and handed to `on_rtp(bytes, arrival)` / `on_rtcp(bytes)`;
 - aiortc's RTCRtpReceiver never starts its jitter buffer, decoder thread or RTCP task;
 - aiortc's RTCRtpSender never starts its encoder loop or its RTCP task (we write the reports);
-- sending is synchronous: SRTP protect and `sendto` on the nominated pair's socket.
+- sending is synchronous: SRTP protect at once, then queued per transport and sent once per
+  event-loop pass, runs of equal-size datagrams in one UDP GSO `sendmsg` (rtp/batch.py).
 
 `tests/test_tap.py` fails loudly if one of these seams moves in a new aiortc.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -24,6 +26,7 @@ from aiortc.rtcdtlstransport import RTCDtlsTransport, State
 from aiortc.rtcrtpparameters import RTCRtpReceiveParameters, RTCRtpSendParameters
 from aiortc.rtcrtptransceiver import RTCRtpTransceiver
 
+from .batch import DatagramBatch
 from .ice import PortAllocator
 
 logger = logging.getLogger(__name__)
@@ -42,12 +45,11 @@ class MediaTransport:
     """Byte-level access to one bundled DTLS transport."""
 
     __slots__ = (
-        "_addr",
+        "_batch",
         "_conn",
         "_dtls",
         "_fallback",
         "_pair",
-        "_sendto",
         "decrypt_errors",
         "encrypt_errors",
         "handler_errors",
@@ -64,8 +66,7 @@ class MediaTransport:
         self.encrypt_errors = 0
         self.handler_errors = 0
         self._pair: Any = None
-        self._sendto: Callable[[bytes, Any], None] | None = None
-        self._addr: Any = None
+        self._batch: DatagramBatch | None = None
         # aiortc's own path (only reached before SRTP keys exist): route to ours anyway.
         dtls._handle_rtp_data = self._rtp_from_aiortc  # type: ignore[method-assign]
         dtls._handle_rtcp_data = self._rtcp_from_aiortc  # type: ignore[method-assign]
@@ -100,14 +101,16 @@ class MediaTransport:
     async def _rtcp_from_aiortc(self, data: bytes) -> None:
         self.on_rtcp(data)
 
+    # -- the send path (batched: rtp/batch.py) ---------------------------------------------
+
     def send(self, packet: bytes) -> bool:
-        """Protect and send one RTP or RTCP packet; False when not connected."""
+        """Protect one RTP or RTCP packet and queue it for this pass; False when not connected."""
         pair = self._conn._nominated.get(1)
         if pair is not self._pair:
             self._select(pair)
         dtls = self._dtls
-        sendto = self._sendto
-        if sendto is None or dtls._state is not CONNECTED:
+        batch = self._batch
+        if batch is None or dtls._state is not CONNECTED:
             return False
         tx = dtls._tx_srtp
         try:
@@ -115,18 +118,32 @@ class MediaTransport:
         except pylibsrtp.Error:  # e.g. a sequence number libsrtp's window refuses
             self.encrypt_errors += 1
             return False
-        sendto(data, self._addr)
+        batch.add(data)
         return True
+
+    @property
+    def batch(self) -> DatagramBatch | None:
+        """The current pair's outgoing batch (its counters: batches, datagrams, send_errors)."""
+        return self._batch
 
     def _select(self, pair: Any) -> None:
         """Cache the nominated pair's socket and address (ICE may nominate another one)."""
         self._pair = pair
         if pair is None:
-            self._sendto = None
+            self._batch = None
             return
-        # The server gathers host candidates only (rtp/ice.py): every pair is a plain socket.
-        self._sendto = pair.protocol.transport.sendto
-        self._addr = pair.remote_addr
+        # The server gathers host candidates only (rtp/ice.py), on sockets it binds itself
+        # (MediaStunProtocol.sock): GSO needs the socket. Another protocol (a client's aioice
+        # gathering) keeps its transport's sendto, one datagram at a time.
+        sock = getattr(pair.protocol, "sock", None)
+        if sock is not None:
+            self._batch = DatagramBatch.for_socket(sock, pair.remote_addr)
+        else:
+            transport = pair.protocol.transport
+            loop = asyncio.get_running_loop()
+            self._batch = DatagramBatch(pair.remote_addr, transport.sendto, None, loop)
+
+    # -- end of the send path ----------------------------------------------------------------
 
 
 def _drop_rtp(data: bytes, arrival: float) -> None:

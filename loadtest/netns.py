@@ -1,4 +1,4 @@
-"""Loopback-only network namespaces for real peers (browsers, servers): tests and `compat run`.
+"""Network namespaces for real peers (browsers, servers, the SFU under load test, `compat run`).
 
 A browser on the host's network multicasts mDNS and may probe the internet; inside a
 namespace that holds nothing but `lo` it can only reach what the test starts beside it.
@@ -187,3 +187,56 @@ class NetNS:
                 return
             except subprocess.TimeoutExpired:
                 continue
+
+
+def _used_subnets() -> set[int]:
+    """Third octets of the 10.77.X.0/24 addresses already on this host's interfaces."""
+    try:
+        out = _run([IP, "-o", "-4", "addr", "show"], check=False).stdout
+    except (subprocess.SubprocessError, OSError):
+        return set()
+    return {int(m) for m in re.findall(r"inet 10\.77\.(\d+)\.", out)}
+
+
+class VethNS(NetNS):
+    """A namespace joined to the host by a veth pair: `outside` (host side) and `inside`.
+
+    The SFU under load test runs inside, the generator outside: real IP routing between two
+    addresses of the harness's own test subnet (10.77.X.0/24, a free X picked at creation),
+    never the machine's own external address. Deleting the namespace deletes the pair.
+    """
+
+    def __init__(self, prefix: str = "loadtest") -> None:
+        super().__init__(prefix)
+        self.outside = ""
+        self.inside = ""
+        tag = uuid.uuid4().hex[:6]
+        self.host_if = f"lt{tag}o"
+        self.ns_if = f"lt{tag}i"
+
+    def create(self) -> VethNS:
+        super().create()
+        try:
+            used = _used_subnets()
+            octet = next((x for x in range(77, 255) if x not in used), None)
+            if octet is None:
+                raise RuntimeError("no free 10.77.X.0/24 subnet for the veth pair")
+            self.outside, self.inside = f"10.77.{octet}.1", f"10.77.{octet}.2"
+            _run([IP, "link", "add", self.host_if, "type", "veth", "peer", "name", self.ns_if])
+            _run([IP, "link", "set", self.ns_if, "netns", self.name])
+            _run([IP, "addr", "add", f"{self.outside}/24", "dev", self.host_if])
+            _run([IP, "link", "set", self.host_if, "up"])
+            _run([IP, "-n", self.name, "addr", "add", f"{self.inside}/24", "dev", self.ns_if])
+            _run([IP, "-n", self.name, "link", "set", self.ns_if, "up"])
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __enter__(self) -> VethNS:
+        return self.create()
+
+    def close(self) -> None:
+        super().close()
+        with contextlib.suppress(subprocess.SubprocessError, OSError):
+            _run([IP, "link", "delete", self.host_if], check=False)  # gone with the ns normally
