@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fractions
 import json
-import math
 import subprocess
 import sys
 import threading
@@ -26,13 +24,11 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 from aiohttp import web
-from aiortc import MediaStreamTrack
 from aiortc.codecs.opus import OpusEncoder
-from av import AudioFrame
 
+from compat.synth import ToneTrack
 from mediaserver.api import IceConfig, MediaConfig, Participant
 from signaling.app import HUB, AccessLogger, create_app
 from signaling.client import ConsultClient
@@ -59,31 +55,6 @@ def browser_like_opus(monkeypatch: pytest.MonkeyPatch) -> None:
         self.codec.bit_rate = OPUS_BPS
 
     monkeypatch.setattr(OpusEncoder, "__init__", init)
-
-
-class Tone(MediaStreamTrack):
-    """440 Hz in 20 ms frames: audio that Opus cannot squeeze to nothing."""
-
-    kind = "audio"
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._n = 0
-        self._start: float | None = None
-
-    async def recv(self) -> AudioFrame:
-        if self._start is None:
-            self._start = time.monotonic()
-        await asyncio.sleep(max(0.0, self._start + self._n * 0.02 - time.monotonic()))
-        samples = 960
-        t = (np.arange(samples) + self._n * samples) / 48000
-        pcm = (np.sin(2 * math.pi * 440 * t) * 8000).astype(np.int16).reshape(1, -1)
-        frame = AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
-        frame.sample_rate = 48000
-        frame.pts = self._n * samples
-        frame.time_base = fractions.Fraction(1, 48000)
-        self._n += 1
-        return frame
 
 
 class ShapedCall:
@@ -116,7 +87,7 @@ class ShapedCall:
 
         self.doctor = ConsultClient(self.url)
         await self.doctor.connect(token("doctor"))
-        await self.doctor.publish(SyntheticVideo(60), Tone())
+        await self.doctor.publish(SyntheticVideo(60), ToneTrack())
         self.proc = self.ns.popen(
             [
                 sys.executable,
