@@ -10,9 +10,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from compat.netns import NetNS, netns_available, remove_stale
+from compat.netns import IP, NetNS, netns_available, remove_stale
 
-__all__ = ["NetNS", "netns", "netns_available", "remove_stale"]
+__all__ = ["IP", "NetNS", "netns", "netns_available", "remove_stale"]
 
 
 @pytest.fixture
