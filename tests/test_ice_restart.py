@@ -70,13 +70,15 @@ class RestartingPeer(Peer):
         assert sctp is not None
         return sctp.transport.transport
 
-    async def restart_ice(self, *, connect: bool = True) -> str:
+    async def restart_ice(self, *, connect: bool = True, controlling: bool = True) -> str:
         """Offer fresh ICE credentials; returns the server's answer. connect=False: the new
-        session never checks or nominates (an ICE restart that cannot connect)."""
+        session never checks or nominates (an ICE restart that cannot connect).
+        controlling=False: a client that keeps the controlled role (RFC 8445 keeps roles
+        across a restart; browsers take the controlling one): aioice repairs the conflict."""
         async with self._negotiation:
             if self.restart is None:
                 self.restart = IceRestart(self.ice())
-            await self.restart.prepare(controlling=True)
+            await self.restart.prepare(controlling=controlling)
             await self.pc.setLocalDescription(await self.pc.createOffer())
             answer = await self.participant.handle_offer(self.pc.localDescription.sdp, {})
             assert answer is not None
@@ -151,7 +153,10 @@ async def call(room: Room) -> tuple[RestartingPeer, Peer, Participant, list[str]
     return doctor, patient, doctor_p, states
 
 
-async def test_restart_gets_new_credentials_and_media_moves_to_the_new_session(room: Room) -> None:
+@pytest.mark.parametrize("controlling", [True, False], ids=["client-controlling", "role-conflict"])
+async def test_restart_gets_new_credentials_and_media_moves_to_the_new_session(
+    room: Room, controlling: bool
+) -> None:
     doctor, patient, server, states = await call(room)
     try:
         pc = server.pc
@@ -162,7 +167,7 @@ async def test_restart_gets_new_credentials_and_media_moves_to_the_new_session(r
         seen = [ufrag(first)]
         for n in (1, 2):  # a second restart works the same way
             old = dtls.transport._connection
-            answer = await doctor.restart_ice()
+            answer = await doctor.restart_ice(controlling=controlling)
             # RFC 8445 section 9: the answer to a restart offer carries new credentials, and
             # the new session's own candidates (new sockets).
             assert ufrag(answer) not in seen
