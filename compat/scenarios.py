@@ -350,8 +350,20 @@ async def exam_camera(call: Call, ev: dict[str, Any]) -> None:
 
 
 async def ice_restart(call: Call, ev: dict[str, Any]) -> None:
-    """restartIce() on the doctor's connection: new ICE credentials and node candidates, media
-    flows on over the new session."""
+    """restartIce() on the doctor's connection, twice: new ICE credentials and node candidates,
+    media flows on over the new session."""
+    rounds: list[dict[str, Any]] = []
+    for _ in range(2):  # a second restart works like the first
+        round_ev: dict[str, Any] = {}
+        await _restart_ice_once(call, round_ev)
+        rounds.append(round_ev)
+    ev.update(rounds[-1])
+    ev["restarts"] = [
+        {k: r.get(k) for k in ("ufrag", "server_ufrag", "server_candidate")} for r in rounds
+    ]
+
+
+async def _restart_ice_once(call: Call, ev: dict[str, Any]) -> None:
     assert isinstance(call.a, BrowserPeer)
     s0 = await call.st("a")
     ufrag0, n_events = s0.get("ufrag"), len(s0.get("events", []))
