@@ -32,7 +32,9 @@ class IceConfig:
     included). announced_address: the address written into candidates instead of the bound
     one (a public address in front of NAT, as mediasoup's announcedIp). min_port/max_port:
     the UDP range for media sockets (0/0 = any ephemeral port). ice_servers: handed to
-    clients; the server itself uses none by default (no external STUN).
+    clients; the server itself uses none by default (no external STUN). restart_timeout_s:
+    how long an ICE restart (a client offer with new ICE credentials) may take to connect
+    before the server drops it and goes on with the old session.
     """
 
     host_addresses: tuple[str, ...] = ()
@@ -40,8 +42,11 @@ class IceConfig:
     min_port: int = 0
     max_port: int = 0
     ice_servers: tuple[IceServer, ...] = ()
+    restart_timeout_s: float = 30.0
 
     def __post_init__(self) -> None:
+        if self.restart_timeout_s <= 0:
+            raise ValueError("restart_timeout_s must be positive")
         if (self.min_port == 0) != (self.max_port == 0):
             raise ValueError("min_port and max_port are set together")
         if self.min_port and not (1 <= self.min_port <= self.max_port <= 65535):

@@ -56,8 +56,14 @@ def test_reduced_matrix(tmp_path: Path) -> None:
     cells = report["cells"]
     assert {c["pair"] for c in cells} == {"chromium-firefox"}
     names = {c["scenario"] for c in cells}
-    assert {"join-admit", "media", "chat-data", "codec", "leave", "end"} <= names, names
+    assert {"join-admit", "media", "chat-data", "ice-restart", "codec", "leave", "end"} <= names
     assert all(c["status"] == "pass" for c in cells), log
+    # ICE restart: new credentials on both sides, and the media moved to the node's new socket.
+    restart = next(c for c in cells if c["scenario"] == "ice-restart")["evidence"]
+    assert len(restart["restarts"]) == 2, restart  # a second restart works too
+    for one in restart["restarts"]:
+        for key in ("ufrag", "server_ufrag", "server_candidate"):
+            assert one[key]["before"] and one[key]["after"] != one[key]["before"], restart
     media = next(c for c in cells if c["scenario"] == "media")["evidence"]
     assert media["codecs"]["a"]["video"] == "VP8" and media["codecs"]["b"]["video"] == "VP8"
     for sample in media["samples"]:

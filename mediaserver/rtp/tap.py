@@ -14,13 +14,16 @@ aiortc negotiates SDP, ICE and DTLS for us. Everything else on the media path is
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
 import pylibsrtp
-from aiortc import RTCConfiguration, RTCPeerConnection
+from aioice import Connection
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc import sdp as aiortc_sdp
 from aiortc.rtcconfiguration import RTCBundlePolicy
 from aiortc.rtcdtlstransport import RTCDtlsTransport, State
 from aiortc.rtcrtpparameters import RTCRtpReceiveParameters, RTCRtpSendParameters
@@ -28,6 +31,7 @@ from aiortc.rtcrtptransceiver import RTCRtpTransceiver
 
 from .batch import DatagramBatch
 from .ice import PortAllocator
+from .icerestart import IceRestart
 
 logger = logging.getLogger(__name__)
 
@@ -145,6 +149,21 @@ class MediaTransport:
 
     # -- end of the send path ----------------------------------------------------------------
 
+    # -- ICE restart (rtp/icerestart.py) ----------------------------------------------------
+
+    def adopt(self, conn: Connection) -> None:
+        """A restart's new Connection: its SRTP comes straight to us too (DTLS to aiortc)."""
+        conn.data_received = self._datagram  # type: ignore[method-assign]
+
+    def use_connection(self, conn: Connection) -> None:
+        """The restart connected: send on its nominated pair, DTLS records go to its queue."""
+        self._conn = conn
+        self._fallback = functools.partial(Connection.data_received, conn)
+        self._pair = None
+        self._batch = None
+
+    # -- end ICE restart --
+
 
 def _drop_rtp(data: bytes, arrival: float) -> None:
     pass
@@ -182,6 +201,7 @@ class ServerPeerConnection(RTCPeerConnection):
         self._hooks = hooks
         self._ports = ports
         self.media_transport: MediaTransport | None = None
+        self.ice_restart: IceRestart | None = None
 
     def _RTCPeerConnection__createDtlsTransport(self) -> RTCDtlsTransport:
         dtls: RTCDtlsTransport = RTCPeerConnection._RTCPeerConnection__createDtlsTransport(self)  # type: ignore[attr-defined]
@@ -220,6 +240,71 @@ class ServerPeerConnection(RTCPeerConnection):
         transceiver.sender.send = send  # type: ignore[method-assign]
         hooks.transceiver_created(transceiver)
         return transceiver
+
+    # -- ICE restart: a remote offer with new ICE credentials (rtp/icerestart.py) -------------
+
+    async def setRemoteDescription(self, sessionDescription: RTCSessionDescription) -> None:
+        restart = await self._prepare_ice_restart(sessionDescription)
+        try:
+            await super().setRemoteDescription(sessionDescription)
+        except BaseException:
+            if restart is not None:
+                restart.abandon()
+            raise
+        if restart is not None:
+            restart.start()
+
+    async def _prepare_ice_restart(self, description: RTCSessionDescription) -> IceRestart | None:
+        """Fresh local credentials and candidates before aiortc applies the offer, so that
+        the offer's candidates and our answer belong to the new session."""
+        transport = self.media_transport
+        if description.type != "offer" or transport is None:
+            return None
+        credentials = remote_ice_credentials(description.sdp)
+        if credentials is None:
+            return None
+        restart = self.ice_restart
+        if restart is None:
+            restart = IceRestart(
+                transport.dtls.transport,
+                install=self._install_restart_connection,
+                on_switch=transport.use_connection,
+                timeout_s=self._ports.config.restart_timeout_s,
+            )
+        if not restart.remote_changed(*credentials):
+            return None
+        self.ice_restart = restart
+        # The remote offered: it is controlling (browsers take that role on a restart offer).
+        await restart.prepare(controlling=False, remote=credentials)
+        return restart
+
+    def _install_restart_connection(self, conn: Connection) -> None:
+        self._ports.install(conn)
+        if self.media_transport is not None:
+            self.media_transport.adopt(conn)
+
+    async def close(self) -> None:
+        if self.ice_restart is not None:
+            await self.ice_restart.close()
+        await super().close()
+
+    # -- end ICE restart --
+
+
+def remote_ice_credentials(text: str) -> tuple[str, str] | None:
+    """The ICE ufrag and password of a description's bundle transport (its first mid)."""
+    try:
+        description = aiortc_sdp.SessionDescription.parse(text)
+    except Exception:
+        return None  # aiortc refuses it with the reason
+    bundle = next((g for g in description.group if g.semantic == "BUNDLE" and g.items), None)
+    media = description.media
+    if bundle is not None:
+        media = [m for m in media if m.rtp.muxId == bundle.items[0]] or media
+    ice = media[0].ice if media else None
+    if ice is None or not ice.usernameFragment or not ice.password:
+        return None
+    return ice.usernameFragment, ice.password
 
 
 def bundle_data_channel(pc: RTCPeerConnection) -> None:

@@ -857,8 +857,9 @@ export class Consultation extends EventTarget {
     this._emit("pause", { sources: [...paused], reason: msg.reason ?? null });
   }
 
-  // ICE failed, or disconnected for MEDIA_RESTART_MS: start a fresh peer connection. The
-  // server (aiortc underneath) does no ICE restart; `reconnect` makes it replace its side too,
+  // ICE failed, or disconnected for MEDIA_RESTART_MS: start a fresh peer connection (the
+  // server also answers an app's pc.restartIce(), docs/media.md, but the aiortc client cannot
+  // restart ICE: both take this path). `reconnect` makes the server replace its side too,
   // and its next offer carries a recvonly m-line per source we published.
   _watchMedia(pc) {
     if (pc !== this._pc || this._state !== "admitted") return;
