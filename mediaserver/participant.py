@@ -234,6 +234,9 @@ class Participant(Emitter, TapHooks):
         """Receive a publication of another participant (renegotiates)."""
         if self._closed or publication.closed or publication.track_id in self.subscriptions:
             return
+        if self.pc.signalingState == "closed":  # aiortc closed it: the client must reconnect
+            logger.info("participant %s has no connection: not subscribed", self.id)
+            return
         codec = publication.codec
         if publication.kind == "video" and codec.name not in self.video_codecs:
             logger.info("participant cannot decode %s: not subscribed", codec.name)

@@ -114,9 +114,12 @@ class Room(Emitter):
     def _on_publication(self, publication: Publication) -> None:
         if self._switch_if_undecodable(publication):
             return  # codec-late: its replacement in the room's codec is published instead
-        for other in self.participants.values():
+        for other in list(self.participants.values()):
             if other.id != publication.participant_id:
-                other.subscribe(publication)
+                try:
+                    other.subscribe(publication)
+                except Exception:  # e.g. a connection aiortc closed: others still subscribe
+                    logger.exception("participant %s cannot subscribe", other.id)
         info = publication.info()
         self.emit("track-published", info)
         publication.once("close", lambda _reason: self.emit("track-unpublished", info))
