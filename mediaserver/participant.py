@@ -19,7 +19,9 @@ from aiortc import RTCSessionDescription
 from aiortc import sdp as aiortc_sdp
 from aiortc.rtcrtpparameters import (
     RTCRtpCodecParameters,
+    RTCRtpDecodingParameters,
     RTCRtpReceiveParameters,
+    RTCRtpRtxParameters,
     RTCRtpSendParameters,
 )
 from aiortc.rtcrtptransceiver import RTCRtpTransceiver
@@ -134,6 +136,7 @@ class Participant(Emitter, TapHooks):
         self._restarted_at = 0.0
         self.transport_restarts = 0
         # -- end bandwidth fallback --
+        self._codec_switch: dict[RTCRtpTransceiver, Publication] = {}  # codec-late (issue 3)
         self._sdp_lock = asyncio.Lock()
         self._needs_offer = False
         self._answered = asyncio.Event()
@@ -192,6 +195,8 @@ class Participant(Emitter, TapHooks):
             except Exception as exc:
                 raise NegotiationError(f"cannot apply answer: {exc}") from exc
         self._answered.set()
+        if self._codec_switch:
+            await self._apply_codec_switches()  # codec-late (issue 3)
 
     def pending_offer(self) -> tuple[str, dict[str, dict[str, str]]] | None:
         """The server offer still waiting for an answer (to re-send after a resume)."""
@@ -228,6 +233,9 @@ class Participant(Emitter, TapHooks):
     def subscribe(self, publication: Publication) -> None:
         """Receive a publication of another participant (renegotiates)."""
         if self._closed or publication.closed or publication.track_id in self.subscriptions:
+            return
+        if self.pc.signalingState == "closed":  # aiortc closed it: the client must reconnect
+            logger.info("participant %s has no connection: not subscribed", self.id)
             return
         codec = publication.codec
         if publication.kind == "video" and codec.name not in self.video_codecs:
@@ -293,23 +301,40 @@ class Participant(Emitter, TapHooks):
             self._negotiation = asyncio.get_running_loop().create_task(self._negotiate())
 
     async def _negotiate(self) -> None:
-        while self._needs_offer and not self._closed:
-            async with self._sdp_lock:
-                if self.pc.signalingState == "stable":
-                    self._needs_offer = False
+        """Send server offers while one is needed, one at a time, each after the previous
+        exchange completed.
+
+        Not stable means an exchange is still pending (our offer awaits its answer) or the
+        peer connection is closed (a reconnect replaces it and kicks a new task): the task
+        waits or ends, it never loops without awaiting (which froze the whole node). A failure
+        is logged, not lost with the task.
+        """
+        try:
+            while self._needs_offer and not self._closed:
+                async with self._sdp_lock:
+                    state = self.pc.signalingState
+                    if state == "closed":
+                        return  # restart_transport() offers on the new connection
                     self._answered.clear()
-                    offer = await self.pc.createOffer()
-                    established = [
-                        d.sdp
-                        for d in (self.pc.remoteDescription, self.pc.localDescription)
-                        if d is not None
-                    ]
-                    text = apply_opus_fmtp(  # devices: fmtp per track source
-                        harmonize(offer.sdp, established), self._mid_sources({}, offer.sdp)
-                    )
-                    await self.pc.setLocalDescription(RTCSessionDescription(sdp=text, type="offer"))
-                    self.emit("offer", self.pc.localDescription.sdp, self._offer_tracks())
-            await self._answered.wait()
+                    if state == "stable":
+                        self._needs_offer = False
+                        await self._send_offer()
+                await self._answered.wait()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("server offer failed for participant %s", self.id)
+
+    async def _send_offer(self) -> None:
+        offer = await self.pc.createOffer()
+        established = [
+            d.sdp for d in (self.pc.remoteDescription, self.pc.localDescription) if d is not None
+        ]
+        text = apply_opus_fmtp(  # devices: fmtp per track source
+            harmonize(offer.sdp, established), self._mid_sources({}, offer.sdp)
+        )
+        await self.pc.setLocalDescription(RTCSessionDescription(sdp=text, type="offer"))
+        self.emit("offer", self.pc.localDescription.sdp, self._offer_tracks())
 
     def _offer_tracks(self) -> dict[str, dict[str, str]]:
         """mid -> what it carries, for the client (direction as in the server's SDP)."""
@@ -751,3 +776,64 @@ class Participant(Emitter, TapHooks):
         return True
 
     # -- end bandwidth fallback and reconnection --
+
+    # -- room codec switch (issue 3, codec-late) ---------------------------------------------
+
+    def switch_video_codec(self, pub: Publication, mime_type: str) -> bool:
+        """Renegotiate a video publication to `mime_type` (the room settles on a codec every
+        member decodes): a server offer with only that codec on its m-line. Once answered, the
+        publication is replaced by one in the new codec (a new track id, the same source),
+        which every member subscribes to; subscribers of the old one lose it."""
+        if self._closed or pub.closed or pub.kind != "video":
+            return False
+        if pub.codec.mime_type.lower() == mime_type.lower():
+            return False
+        transceiver = next((t for t in self.pc.getTransceivers() if t.mid == pub.mid), None)
+        if transceiver is None:
+            return False
+        if self._codec_switch.get(transceiver) is pub:
+            return True  # already under way
+        set_codec_preferences(transceiver, capabilities("video", mime_type))
+        self._codec_switch[transceiver] = pub
+        logger.info("participant %s: video %s -> %s", self.id, pub.codec.name, mime_type)
+        self._schedule_offer()
+        return True
+
+    async def _apply_codec_switches(self) -> None:
+        local = self.pc.localDescription
+        if local is None or self.pc.signalingState != "stable":
+            return
+        for transceiver, pub in list(self._codec_switch.items()):
+            mid = pub.mid
+            if pub.closed or transceiver.mid != mid or not transceiver._codecs:
+                self._codec_switch.pop(transceiver, None)
+                continue
+            codecs, _ = declared(local.sdp, mid, list(transceiver._codecs))
+            codec = codec_info(codecs)
+            if codec.mime_type.lower() == pub.codec.mime_type.lower():
+                continue  # not this answer's m-line yet
+            self._codec_switch.pop(transceiver, None)
+            meta = TrackMeta(kind=pub.kind, source=pub.source, channels=pub.channels)
+            ssrc, rtx_ssrc = pub.ssrc, pub.rtx_ssrc
+            await pub.close(CloseReason.LEFT)
+            encodings = []
+            if ssrc is not None:
+                encodings.append(
+                    RTCRtpDecodingParameters(
+                        ssrc=ssrc,
+                        payloadType=codec.payload_type,
+                        rtx=RTCRtpRtxParameters(ssrc=rtx_ssrc) if rtx_ssrc else None,
+                    )
+                )
+            self._track_meta[mid] = meta
+            self.receiver_started(
+                transceiver,
+                RTCRtpReceiveParameters(
+                    codecs=codecs,
+                    headerExtensions=list(transceiver._headerExtensions),
+                    muxId=mid,
+                    encodings=encodings,
+                ),
+            )
+
+    # -- end room codec switch --

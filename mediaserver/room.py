@@ -88,6 +88,7 @@ class Room(Emitter):
         self.participants[participant_id] = participant
         participant.on("publication", self._on_publication)
         participant.once("close", lambda reason: self._participant_closed(participant_id, reason))
+        self._settle_video_codec()  # codec-late (issue 3)
         for other in self.participants.values():
             if other is participant:
                 continue
@@ -111,12 +112,43 @@ class Room(Emitter):
         publisher.once("close", lambda reason: self._participant_closed(publisher.id, reason))
 
     def _on_publication(self, publication: Publication) -> None:
-        for other in self.participants.values():
+        if self._switch_if_undecodable(publication):
+            return  # codec-late: its replacement in the room's codec is published instead
+        for other in list(self.participants.values()):
             if other.id != publication.participant_id:
-                other.subscribe(publication)
+                try:
+                    other.subscribe(publication)
+                except Exception:  # e.g. a connection aiortc closed: others still subscribe
+                    logger.exception("participant %s cannot subscribe", other.id)
         info = publication.info()
         self.emit("track-published", info)
         publication.once("close", lambda _reason: self.emit("track-unpublished", info))
+
+    # -- codec-late (issue 3): the room settles on a video codec every member decodes ------
+
+    def _switch_if_undecodable(self, publication: Publication) -> bool:
+        """A video publication some member cannot decode is renegotiated to the room's codec
+        (VP8 once such a member is in); True when a switch is under way."""
+        if publication.kind != "video" or publication.closed:
+            return False
+        name = publication.codec.name
+        if all(
+            name in p.video_codecs
+            for p in self.participants.values()
+            if p.id != publication.participant_id and isinstance(p, Participant)
+        ):
+            return False
+        publisher = self.participants.get(publication.participant_id)
+        if not isinstance(publisher, Participant):
+            return False
+        return publisher.switch_video_codec(publication, f"video/{self.video_codec()}")
+
+    def _settle_video_codec(self) -> None:
+        for participant in list(self.participants.values()):
+            for publication in list(participant.publications.values()):
+                self._switch_if_undecodable(publication)
+
+    # -- end codec-late --
 
     def _participant_closed(self, participant_id: str, reason: CloseReason) -> None:
         self.participants.pop(participant_id, None)
