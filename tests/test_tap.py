@@ -6,10 +6,15 @@ import inspect
 
 import aiortc
 from aioice import Connection
-from aiortc import RTCPeerConnection
+from aiortc import RTCPeerConnection, sdp
 from aiortc.rtcdtlstransport import RTCDtlsTransport
 from aiortc.rtcrtpreceiver import RTCRtpReceiver
 from aiortc.rtcrtpsender import RTCRtpSender
+from aiortc.rtcrtptransceiver import RTCRtpTransceiver
+
+from mediaserver.config import IceConfig
+from mediaserver.rtp.ice import PortAllocator
+from mediaserver.rtp.tap import MediaTransport, ServerPeerConnection, TapHooks
 
 
 def test_aiortc_version_is_the_pinned_minor() -> None:
@@ -49,3 +54,35 @@ def test_private_attributes_we_read_exist() -> None:
     assert "self._ssrc" in sender_source and "self._rtx_ssrc" in sender_source
     assert "_preferred_codecs" in inspect.getsource(aiortc.RTCRtpTransceiver.__init__)
     assert "self.__sctp._bundled" in inspect.getsource(RTCPeerConnection.setRemoteDescription)
+
+
+class _NoHooks(TapHooks):
+    def transport_created(self, transport: MediaTransport) -> None:
+        pass
+
+    def transceiver_created(self, transceiver: RTCRtpTransceiver) -> None:
+        pass
+
+
+async def test_client_offer_while_a_server_transceiver_awaits_its_offer() -> None:
+    """A subscription added while the client's offer was in flight: the answer still works."""
+    server = ServerPeerConnection(hooks=_NoHooks(), ports=PortAllocator(IceConfig()))
+    client = RTCPeerConnection()
+    try:
+        client.addTransceiver("audio", direction="sendonly")
+        await client.setLocalDescription(await client.createOffer())
+        await server.setRemoteDescription(client.localDescription)
+        await server.setLocalDescription(await server.createAnswer())
+        await client.setRemoteDescription(server.localDescription)
+        # Ours, not offered yet (the server's next offer would carry it).
+        pending = server.addTransceiver("video", direction="sendonly")
+        client.addTransceiver("audio", direction="sendonly")
+        await client.setLocalDescription(await client.createOffer())
+        await server.setRemoteDescription(client.localDescription)
+        await server.setLocalDescription(await server.createAnswer())
+        assert server.signalingState == "stable"
+        assert len(sdp.SessionDescription.parse(server.localDescription.sdp).media) == 2
+        assert pending.mid is None  # still waiting for the server's own offer
+    finally:
+        await client.close()
+        await server.close()

@@ -203,6 +203,20 @@ class ServerPeerConnection(RTCPeerConnection):
         self.media_transport: MediaTransport | None = None
         self.ice_restart: IceRestart | None = None
 
+    async def setLocalDescription(
+        self, sessionDescription: RTCSessionDescription | None = None
+    ) -> None:
+        if sessionDescription is not None and sessionDescription.type == "answer":
+            # aiortc derives every transceiver's current direction from the direction the
+            # remote offer gave it, even for a transceiver of ours that no offer carried yet (a
+            # subscription added while the client's offer was in flight): `None` there raised
+            # "None is not in list" and the client's offer failed. Such a transceiver is
+            # inactive until our next offer is answered, which sets its direction.
+            for transceiver in self.getTransceivers():
+                if transceiver._offerDirection is None:
+                    transceiver._offerDirection = "inactive"
+        await super().setLocalDescription(sessionDescription)
+
     def _RTCPeerConnection__createDtlsTransport(self) -> RTCDtlsTransport:
         dtls: RTCDtlsTransport = RTCPeerConnection._RTCPeerConnection__createDtlsTransport(self)  # type: ignore[attr-defined]
         self._ports.install(dtls.transport.iceGatherer._connection)
