@@ -229,17 +229,13 @@ class BandwidthController:
         starving = measured and sample.loss >= cfg.video_loss
         starving = starving and sample.goodput_bps < cfg.min_audio_bps
         if state.mode is Mode.VIDEO:
-            # A low REMB counts only when we send more than it (a receiver also estimates low
-            # when the *publisher's* uplink is what limits the stream) and loss confirms it: a
-            # receiver's estimate also lags while it ramps up or when a second video starts
-            # (seen with Firefox on loopback: audio-only on a perfect link, flapping).
+            # A low REMB counts only when we send more than it: a receiver also estimates low
+            # when the *publisher's* uplink is what limits the stream.
             low_estimate = (
                 sample.estimate_bps is not None
                 and n_video > 0
                 and sample.estimate_bps < cfg.min_video_bps
                 and sample.sent_bps > 1.5 * sample.estimate_bps
-                and measured
-                and sample.loss > cfg.good_loss
             )
             congested = (measured and sample.loss >= cfg.video_loss) or low_estimate
             if starving:
