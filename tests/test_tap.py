@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 
 import aiortc
+import pytest
 from aioice import Connection
 from aiortc import RTCPeerConnection, sdp
 from aiortc.rtcdtlstransport import RTCDtlsTransport
@@ -26,6 +27,8 @@ def test_private_methods_we_override_exist() -> None:
         "_RTCPeerConnection__createDtlsTransport",
         "_RTCPeerConnection__createTransceiver",
         "_RTCPeerConnection__createSctpTransport",
+        "_RTCPeerConnection__remoteRtp",
+        "_RTCPeerConnection__remoteDescription",
     ):
         assert callable(getattr(RTCPeerConnection, name)), name
     params = inspect.signature(RTCPeerConnection._RTCPeerConnection__createTransceiver).parameters  # type: ignore[attr-defined]
@@ -83,6 +86,29 @@ async def test_client_offer_while_a_server_transceiver_awaits_its_offer() -> Non
         assert server.signalingState == "stable"
         assert len(sdp.SessionDescription.parse(server.localDescription.sdp).media) == 2
         assert pending.mid is None  # still waiting for the server's own offer
+    finally:
+        await client.close()
+        await server.close()
+
+
+async def test_a_transceiver_no_remote_description_covers_yet_waits_for_one() -> None:
+    """aiortc's connect task raised IndexError for such a transceiver and died, starting no
+    media at all; ours skips it until a description covers it."""
+    server = ServerPeerConnection(hooks=_NoHooks(), ports=PortAllocator(IceConfig()))
+    client = RTCPeerConnection()
+    try:
+        client.addTransceiver("audio", direction="sendonly")
+        await client.setLocalDescription(await client.createOffer())
+        await server.setRemoteDescription(client.localDescription)
+        await server.setLocalDescription(await server.createAnswer())
+        covered = server.getTransceivers()[0]
+        later = server.addTransceiver("video", direction="sendonly")
+        await server.setLocalDescription(await server.createOffer())  # m-line 1, not answered
+        assert later._get_mline_index() == 1
+        with pytest.raises(IndexError):  # what aiortc itself does
+            RTCPeerConnection._RTCPeerConnection__remoteRtp(server, later)  # type: ignore[attr-defined]
+        assert server._RTCPeerConnection__remoteRtp(later) is None
+        assert server._RTCPeerConnection__remoteRtp(covered) is not None
     finally:
         await client.close()
         await server.close()

@@ -240,7 +240,9 @@ class ServerPeerConnection(RTCPeerConnection):
         )
         hooks = self._hooks
 
-        async def receive(parameters: RTCRtpReceiveParameters) -> None:
+        async def receive(parameters: RTCRtpReceiveParameters | None) -> None:
+            if parameters is None:
+                return  # not described yet (`__remoteRtp` below): the next description starts it
             if not getattr(transceiver, "_tap_receiving", False):
                 transceiver._tap_receiving = True  # type: ignore[attr-defined]
                 hooks.receiver_started(transceiver, parameters)
@@ -254,6 +256,24 @@ class ServerPeerConnection(RTCPeerConnection):
         transceiver.sender.send = send  # type: ignore[method-assign]
         hooks.transceiver_created(transceiver)
         return transceiver
+
+    def _RTCPeerConnection__remoteRtp(
+        self, transceiver: RTCRtpTransceiver
+    ) -> RTCRtpReceiveParameters | None:
+        # aiortc's connect task awaits the DTLS handshake, then builds every receiver's
+        # parameters from the remote description of *that* moment. A description applied
+        # meanwhile may not cover a transceiver yet (its m-line index past the description's
+        # media): aiortc raised IndexError there, the task died, and no transceiver after it
+        # (nor the data channel) ever started: a call with no media at all. Such a transceiver
+        # now waits for the next description, whose connect task starts it.
+        remote = self._RTCPeerConnection__remoteDescription()  # type: ignore[attr-defined]
+        index = transceiver._get_mline_index()
+        if remote is None or index is None or index >= len(remote.media):
+            return None
+        params: RTCRtpReceiveParameters = RTCPeerConnection._RTCPeerConnection__remoteRtp(  # type: ignore[attr-defined]
+            self, transceiver
+        )
+        return params
 
     # -- ICE restart: a remote offer with new ICE credentials (rtp/icerestart.py) -------------
 
