@@ -39,6 +39,9 @@ logger = logging.getLogger(__name__)
 DEFAULT_TIMEOUT_S = 15.0
 UPLINK_GUARD_LOSS = 0.3  # fraction lost in the server's reports that stops our video
 UPLINK_GUARD_S = 10.0
+# Audio loss counts only in reports made this long after our video stopped: until then the
+# queue our video filled is still draining (and the server may still be deciding).
+AUDIO_GUARD_AFTER_S = 2.0
 TERMINAL_STATES = frozenset({"denied", "kicked", "ended", "left", "closed"})
 
 
@@ -123,6 +126,8 @@ class ConsultClient:
         self._closing = False
         self.self_paused: dict[str, float] = {}  # source -> until (uplink guard)
         self._lossy: dict[str, int] = {}
+        self._guard_seen: dict[str, float] = {}  # source -> time of the last report judged
+        self._video_off_at: float | None = None  # wall clock: since when no video is sent
         # -- end --
 
     # -- connection ---------------------------------------------------------------------------
@@ -594,10 +599,15 @@ class ConsultClient:
         The server's `pause` travels over the same (possibly saturated) link and may be late;
         a browser's congestion control would have cut its rate already, aiortc's VP8 never
         goes under 250 kbit/s. The guess lasts `UPLINK_GUARD_S` or until the server's next
-        `pause`."""
+        `pause`. Each receiver report counts once, and audio's only when made
+        `AUDIO_GUARD_AFTER_S` after our video stopped (before, its loss is our video's)."""
         changed = False
         now = time.monotonic()
         senders = sorted(self._sender_sources.items(), key=lambda item: item[0].kind != "video")
+        if any(s.kind == "video" and s._enabled for s, _ in senders):
+            self._video_off_at = None
+        elif self._video_off_at is None:
+            self._video_off_at = time.time()
         for sender, source in senders:
             if source in self.paused_sources:
                 continue
@@ -609,14 +619,21 @@ class ConsultClient:
             if source in self.self_paused:
                 del self.self_paused[source]
                 changed = True
-            lost = None
+            lost = stamp = None
             with contextlib.suppress(Exception):
                 for stats in (await sender.getStats()).values():
                     if getattr(stats, "type", "") == "remote-inbound-rtp":
                         lost = float(stats.fractionLost)
-            if lost is not None and lost > 1:
+                        stamp = stats.timestamp.timestamp()
+            if lost is None or stamp is None or stamp == self._guard_seen.get(source):
+                continue  # no report, or one already judged: each report counts once
+            self._guard_seen[source] = stamp
+            off = self._video_off_at
+            if sender.kind == "audio" and (off is None or stamp < off + AUDIO_GUARD_AFTER_S):
+                continue  # this loss may still be our video's
+            if lost > 1:
                 lost /= 256
-            bad = lost is not None and lost >= UPLINK_GUARD_LOSS
+            bad = lost >= UPLINK_GUARD_LOSS
             self._lossy[source] = self._lossy.get(source, 0) + 1 if bad else 0
             if self._lossy[source] >= 2:
                 self._lossy[source] = 0
