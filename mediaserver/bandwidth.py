@@ -40,8 +40,10 @@ class FallbackConfig:
     audio_loss: loss of the audio streams (video already off) at or above which -> chat-only.
     good_loss: loss at or below which a sample counts as good (a probe passes).
     min_video_bps: goodput (payload bits/s delivered) below which video cannot fit; a REMB
-        estimate below it also sheds video.
-    min_audio_bps: goodput below which even audio cannot pass, with loss: straight to chat-only.
+        estimate below it also sheds video when the link confirms it (some loss, at least
+        `good_loss`) and we send more video than the estimate allows.
+    min_audio_bps: goodput below which even audio cannot pass: with a loss of `severe_loss` or
+        more, straight to chat-only.
     min_packets: packets a sample must cover for its loss to count.
     down_samples: consecutive congested samples before stepping down (1 = at once);
         a loss at or above `severe_loss` steps down at once.
@@ -88,8 +90,9 @@ class LinkSample:
     loss: worst loss among the streams that flowed (0..1); audio_loss: worst among audio
     streams (None when no audio flowed); packets: packets the loss figures cover; goodput_bps:
     payload bits/s delivered; estimate_bps: the receiver's REMB (downlink) or None; sent_bps:
-    payload bits/s sent (downlink; a REMB below it means we overshoot the receiver); stalled:
-    nothing at all arrived from the peer (an outage: reconnection's business, not ours).
+    payload bits/s sent (downlink); video_bps: its video part (a REMB covers the video streams:
+    one below it means we overshoot the receiver); stalled: nothing at all arrived from the
+    peer (an outage: reconnection's business, not ours).
     """
 
     loss: float = 0.0
@@ -98,6 +101,7 @@ class LinkSample:
     goodput_bps: int = 0
     estimate_bps: int | None = None
     sent_bps: int = 0
+    video_bps: int = 0
     stalled: bool = False
 
 
@@ -188,6 +192,8 @@ class BandwidthController:
     _probe_failures: int = 0
     _dwell: float = -1.0
     _last_climb: float = -1e9
+    _probe_proven: bool = False  # a probe saw a measured, good sample
+    _last_sample: float = 0.0
     time_in_mode: dict[Mode, float] = field(default_factory=dict)
 
     @property
@@ -199,6 +205,15 @@ class BandwidthController:
         """What flows now: the probe's state while a probe runs, else the state."""
         return self.probe if self.probe is not None else self.state
 
+    def due(self) -> float | None:
+        """When the next decision may be taken (a settle or a probe ends), if one is pending:
+        the participant samples then rather than waiting for its next report."""
+        pending = [self._settle_until]
+        if self.probe is not None:
+            pending.append(self._probe_until)
+        later = [t for t in pending if t > self._last_sample]
+        return min(later) if later else None
+
     def start(self, now: float) -> None:
         self.since = now
         self._settle_until = now + self.config.settle_s
@@ -209,6 +224,7 @@ class BandwidthController:
         cfg = self.config
         if self._dwell < 0:
             self.start(now)
+        self._last_sample = now
         if not cfg.enabled:
             return None
         if sample.stalled:
@@ -226,16 +242,23 @@ class BandwidthController:
         state = self.state
         measured = sample.packets >= cfg.min_packets
         audio_loss = sample.audio_loss if sample.audio_loss is not None else sample.loss
-        starving = measured and sample.loss >= cfg.video_loss
+        # Severe loss *and* little delivered: even audio cannot pass. Little delivered alone is
+        # a quiet sender (its video just paused), not a short link.
+        starving = measured and sample.loss >= cfg.severe_loss
         starving = starving and sample.goodput_bps < cfg.min_audio_bps
         if state.mode is Mode.VIDEO:
-            # A low REMB counts only when we send more than it: a receiver also estimates low
-            # when the *publisher's* uplink is what limits the stream.
+            # A low REMB alone proves nothing: a receiver's estimate hardly exceeds what it
+            # receives (GCC caps it near 1.5x the incoming rate), so a cheap video or a CPU-
+            # starved receiver (two browsers on one machine) reports one below min_video_bps on
+            # a perfect link. It counts when we send more video than it allows and the link
+            # shows some loss; heavy loss sheds video by itself.
             low_estimate = (
                 sample.estimate_bps is not None
                 and n_video > 0
                 and sample.estimate_bps < cfg.min_video_bps
-                and sample.sent_bps > 1.5 * sample.estimate_bps
+                and sample.video_bps > 1.5 * sample.estimate_bps
+                and measured
+                and sample.loss >= cfg.good_loss
             )
             congested = (measured and sample.loss >= cfg.video_loss) or low_estimate
             if starving:
@@ -255,11 +278,13 @@ class BandwidthController:
                 if self._bad >= cfg.down_samples or audio_loss >= cfg.severe_loss:
                     return self._down(now, step_down(state, n_video, n_audio), "loss")
                 return None
-        self._bad = 0
+        if measured:
+            self._bad = 0  # a sample without enough packets neither confirms nor clears
         good = not measured or sample.loss <= cfg.good_loss
         upper = step_up(state, n_video, n_audio)
         if good and upper != state and now - self.since >= self._dwell and now >= self._next_probe:
             self.probe = upper
+            self._probe_proven = False
             self._probe_until = now + cfg.probe_s
             self._settle_until = now + min(cfg.settle_s, cfg.probe_s / 2)
         return None
@@ -269,14 +294,19 @@ class BandwidthController:
     ) -> Change | None:
         cfg = self.config
         measured = sample.packets >= cfg.min_packets
-        if measured and sample.loss > max(cfg.good_loss * 2, cfg.video_loss / 2):
+        failed = measured and sample.loss > max(cfg.good_loss * 2, cfg.video_loss / 2)
+        if measured and not failed:
+            self._probe_proven = True
+        if not failed and now < self._probe_until:
+            return None
+        if failed or not self._probe_proven:
+            # Climbing needs evidence: a probe that measured nothing (the peer sent or
+            # reported nothing, e.g. it paused its own senders) fails like a lossy one.
             self.probe = None
             self._probe_failures += 1
             wait = cfg.min_dwell_s * (2 ** min(self._probe_failures, 6))
             self._next_probe = now + min(cfg.max_backoff_s, wait)
             self._settle_until = now + cfg.settle_s
-            return None
-        if now < self._probe_until:
             return None
         target, self.probe = self.probe, None
         assert target is not None

@@ -1,7 +1,9 @@
 """Bandwidth fallback wired to one participant: samples its link, applies the controllers.
 
-Once per RTCP interval (`Participant._report`) `LinkFallback.tick()` builds one `LinkSample`
-per direction from what the server measured itself:
+Once per RTCP interval (`Participant._report`), and as soon as a controller's settle or probe
+time ends (`due()`, so a second step down does not wait for the next report),
+`LinkFallback.tick()` builds one `LinkSample` per direction, since the previous tick, from what
+the server measured itself:
 - uplink (what the participant sends us): sequence gaps and bytes of its publications over the
   interval, and whether anything (RTP or RTCP) arrived at all;
 - downlink (what we send it): the fraction lost of the receiver reports that arrived in the
@@ -19,7 +21,14 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from .bandwidth import BandwidthController, FallbackConfig, LinkSample, Mode, allowed_sources
+from .bandwidth import (
+    BandwidthController,
+    FallbackConfig,
+    LinkSample,
+    Mode,
+    State,
+    allowed_sources,
+)
 from .events import NodeCounters
 
 if TYPE_CHECKING:
@@ -38,6 +47,7 @@ class LinkFallback:
         *,
         emit_mode: Callable[[str, str, str], None],
         emit_pause: Callable[[list[str], str], None],
+        report_interval_s: float = 1.0,
     ) -> None:
         self.config = config
         self.up = BandwidthController(config)
@@ -46,10 +56,13 @@ class LinkFallback:
         self._emit_mode = emit_mode
         self._emit_pause = emit_pause
         self._pub_prior: dict[int, tuple[int, int, int]] = {}  # id -> expected, received, bytes
-        self._sub_prior: dict[int, tuple[int, int]] = {}  # id -> reports, octets
+        self._sub_prior: dict[int, tuple[int, int, int, int]] = {}  # reports, octets, own loss
         self._paused_sources: list[str] = []
+        self._down_applied: State | None = None
         self._pause_reason = "bandwidth"
         self.last_rtcp = 0.0
+        self._interval = report_interval_s
+        self._last_tick: float | None = None
         self._reported: dict[str, float] = {}  # time in mode already added to the counters
 
     def modes(self) -> dict[str, str]:
@@ -57,6 +70,16 @@ class LinkFallback:
 
     def paused_sources(self) -> list[str]:
         return list(self._paused_sources)
+
+    def due(self) -> float | None:
+        """When a controller can take its next decision (a settle or probe ends), if sooner
+        than the next report: `Participant` samples the link then (a faster step down)."""
+        times = [t for t in (self.up.due(), self.down.due()) if t is not None]
+        return min(times) if times else None
+
+    def _stalled(self, now: float) -> bool:
+        """Nothing, not even RTCP, came from the peer for 2.5 report intervals."""
+        return now - self.last_rtcp > 2.5 * self._interval
 
     # -- sampling ----------------------------------------------------------------------------
 
@@ -73,17 +96,15 @@ class LinkFallback:
             octets += stats.bytes - b0
             received += max(dr, 0)
             if de <= 0:
-                pub.recent_loss = 0.0
                 continue
             expected += de
             fraction = min(1.0, max(0.0, (de - dr) / de))
-            pub.recent_loss = fraction
             loss = max(loss, fraction)
             if pub.kind == "audio":
                 audio_loss = fraction if audio_loss is None else max(audio_loss, fraction)
         live = {id(p.stats) for p in pubs}
         self._pub_prior = {k: v for k, v in self._pub_prior.items() if k in live}
-        stalled = received == 0 and now - self.last_rtcp > 2.5 * max(elapsed, 0.2)
+        stalled = received == 0 and self._stalled(now)
         return LinkSample(
             loss=loss,
             audio_loss=audio_loss,
@@ -97,24 +118,28 @@ class LinkFallback:
         audio_loss: float | None = None
         packets = octets = 0
         estimate: int | None = None
+        video_octets = 0
         for sub in subs:
             key = id(sub)
-            reports0, octets0 = self._sub_prior.get(key, (sub.reports, sub.octets_sent))
-            self._sub_prior[key] = (sub.reports, sub.octets_sent)
+            now_counts = (sub.reports, sub.octets_sent, sub.own_lost, sub.own_expected)
+            reports0, octets0, lost0, expected0 = self._sub_prior.get(key, now_counts)
+            self._sub_prior[key] = now_counts
             if sub.paused:
                 continue
             octets += sub.octets_sent - octets0
+            if sub.kind == "video":
+                video_octets += sub.octets_sent - octets0
             if sub.kind == "video" and sub.remb_bps is not None:
                 estimate = sub.remb_bps if estimate is None else min(estimate, sub.remb_bps)
             if sub.reports == reports0:
                 continue  # no fresh receiver report for this stream
-            packets += sub.report_packets
-            # Forwarding keeps the source's sequence gaps: what the publisher's uplink lost
-            # shows in this subscriber's reports too. Charge the downlink with the rest only.
-            upstream = sub.publication.recent_loss
-            own = sub.fraction_lost
-            if upstream > 0:
-                own = max(0.0, (own - upstream) / (1 - upstream)) if upstream < 1 else 0.0
+            # The downlink's own loss (`Subscription.own_lost`): what the publisher's uplink
+            # lost shows in this subscriber's reports too, and is not charged here.
+            expected = sub.own_expected - expected0
+            if expected <= 0:
+                continue
+            packets += expected
+            own = min(1.0, (sub.own_lost - lost0) / expected)
             loss = max(loss, own)
             if sub.kind == "audio":
                 audio_loss = own if audio_loss is None else max(audio_loss, own)
@@ -126,18 +151,20 @@ class LinkFallback:
             goodput_bps=int(sent_bps * (1 - loss)),
             estimate_bps=estimate,
             sent_bps=sent_bps,
-            stalled=now - self.last_rtcp > 2.5 * max(elapsed, 0.2),
+            stalled=self._stalled(now),
+            video_bps=int(video_octets * 8 / elapsed) if elapsed > 0 else 0,
         )
 
     # -- the interval's decision -------------------------------------------------------------
 
     def tick(
-        self,
-        now: float,
-        elapsed: float,
-        publications: list[Publication],
-        subscriptions: list[Subscription],
+        self, now: float, publications: list[Publication], subscriptions: list[Subscription]
     ) -> None:
+        """Sample both directions since the previous tick and apply the controllers."""
+        elapsed = self._interval if self._last_tick is None else now - self._last_tick
+        self._last_tick = now
+        if elapsed <= 0:
+            return
         subs = [s for s in subscriptions if s.forwarder is not None and not s.closed]
         pubs = [p for p in publications if p.stats.started]
         self._step(
@@ -169,7 +196,15 @@ class LinkFallback:
         n_video = sum(1 for kind, _ in sources if kind == "video")
         n_audio = sum(1 for kind, _ in sources if kind == "audio")
         change = controller.update(now, sample, n_video, n_audio)
-        logger.debug("%.2f %s %s %s -> %s", now, direction, sample, controller.effective, change)
+        logger.debug(  # "link" tells participants apart in a debug log (not an identifier)
+            "%.2f link %04x %s %s %s -> %s",
+            now,
+            id(self) & 0xFFFF,
+            direction,
+            sample,
+            controller.effective,
+            change,
+        )
         if change is None:
             return
         counters = self._counters
@@ -186,6 +221,11 @@ class LinkFallback:
 
     def _apply_downlink(self, subs: list[Subscription]) -> None:
         state = self.down.effective
+        if state != self._down_applied:
+            # Reports covering the time before this change must not judge what follows it.
+            self._down_applied = state
+            for sub in subs:
+                sub.count_loss_from_now()
         allowed = allowed_sources(
             state, [(s.kind, s.publication.source) for s in subs], self.config
         )

@@ -131,6 +131,7 @@ class Participant(Emitter, TapHooks):
             self._counters,
             emit_mode=self._fallback_mode,
             emit_pause=self._fallback_pause,
+            report_interval_s=self._config.rtcp_interval_s,
         )
         self._rebind: dict[RTCRtpTransceiver, Publication] = {}
         self._restarted_at = 0.0
@@ -561,18 +562,32 @@ class Participant(Emitter, TapHooks):
     # -- reports and link state (once per interval) ------------------------------------------
 
     async def _rtcp_loop(self) -> None:
+        """Reports once per (randomized) interval; in between, a fallback sample when one of
+        its controllers can decide sooner (its settle or probe time ends)."""
         interval = self._config.rtcp_interval_s
         last = time.monotonic()
+        next_report = last + interval * (0.75 + random.random() / 2)
         sent_octets: dict[int, int] = {}
         received: dict[int, int] = {}
         while True:
-            await asyncio.sleep(interval * (0.75 + random.random() / 2))
+            wake = next_report
+            due = self.fallback.due()
+            if due is not None and time.monotonic() < due < wake:  # a past one: never a spin
+                wake = due + 0.005  # just past it: that sample may decide
+            await asyncio.sleep(max(0.0, wake - time.monotonic()))
             now = time.monotonic()
-            elapsed, last = now - last, now
             try:
-                self._report(elapsed, sent_octets, received)
+                if now >= next_report:
+                    elapsed, last = now - last, now
+                    next_report = now + interval * (0.75 + random.random() / 2)
+                    self._report(elapsed, sent_octets, received)
+                elif self.transport is not None and self.pc.connectionState == "connected":
+                    self._fallback_tick(now)
             except Exception:
                 logger.exception("RTCP report failed")
+
+    def _fallback_tick(self, now: float) -> None:
+        self.fallback.tick(now, list(self.publications.values()), list(self.subscriptions.values()))
 
     def _report(self, elapsed: float, sent: dict[int, int], received: dict[int, int]) -> None:
         if self.transport is None or self.pc.connectionState != "connected":
@@ -630,9 +645,7 @@ class Participant(Emitter, TapHooks):
         down.loss, down.jitter_ms, down.rtt_ms = down_loss, down_jitter, rtt_ms
         down.bitrate_bps = int(down_bytes * 8 / elapsed) if elapsed > 0 else 0
         down.estimated_bps = remb
-        self.fallback.tick(
-            now, elapsed, list(self.publications.values()), list(self.subscriptions.values())
-        )
+        self._fallback_tick(now)
 
     def _estimate(self, pub: Publication, loss: float) -> int:
         """Loss-based rate control (Galene), capped by what its subscribers can take."""

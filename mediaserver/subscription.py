@@ -47,6 +47,13 @@ class Subscription(Emitter):
         self.report_packets = 0
         self.highest_reported: int | None = None
         self.packets_lost = 0
+        # This downlink's own loss, cumulative over the reports: what the receiver lost minus
+        # what the publisher never delivered to us, counted between the same two reports
+        # (forwarding keeps the source's sequence gaps, and the receiver counts them as lost).
+        self.own_lost = 0
+        self.own_expected = 0
+        self._upstream_at_report: tuple[int, int] | None = None
+        self._count_from: int | None = None  # own loss counts from this output sequence on
         self.paused = False
         self._send_rtp = send_rtp
         self._counters = counters
@@ -77,6 +84,7 @@ class Subscription(Emitter):
             rtx_payload_type=rtx_payload_type,
         )
         self.highest_reported = None
+        self._upstream_at_report = None
         self.publication.attach(self)
         if self.kind == "video":
             self.publication.request_keyframe(force=True)
@@ -151,8 +159,29 @@ class Subscription(Emitter):
             self.publication.request_keyframe(force=True)
 
     def on_report(self, block: rtcp.ReportBlock) -> None:
+        stats = self.publication.stats
+        upstream = (stats.expected, stats.received)
         if self.highest_reported is not None:  # low 16 bits: aiortc reports no cycles
-            self.report_packets = (block.highest_seq - self.highest_reported) & 0xFFFF
+            expected = (block.highest_seq - self.highest_reported) & 0xFFFF
+            self.report_packets = expected
+            if expected < 0x8000 and self._upstream_at_report is not None:
+                e0, r0 = self._upstream_at_report
+                gaps = max(0, (upstream[0] - e0) - (upstream[1] - r0))
+                forwarded = max(0, expected - gaps)
+                lost = max(0, block.packets_lost - self.packets_lost - gaps)
+                mark = self._count_from
+                if mark is not None:
+                    # The window starts `before` packets ahead of the mark: any of its losses
+                    # may be theirs, so only losses beyond that many count (a lower bound).
+                    before = (mark - self.highest_reported) & 0xFFFF
+                    before = 0 if before >= 0x8000 else before
+                    lost = max(0, lost - before)
+                    forwarded = max(0, forwarded - before)
+                    if (block.highest_seq - mark) & 0xFFFF < 0x8000:
+                        self._count_from = None  # the next window starts past the mark
+                self.own_lost += min(lost, forwarded)
+                self.own_expected += forwarded
+        self._upstream_at_report = upstream
         self.highest_reported = block.highest_seq
         self.packets_lost = block.packets_lost
         self.reports += 1
@@ -163,6 +192,15 @@ class Subscription(Emitter):
             rtt = time.monotonic() - sent - block.dlsr / 65536
             if rtt >= 0:
                 self.rtt = rtt if self.rtt is None else RTT_ALPHA * self.rtt + (1 - RTT_ALPHA) * rtt
+
+    def count_loss_from_now(self) -> None:
+        """What flows to this subscriber changed (bandwidth fallback): own loss counts only
+        after the packets forwarded so far. A report arriving later may still cover the time
+        before (reports are lost on a short uplink, and the next one covers everything since
+        the last that arrived); of such a report only the losses that cannot all be from
+        before the change count."""
+        fwd = self.forwarder
+        self._count_from = None if fwd is None else fwd.last_seq
 
     def on_remb(self, bitrate: int) -> None:
         self.remb_bps = bitrate

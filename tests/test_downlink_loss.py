@@ -1,0 +1,138 @@
+"""A subscriber's own downlink loss: its receiver reports minus what the publisher's uplink
+never delivered (real Publication and Subscription objects, packets in memory)."""
+
+from __future__ import annotations
+
+import struct
+
+from mediaserver.codecs import CodecInfo
+from mediaserver.events import NodeCounters
+from mediaserver.forwarder import ExtensionIds
+from mediaserver.publication import Publication
+from mediaserver.rtp.rtcp import ReportBlock
+from mediaserver.subscription import Subscription
+
+OPUS = CodecInfo(
+    mime_type="audio/opus",
+    clock_rate=48000,
+    channels=2,
+    parameters={},
+    payload_type=111,
+    rtx_payload_type=0,
+    nack=False,
+)
+
+
+def rtp(seq: int) -> bytes:
+    return struct.pack("!BBHII", 0x80, 111, seq & 0xFFFF, seq * 960, 0x1234) + b"opus"
+
+
+def setup() -> tuple[Publication, Subscription, list[bytes]]:
+    counters = NodeCounters()
+    pub = Publication(
+        participant_id="p",
+        kind="audio",
+        source="microphone",
+        mid="0",
+        codec=OPUS,
+        ssrc=0x1234,
+        rtx_ssrc=None,
+        audio_level_id=0,
+        cache_size=64,
+        counters=counters,
+        send_rtcp=lambda data: True,
+        rtcp_ssrc=1,
+        pli_throttle_s=1.0,
+    )
+    sent: list[bytes] = []
+
+    def send(data: bytes) -> bool:
+        sent.append(data)
+        return True
+
+    sub = Subscription(pub, send_rtp=send, counters=counters)
+    sub.start(
+        mid="0", ssrc=0x5678, rtx_ssrc=0, payload_type=111, rtx_payload_type=0, ext=ExtensionIds()
+    )
+    return pub, sub, sent
+
+
+def report(sent: list[bytes], lost: int) -> ReportBlock:
+    """What the subscriber reports after receiving all but `lost` of what it was sent."""
+    highest = struct.unpack_from("!H", sent[-1], 2)[0]
+    return ReportBlock(
+        ssrc=0x5678,
+        fraction_lost=0,
+        packets_lost=lost,
+        highest_seq=highest,
+        jitter=0,
+        lsr=0,
+        dlsr=0,
+    )
+
+
+def test_upstream_gaps_are_not_the_downlinks_loss() -> None:
+    pub, sub, sent = setup()
+    for seq in range(100, 150):
+        pub.on_rtp(rtp(seq), 0.0)
+    sub.on_report(report(sent, 0))
+    # The publisher's uplink loses 1 packet in 4; the downlink itself loses nothing. The
+    # subscriber counts the forwarded gaps as lost (the numbering keeps them).
+    for seq in range(150, 250):
+        if seq % 4:
+            pub.on_rtp(rtp(seq), 0.0)
+    sub.on_report(report(sent, 25))
+    assert sub.own_expected == 75 and sub.own_lost == 0
+    # Now the downlink loses 15 of the next 75 forwarded packets as well.
+    for seq in range(250, 350):
+        if seq % 4:
+            pub.on_rtp(rtp(seq), 0.0)
+    sub.on_report(report(sent, 25 + 25 + 15))
+    assert sub.own_expected == 150 and sub.own_lost == 15
+
+
+def test_a_lossless_uplink_charges_every_lost_packet_to_the_downlink() -> None:
+    pub, sub, sent = setup()
+    for seq in range(0, 40):
+        pub.on_rtp(rtp(seq), 0.0)
+    sub.on_report(report(sent, 0))
+    for seq in range(40, 140):
+        pub.on_rtp(rtp(seq), 0.0)
+    sub.on_report(report(sent, 30))
+    assert sub.own_expected == 100 and sub.own_lost == 30
+
+
+def test_after_a_change_a_report_straddling_it_is_not_counted() -> None:
+    pub, sub, sent = setup()
+    for seq in range(0, 50):
+        pub.on_rtp(rtp(seq), 0.0)
+    sub.on_report(report(sent, 0))
+    for seq in range(50, 100):
+        pub.on_rtp(rtp(seq), 0.0)
+    # What flows changes here (video shed, say); the report covering 50-99 arrives after it,
+    # with the loss of the congestion before: it must not judge the new state.
+    sub.count_loss_from_now()
+    for seq in range(100, 150):
+        pub.on_rtp(rtp(seq), 0.0)
+    sub.on_report(report(sent, 20))  # 20 lost in 50-149: all may be 50-99's
+    assert sub.own_expected == 50 and sub.own_lost == 0
+    for seq in range(150, 200):
+        pub.on_rtp(rtp(seq), 0.0)
+    sub.on_report(report(sent, 21))  # the next window lies wholly after the change
+    assert sub.own_expected == 100 and sub.own_lost == 1
+
+
+def test_a_report_straddling_a_change_counts_the_losses_that_must_follow_it() -> None:
+    pub, sub, sent = setup()
+    for seq in range(0, 50):
+        pub.on_rtp(rtp(seq), 0.0)
+    sub.on_report(report(sent, 0))
+    for seq in range(50, 100):
+        pub.on_rtp(rtp(seq), 0.0)
+    sub.count_loss_from_now()
+    for seq in range(100, 150):
+        pub.on_rtp(rtp(seq), 0.0)
+    # 70 lost in 50-149: at most 50 of them before the change, so at least 20 after it (a
+    # link that stays short after the change keeps showing, even when reports are scarce).
+    sub.on_report(report(sent, 70))
+    assert sub.own_expected == 50 and sub.own_lost == 20
