@@ -62,25 +62,21 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _run_against(port: int, api_key: str, secret: str, out: Path, *extra: str) -> list[str]:
+    """`loadtest run -n 1` against the node at 127.0.0.1:`port` (`extra`: more options)."""
+    return [
+        *LOADTEST,
+        *("run", "-n", "1", "--url", f"http://127.0.0.1:{port}"),
+        *("--api-key", api_key, "--token-secret", secret),
+        *extra,
+        *("--out", str(out)),
+    ]
+
+
 def test_unreachable_url_is_a_clear_error(tmp_path: Path) -> None:
     port = _free_port()
     proc = subprocess.run(
-        [
-            *LOADTEST,
-            "run",
-            "-n",
-            "1",
-            "--url",
-            f"http://127.0.0.1:{port}",
-            "--api-key",
-            "k",
-            "--token-secret",
-            "s",
-            "--duration",
-            "2",
-            "--out",
-            str(tmp_path),
-        ],
+        _run_against(port, "k", "s", tmp_path, "--duration", "2"),
         capture_output=True,
         text=True,
         timeout=60,
@@ -126,22 +122,7 @@ def test_refused_tokens_end_with_an_error_and_a_report(tmp_path: Path) -> None:
     node = _start_node(port)
     try:
         proc = subprocess.run(
-            [
-                *LOADTEST,
-                "run",
-                "-n",
-                "1",
-                "--url",
-                f"http://127.0.0.1:{port}",
-                "--api-key",
-                "key",
-                "--token-secret",
-                "wrong-secret",
-                "--duration",
-                "2",
-                "--out",
-                str(tmp_path),
-            ],
+            _run_against(port, "key", "wrong-secret", tmp_path, "--duration", "2"),
             capture_output=True,
             text=True,
             timeout=90,
@@ -161,26 +142,13 @@ def test_a_node_dying_mid_run_ends_the_run_with_an_error_and_a_report(tmp_path: 
     node = _start_node(port)
     try:
         run = subprocess.Popen(
-            [
-                *LOADTEST,
-                "run",
-                "-n",
-                "1",
-                "--url",
-                f"http://127.0.0.1:{port}",
-                "--api-key",
+            _run_against(
+                port,
                 "key",
-                "--token-secret",
                 "right-secret",
-                "--node-pid",
-                str(node.pid),
-                "--warmup",
-                "1",
-                "--duration",
-                "120",
-                "--out",
-                str(tmp_path),
-            ],
+                tmp_path,
+                *("--node-pid", str(node.pid), "--warmup", "1", "--duration", "120"),
+            ),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
