@@ -198,6 +198,32 @@ def _used_subnets() -> set[int]:
     return {int(m) for m in re.findall(r"inet 10\.77\.(\d+)\.", out)}
 
 
+def add_veth(ns: NetNS, host_if: str, outside: str, ns_if: str, inside: str) -> None:
+    """Join `ns` to the host by a veth pair, both ends up: `host_if` on the host with address
+    `outside`/24, `ns_if` inside `ns` with `inside`/24 (VethNS, and tests/shaping.py's links).
+
+    Deleting either end (or the namespace) deletes the pair. On failure no end is left, and the
+    RuntimeError names the `ip` command that failed and what it said.
+    """
+
+    def ip(*args: str) -> None:
+        done = _run([IP, *args], check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"{IP} {' '.join(args)} failed: {done.stderr.strip()}")
+
+    ip("link", "add", host_if, "type", "veth", "peer", "name", ns_if)
+    try:
+        ip("link", "set", ns_if, "netns", ns.name)
+        ip("addr", "add", f"{outside}/24", "dev", host_if)
+        ip("link", "set", host_if, "up")
+        ip("-n", ns.name, "addr", "add", f"{inside}/24", "dev", ns_if)
+        ip("-n", ns.name, "link", "set", ns_if, "up")
+    except BaseException:
+        with contextlib.suppress(subprocess.SubprocessError, OSError):
+            _run([IP, "link", "delete", host_if], check=False)
+        raise
+
+
 class VethNS(NetNS):
     """A namespace joined to the host by a veth pair: `outside` (host side) and `inside`.
 
@@ -222,12 +248,7 @@ class VethNS(NetNS):
             if octet is None:
                 raise RuntimeError("no free 10.77.X.0/24 subnet for the veth pair")
             self.outside, self.inside = f"10.77.{octet}.1", f"10.77.{octet}.2"
-            _run([IP, "link", "add", self.host_if, "type", "veth", "peer", "name", self.ns_if])
-            _run([IP, "link", "set", self.ns_if, "netns", self.name])
-            _run([IP, "addr", "add", f"{self.outside}/24", "dev", self.host_if])
-            _run([IP, "link", "set", self.host_if, "up"])
-            _run([IP, "-n", self.name, "addr", "add", f"{self.inside}/24", "dev", self.ns_if])
-            _run([IP, "-n", self.name, "link", "set", self.ns_if, "up"])
+            add_veth(self, self.host_if, self.outside, self.ns_if, self.inside)
         except BaseException:
             self.close()
             raise

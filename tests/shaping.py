@@ -14,6 +14,7 @@ sends it (`tbf`); no `ifb` is needed for ingress shaping. Loss is an nftables `n
 on the ingress hook of each end: a drop in a local output chain would return EPERM to the
 sending socket instead of losing the packet. `close()` deletes the veth (both ends, their
 qdiscs) and the host-side table even when a test failed; the namespace itself is `NetNS`'s.
+The pair is made by `add_veth`, as for the load test's `VethNS`.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import uuid
 from collections.abc import Sequence
 from types import TracebackType
 
-from .netns import IP, NetNS, netns_available
+from .netns import IP, NetNS, add_veth, netns_available
 
 NFT = "nft"
 TC = "tc"
@@ -68,14 +69,9 @@ class ShapedLink:
 
     # -- lifecycle -----------------------------------------------------------------------------
     def create(self) -> ShapedLink:
-        _run([IP, "link", "add", self.host_dev, "type", "veth", "peer", "name", self.client_dev])
+        add_veth(self.ns, self.host_dev, self.host_ip, self.client_dev, self.client_ip)
         self._created = True
         try:
-            _run([IP, "link", "set", self.client_dev, "netns", self.ns.name])
-            _run([IP, "addr", "add", f"{self.host_ip}/24", "dev", self.host_dev])
-            _run([IP, "link", "set", self.host_dev, "up"])
-            self._in_ns([IP, "addr", "add", f"{self.client_ip}/24", "dev", self.client_dev])
-            self._in_ns([IP, "link", "set", self.client_dev, "up"])
             for host_side in (True, False):
                 self._nft(
                     host_side,
