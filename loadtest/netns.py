@@ -27,7 +27,7 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 IP = "ip"
 PR_SET_PDEATHSIG = 1
@@ -83,7 +83,29 @@ def _run(args: Sequence[str], *, check: bool = True) -> subprocess.CompletedProc
     return subprocess.run(list(args), check=check, capture_output=True, text=True, timeout=30)
 
 
-class NetNS:
+class CreateClose:
+    """Something set up by `create()` (which returns it) and torn down by `close()`; as a context
+    manager, created on entry and closed on exit, even when the block failed."""
+
+    def create(self) -> Self:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self.create()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class NetNS(CreateClose):
     """One loopback-only network namespace with a unique name, owning its processes."""
 
     def __init__(self, prefix: str = "consult") -> None:
@@ -94,7 +116,7 @@ class NetNS:
         self._created = False
 
     # -- lifecycle -----------------------------------------------------------------
-    def create(self) -> NetNS:
+    def create(self) -> Self:
         remove_stale(self.prefix)
         _run([IP, "netns", "add", self.name])
         self._created = True
@@ -121,17 +143,6 @@ class NetNS:
         with contextlib.suppress(subprocess.SubprocessError, OSError):
             _run([IP, "netns", "delete", self.name], check=False)
         self._created = False
-
-    def __enter__(self) -> NetNS:
-        return self.create()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # -- running things inside ---------------------------------------------------------
     def cmd(self, args: Sequence[str]) -> list[str]:
@@ -240,7 +251,7 @@ class VethNS(NetNS):
         self.host_if = f"lt{tag}o"
         self.ns_if = f"lt{tag}i"
 
-    def create(self) -> VethNS:
+    def create(self) -> Self:
         super().create()
         try:
             used = _used_subnets()
@@ -253,9 +264,6 @@ class VethNS(NetNS):
             self.close()
             raise
         return self
-
-    def __enter__(self) -> VethNS:
-        return self.create()
 
     def close(self) -> None:
         super().close()

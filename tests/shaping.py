@@ -25,9 +25,9 @@ import shutil
 import subprocess
 import uuid
 from collections.abc import Sequence
-from types import TracebackType
+from typing import Self
 
-from .netns import IP, NetNS, add_veth, netns_available
+from .netns import IP, CreateClose, NetNS, add_veth, netns_available
 
 NFT = "nft"
 TC = "tc"
@@ -52,7 +52,7 @@ def _run(args: Sequence[str], *, check: bool = True, stdin: str | None = None) -
     return done.stdout
 
 
-class ShapedLink:
+class ShapedLink(CreateClose):
     """A veth pair host <-> `ns`, with rate caps, random loss and outages on demand."""
 
     def __init__(self, ns: NetNS) -> None:
@@ -68,7 +68,7 @@ class ShapedLink:
         self._created = False
 
     # -- lifecycle -----------------------------------------------------------------------------
-    def create(self) -> ShapedLink:
+    def create(self) -> Self:
         add_veth(self.ns, self.host_dev, self.host_ip, self.client_dev, self.client_ip)
         self._created = True
         try:
@@ -94,17 +94,6 @@ class ShapedLink:
             _run([NFT, "delete", "table", "netdev", self.table], check=False)
         with contextlib.suppress(Exception):
             _run([IP, "link", "del", self.host_dev], check=False)
-
-    def __enter__(self) -> ShapedLink:
-        return self.create()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # -- impairments ---------------------------------------------------------------------------
     def rate(self, kbps: int | None, *, latency_ms: int = 100) -> None:
