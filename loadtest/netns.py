@@ -27,7 +27,7 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 IP = "ip"
 PR_SET_PDEATHSIG = 1
@@ -83,7 +83,29 @@ def _run(args: Sequence[str], *, check: bool = True) -> subprocess.CompletedProc
     return subprocess.run(list(args), check=check, capture_output=True, text=True, timeout=30)
 
 
-class NetNS:
+class CreateClose:
+    """Something set up by `create()` (which returns it) and torn down by `close()`; as a context
+    manager, created on entry and closed on exit, even when the block failed."""
+
+    def create(self) -> Self:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self.create()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class NetNS(CreateClose):
     """One loopback-only network namespace with a unique name, owning its processes."""
 
     def __init__(self, prefix: str = "consult") -> None:
@@ -94,7 +116,7 @@ class NetNS:
         self._created = False
 
     # -- lifecycle -----------------------------------------------------------------
-    def create(self) -> NetNS:
+    def create(self) -> Self:
         remove_stale(self.prefix)
         _run([IP, "netns", "add", self.name])
         self._created = True
@@ -121,17 +143,6 @@ class NetNS:
         with contextlib.suppress(subprocess.SubprocessError, OSError):
             _run([IP, "netns", "delete", self.name], check=False)
         self._created = False
-
-    def __enter__(self) -> NetNS:
-        return self.create()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # -- running things inside ---------------------------------------------------------
     def cmd(self, args: Sequence[str]) -> list[str]:
@@ -198,6 +209,32 @@ def _used_subnets() -> set[int]:
     return {int(m) for m in re.findall(r"inet 10\.77\.(\d+)\.", out)}
 
 
+def add_veth(ns: NetNS, host_if: str, outside: str, ns_if: str, inside: str) -> None:
+    """Join `ns` to the host by a veth pair, both ends up: `host_if` on the host with address
+    `outside`/24, `ns_if` inside `ns` with `inside`/24 (VethNS, and tests/shaping.py's links).
+
+    Deleting either end (or the namespace) deletes the pair. On failure no end is left, and the
+    RuntimeError names the `ip` command that failed and what it said.
+    """
+
+    def ip(*args: str) -> None:
+        done = _run([IP, *args], check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"{IP} {' '.join(args)} failed: {done.stderr.strip()}")
+
+    ip("link", "add", host_if, "type", "veth", "peer", "name", ns_if)
+    try:
+        ip("link", "set", ns_if, "netns", ns.name)
+        ip("addr", "add", f"{outside}/24", "dev", host_if)
+        ip("link", "set", host_if, "up")
+        ip("-n", ns.name, "addr", "add", f"{inside}/24", "dev", ns_if)
+        ip("-n", ns.name, "link", "set", ns_if, "up")
+    except BaseException:
+        with contextlib.suppress(subprocess.SubprocessError, OSError):
+            _run([IP, "link", "delete", host_if], check=False)
+        raise
+
+
 class VethNS(NetNS):
     """A namespace joined to the host by a veth pair: `outside` (host side) and `inside`.
 
@@ -214,7 +251,7 @@ class VethNS(NetNS):
         self.host_if = f"lt{tag}o"
         self.ns_if = f"lt{tag}i"
 
-    def create(self) -> VethNS:
+    def create(self) -> Self:
         super().create()
         try:
             used = _used_subnets()
@@ -222,19 +259,11 @@ class VethNS(NetNS):
             if octet is None:
                 raise RuntimeError("no free 10.77.X.0/24 subnet for the veth pair")
             self.outside, self.inside = f"10.77.{octet}.1", f"10.77.{octet}.2"
-            _run([IP, "link", "add", self.host_if, "type", "veth", "peer", "name", self.ns_if])
-            _run([IP, "link", "set", self.ns_if, "netns", self.name])
-            _run([IP, "addr", "add", f"{self.outside}/24", "dev", self.host_if])
-            _run([IP, "link", "set", self.host_if, "up"])
-            _run([IP, "-n", self.name, "addr", "add", f"{self.inside}/24", "dev", self.ns_if])
-            _run([IP, "-n", self.name, "link", "set", self.ns_if, "up"])
+            add_veth(self, self.host_if, self.outside, self.ns_if, self.inside)
         except BaseException:
             self.close()
             raise
         return self
-
-    def __enter__(self) -> VethNS:
-        return self.create()
 
     def close(self) -> None:
         super().close()

@@ -21,6 +21,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -51,23 +52,20 @@ class Target:
         return None
 
     def cpu_s(self) -> float | None:
-        pids = self.pids()
-        if not pids:
-            return None
-        total = 0.0
-        for pid in pids:
-            with contextlib.suppress(OSError):
-                total += proc_cpu(pid)
-        return total
+        return self._sum_over_pids(proc_cpu)
 
     def rss_mb(self) -> float | None:
+        return self._sum_over_pids(proc_rss_mb)
+
+    def _sum_over_pids(self, read: Callable[[int], float]) -> float | None:
+        """`read` summed over the target's processes (one that has gone counts 0), or None."""
         pids = self.pids()
         if not pids:
             return None
         total = 0.0
         for pid in pids:
             with contextlib.suppress(OSError):
-                total += proc_rss_mb(pid)
+                total += read(pid)
         return total
 
     def close(self) -> None:

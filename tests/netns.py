@@ -1,7 +1,7 @@
 """The `netns` pytest fixture over `loadtest.netns` (network namespaces for real peers).
 
 The namespace helpers live in `loadtest/netns.py` (`compat run` and the load test use them
-at run time); tests import `NetNS`, `VethNS`, `netns_available` and `remove_stale` from here.
+at run time); tests import them from here (`__all__`).
 """
 
 from __future__ import annotations
@@ -10,9 +10,26 @@ from collections.abc import Iterator
 
 import pytest
 
-from loadtest.netns import IP, NetNS, VethNS, netns_available, remove_stale
+from loadtest.netns import (
+    IP,
+    CreateClose,
+    NetNS,
+    VethNS,
+    add_veth,
+    netns_available,
+    remove_stale,
+)
 
-__all__ = ["IP", "NetNS", "VethNS", "netns", "netns_available", "remove_stale"]
+__all__ = [
+    "IP",
+    "CreateClose",
+    "NetNS",
+    "VethNS",
+    "add_veth",
+    "netns",
+    "netns_available",
+    "remove_stale",
+]
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ sends it (`tbf`); no `ifb` is needed for ingress shaping. Loss is an nftables `n
 on the ingress hook of each end: a drop in a local output chain would return EPERM to the
 sending socket instead of losing the packet. `close()` deletes the veth (both ends, their
 qdiscs) and the host-side table even when a test failed; the namespace itself is `NetNS`'s.
+The pair is made by `add_veth`, as for the load test's `VethNS`.
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ import shutil
 import subprocess
 import uuid
 from collections.abc import Sequence
-from types import TracebackType
+from typing import Self
 
-from .netns import IP, NetNS, netns_available
+from .netns import IP, CreateClose, NetNS, add_veth, netns_available
 
 NFT = "nft"
 TC = "tc"
@@ -51,7 +52,7 @@ def _run(args: Sequence[str], *, check: bool = True, stdin: str | None = None) -
     return done.stdout
 
 
-class ShapedLink:
+class ShapedLink(CreateClose):
     """A veth pair host <-> `ns`, with rate caps, random loss and outages on demand."""
 
     def __init__(self, ns: NetNS) -> None:
@@ -67,15 +68,10 @@ class ShapedLink:
         self._created = False
 
     # -- lifecycle -----------------------------------------------------------------------------
-    def create(self) -> ShapedLink:
-        _run([IP, "link", "add", self.host_dev, "type", "veth", "peer", "name", self.client_dev])
+    def create(self) -> Self:
+        add_veth(self.ns, self.host_dev, self.host_ip, self.client_dev, self.client_ip)
         self._created = True
         try:
-            _run([IP, "link", "set", self.client_dev, "netns", self.ns.name])
-            _run([IP, "addr", "add", f"{self.host_ip}/24", "dev", self.host_dev])
-            _run([IP, "link", "set", self.host_dev, "up"])
-            self._in_ns([IP, "addr", "add", f"{self.client_ip}/24", "dev", self.client_dev])
-            self._in_ns([IP, "link", "set", self.client_dev, "up"])
             for host_side in (True, False):
                 self._nft(
                     host_side,
@@ -98,17 +94,6 @@ class ShapedLink:
             _run([NFT, "delete", "table", "netdev", self.table], check=False)
         with contextlib.suppress(Exception):
             _run([IP, "link", "del", self.host_dev], check=False)
-
-    def __enter__(self) -> ShapedLink:
-        return self.create()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # -- impairments ---------------------------------------------------------------------------
     def rate(self, kbps: int | None, *, latency_ms: int = 100) -> None:

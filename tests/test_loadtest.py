@@ -14,7 +14,10 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from tests.netns import netns_available
 
@@ -62,25 +65,21 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _run_against(port: int, api_key: str, secret: str, out: Path, *extra: str) -> list[str]:
+    """`loadtest run -n 1` against the node at 127.0.0.1:`port` (`extra`: more options)."""
+    return [
+        *LOADTEST,
+        *("run", "-n", "1", "--url", f"http://127.0.0.1:{port}"),
+        *("--api-key", api_key, "--token-secret", secret),
+        *extra,
+        *("--out", str(out)),
+    ]
+
+
 def test_unreachable_url_is_a_clear_error(tmp_path: Path) -> None:
     port = _free_port()
     proc = subprocess.run(
-        [
-            *LOADTEST,
-            "run",
-            "-n",
-            "1",
-            "--url",
-            f"http://127.0.0.1:{port}",
-            "--api-key",
-            "k",
-            "--token-secret",
-            "s",
-            "--duration",
-            "2",
-            "--out",
-            str(tmp_path),
-        ],
+        _run_against(port, "k", "s", tmp_path, "--duration", "2"),
         capture_output=True,
         text=True,
         timeout=60,
@@ -88,6 +87,19 @@ def test_unreachable_url_is_a_clear_error(tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert "cannot reach the node" in proc.stdout
     assert "cannot reach the node" in json.loads((tmp_path / "run.json").read_text())["error"]
+
+
+@pytest.fixture
+def node() -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
+    """Our node on a free loopback port (API key `key`, token secret `right-secret`): the port
+    and the process, killed after the test whatever happened."""
+    port = _free_port()
+    proc = _start_node(port)
+    try:
+        yield port, proc
+    finally:
+        proc.kill()
+        proc.wait(10)
 
 
 def _start_node(port: int) -> subprocess.Popen[bytes]:
@@ -121,87 +133,53 @@ def _start_node(port: int) -> subprocess.Popen[bytes]:
             time.sleep(0.2)
 
 
-def test_refused_tokens_end_with_an_error_and_a_report(tmp_path: Path) -> None:
-    port = _free_port()
-    node = _start_node(port)
-    try:
-        proc = subprocess.run(
-            [
-                *LOADTEST,
-                "run",
-                "-n",
-                "1",
-                "--url",
-                f"http://127.0.0.1:{port}",
-                "--api-key",
-                "key",
-                "--token-secret",
-                "wrong-secret",
-                "--duration",
-                "2",
-                "--out",
-                str(tmp_path),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=90,
-        )
-        assert proc.returncode == 1, proc.stdout + proc.stderr
-        report = json.loads((tmp_path / "run.json").read_text())
-        assert "join refused" in report["error"]
-        assert report["consultation_results"][0]["reasons"]
-        assert node.poll() is None  # the node is still up
-    finally:
-        node.terminate()
-        node.wait(10)
+def test_refused_tokens_end_with_an_error_and_a_report(
+    tmp_path: Path, node: tuple[int, subprocess.Popen[bytes]]
+) -> None:
+    port, proc_node = node
+    proc = subprocess.run(
+        _run_against(port, "key", "wrong-secret", tmp_path, "--duration", "2"),
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    report = json.loads((tmp_path / "run.json").read_text())
+    assert "join refused" in report["error"]
+    assert report["consultation_results"][0]["reasons"]
+    assert proc_node.poll() is None  # the node is still up
 
 
-def test_a_node_dying_mid_run_ends_the_run_with_an_error_and_a_report(tmp_path: Path) -> None:
-    port = _free_port()
-    node = _start_node(port)
-    try:
-        run = subprocess.Popen(
-            [
-                *LOADTEST,
-                "run",
-                "-n",
-                "1",
-                "--url",
-                f"http://127.0.0.1:{port}",
-                "--api-key",
-                "key",
-                "--token-secret",
-                "right-secret",
-                "--node-pid",
-                str(node.pid),
-                "--warmup",
-                "1",
-                "--duration",
-                "120",
-                "--out",
-                str(tmp_path),
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        # Fault injection, not a timed assertion: wait until media flows on every stream (the
-        # harness counts a consultation joined at the first packet of all four; the first
-        # forwarded packet alone raced it), then kill the node.
-        deadline = time.monotonic() + 60
-        while True:
-            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
-            m = re.search(rb"^consult_media_packets_forwarded_total ([0-9.e+]+)$", text, re.M)
-            if m is not None and float(m.group(1)) > 1000:
-                break
-            assert time.monotonic() < deadline, "no media flowed"
-            time.sleep(0.5)
-        node.kill()
-        out, _ = run.communicate(timeout=90)
-        assert run.returncode == 1, out
-        report = json.loads((tmp_path / "run.json").read_text())
-        assert "exited" in report["error"] or "stopped answering" in report["error"], report
-        assert report["joined"] == 1  # what was measured before is kept
-    finally:
-        node.kill()
-        node.wait(10)
+def test_a_node_dying_mid_run_ends_the_run_with_an_error_and_a_report(
+    tmp_path: Path, node: tuple[int, subprocess.Popen[bytes]]
+) -> None:
+    port, proc_node = node
+    run = subprocess.Popen(
+        _run_against(
+            port,
+            "key",
+            "right-secret",
+            tmp_path,
+            *("--node-pid", str(proc_node.pid), "--warmup", "1", "--duration", "120"),
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    # Fault injection, not a timed assertion: wait until media flows on every stream (the
+    # harness counts a consultation joined at the first packet of all four; the first
+    # forwarded packet alone raced it), then kill the node.
+    deadline = time.monotonic() + 60
+    while True:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+        m = re.search(rb"^consult_media_packets_forwarded_total ([0-9.e+]+)$", text, re.M)
+        if m is not None and float(m.group(1)) > 1000:
+            break
+        assert time.monotonic() < deadline, "no media flowed"
+        time.sleep(0.5)
+    proc_node.kill()
+    out, _ = run.communicate(timeout=90)
+    assert run.returncode == 1, out
+    report = json.loads((tmp_path / "run.json").read_text())
+    assert "exited" in report["error"] or "stopped answering" in report["error"], report
+    assert report["joined"] == 1  # what was measured before is kept

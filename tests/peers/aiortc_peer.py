@@ -20,6 +20,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +32,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from compat.synth import BarsTrack, ToneTrack
 from signaling.client import ConsultClient
 
-# The test namespace holds only `lo`, which aioice skips: gather on loopback.
-aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"]
-
 log = logging.getLogger("aiortc_peer")
 VIDEO_RATE = 90000
 AUDIO_RATE = 48000
@@ -43,11 +41,15 @@ def report(event: str, **fields: Any) -> None:
     print(json.dumps({"event": event, "t": round(time.monotonic(), 3), **fields}), flush=True)
 
 
-class Peer:
-    """The patient: ConsultClient plus frame counting and JSON reports."""
+class DecodingPeer:
+    """A ConsultClient that decodes and counts every track the server forwards to it.
 
-    def __init__(self, base_url: str, token: str) -> None:
-        self.client = ConsultClient(base_url, codecs=["VP8"])
+    Shared by this peer and tests/peers/shaped_peer.py; `_run` (joining, publishing, reports)
+    is each one's own.
+    """
+
+    def __init__(self, client: ConsultClient, token: str) -> None:
+        self.client = client
         self.token = token
         self.frames = {"audio": 0, "video": 0}
         self._consumed: set[int] = set()
@@ -61,8 +63,43 @@ class Peer:
         finally:
             for task in self._tasks:
                 task.cancel()
-            self._report_stats()
+            self._stopping()
             await self.client.close()
+
+    async def _run(self) -> int:
+        raise NotImplementedError
+
+    def _stopping(self) -> None:
+        """Called once the run ends, before the client closes."""
+
+    def _new_track(self, participant: str, source: str, track: MediaStreamTrack) -> None:
+        """Called once for each new remote track, before it is consumed."""
+
+    def _consume_new_tracks(self) -> None:
+        for (participant, source), track in list(self.client.remote_tracks.items()):
+            if id(track) in self._consumed:
+                continue
+            self._consumed.add(id(track))
+            self._new_track(participant, source, track)
+            self._spawn(self._consume(track))
+
+    async def _consume(self, track: MediaStreamTrack) -> None:
+        with contextlib.suppress(MediaStreamError):
+            while True:
+                await track.recv()
+                self.frames[track.kind] += 1
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+class Peer(DecodingPeer):
+    """The patient: ConsultClient plus frame counting and JSON reports."""
+
+    def __init__(self, base_url: str, token: str) -> None:
+        super().__init__(ConsultClient(base_url, codecs=["VP8"]), token)
 
     async def _run(self) -> int:
         c = self.client
@@ -92,21 +129,11 @@ class Peer:
         report("closed", state=c.state, code=c.close_code)
         return 0 if c.state in ("left", "ended") else 1
 
-    def _consume_new_tracks(self) -> None:
-        for (participant, source), track in list(self.client.remote_tracks.items()):
-            if id(track) in self._consumed:
-                continue
-            self._consumed.add(id(track))
-            report("track", participant=participant, source=source, kind=track.kind)
-            task = asyncio.create_task(self._consume(track))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+    def _stopping(self) -> None:
+        self._report_stats()
 
-    async def _consume(self, track: MediaStreamTrack) -> None:
-        with contextlib.suppress(MediaStreamError):
-            while True:
-                await track.recv()
-                self.frames[track.kind] += 1
+    def _new_track(self, participant: str, source: str, track: MediaStreamTrack) -> None:
+        report("track", participant=participant, source=source, kind=track.kind)
 
     def _report_stats(self) -> None:
         report("stats", video_frames=self.frames["video"], audio_frames=self.frames["audio"])
@@ -119,6 +146,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=120.0, help="stop after this long")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+    # The test namespace holds only `lo`, which aioice skips: gather on loopback.
+    aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"]
     try:
         return asyncio.run(Peer(args.url, args.token).run(args.seconds))
     except Exception as exc:

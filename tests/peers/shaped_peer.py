@@ -13,54 +13,28 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import logging
 import sys
-import time
 from pathlib import Path
-from typing import Any
 
-import aioice.ice
-from aiortc import MediaStreamTrack
 from aiortc.codecs.opus import OpusEncoder
-from aiortc.mediastreams import MediaStreamError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-_host_addresses = aioice.ice.get_host_addresses
-from aiortc_peer import BarsTrack, ToneTrack  # noqa: E402
+# Only aiortc_peer's main() gathers on loopback; this namespace has the veth: aioice's default.
+from aiortc_peer import DecodingPeer, report
 
-from signaling.client import ConsultClient  # noqa: E402
-
-# aiortc_peer gathers on loopback only (its namespace has nothing else); ours has the veth.
-aioice.ice.get_host_addresses = _host_addresses
+from compat.synth import BarsTrack, ToneTrack
+from signaling.client import ConsultClient
 
 log = logging.getLogger("shaped_peer")
 
 
-def report(event: str, **fields: Any) -> None:
-    print(json.dumps({"event": event, "t": round(time.monotonic(), 3), **fields}), flush=True)
-
-
-class Patient:
+class Patient(DecodingPeer):
     def __init__(self, url: str, token: str) -> None:
-        self.client = ConsultClient(url, codecs=["VP8"], auto_reconnect=True)
-        self.token = token
-        self.frames = {"audio": 0, "video": 0}
-        self._consumed: set[int] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
+        super().__init__(ConsultClient(url, codecs=["VP8"], auto_reconnect=True), token)
         self._seen = 0
-
-    async def run(self, seconds: float) -> int:
-        try:
-            return await asyncio.wait_for(self._run(), seconds)
-        except TimeoutError:
-            return 0
-        finally:
-            for task in self._tasks:
-                task.cancel()
-            await self.client.close()
 
     async def _run(self) -> int:
         c = self.client
@@ -109,24 +83,6 @@ class Patient:
                     report("chat-sent", text=cmd["text"])
             except Exception as exc:
                 report("error", message=repr(exc))
-
-    def _consume_new_tracks(self) -> None:
-        for (_participant, _source), track in list(self.client.remote_tracks.items()):
-            if id(track) in self._consumed:
-                continue
-            self._consumed.add(id(track))
-            self._spawn(self._consume(track))
-
-    async def _consume(self, track: MediaStreamTrack) -> None:
-        with contextlib.suppress(MediaStreamError):
-            while True:
-                await track.recv()
-                self.frames[track.kind] += 1
-
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
 
 def main() -> int:
