@@ -168,26 +168,35 @@ class _ResumeEntry:
 class ResumeTokens:
     """Opaque random resume tokens, each bound to one participant.
 
-    A token is single-use: a successful resume consumes it and the participant gets a new one.
-    While the socket is attached the token does not expire; once the socket drops it expires
-    with the grace period (the participant is removed at the same moment).
+    Every `joined` carries a new token. A resume presents one: every *other* token of that
+    participant is revoked, and the presented one stays valid only until a newer one is
+    presented. So a `joined` reply lost with the socket it was sent on (a network that drops
+    again at once) costs nothing: the client resumes again with the token it has, instead of
+    joining afresh (for a patient: back into the waiting room). While the socket is attached the
+    tokens do not expire; once it drops they expire with the grace period (the participant is
+    removed at the same moment).
     """
 
     def __init__(self) -> None:
         self._entries: dict[str, _ResumeEntry] = {}
-        self._by_participant: dict[str, str] = {}
+        # participant id -> [last presented token or "", last issued token or ""]
+        self._by_participant: dict[str, list[str]] = {}
+
+    def _tokens(self, participant_id: str) -> list[str]:
+        return [t for t in self._by_participant.get(participant_id, []) if t]
 
     def issue(self, room: str, participant_id: str) -> str:
-        self.revoke(participant_id)
+        """A new token for `joined`; it supersedes the last issued one (never presented)."""
+        pair = self._by_participant.setdefault(participant_id, ["", ""])
+        self._entries.pop(pair[1], None)
         token = secrets.token_urlsafe(24)
         self._entries[token] = _ResumeEntry(room, participant_id, None)
-        self._by_participant[participant_id] = token
+        pair[1] = token
         return token
 
     def start_expiry(self, participant_id: str, ttl_s: float, now: float | None = None) -> None:
-        token = self._by_participant.get(participant_id)
-        if token is not None:
-            now = time.monotonic() if now is None else now
+        now = time.monotonic() if now is None else now
+        for token in self._tokens(participant_id):
             self._entries[token].expires_at = now + ttl_s
 
     def peek(self, token: str, room: str, now: float | None = None) -> str | None:
@@ -203,15 +212,19 @@ class ResumeTokens:
         return entry.participant_id
 
     def consume(self, token: str, room: str, now: float | None = None) -> str | None:
-        """Return the participant id the token is bound to and invalidate the token, or None."""
+        """A resume presents `token`: the participant id it is bound to, or None. The
+        participant's other tokens are revoked; this one stays until a newer one is presented."""
         pid = self.peek(token, room, now)
         if pid is not None:
-            self.revoke(pid)
+            for other in self._tokens(pid):
+                if other != token:
+                    self._entries.pop(other, None)
+            self._by_participant[pid] = [token, ""]
+            self._entries[token].expires_at = None
         return pid
 
     def revoke(self, participant_id: str) -> None:
-        token = self._by_participant.pop(participant_id, None)
-        if token is not None:
+        for token in self._by_participant.pop(participant_id, []):
             self._entries.pop(token, None)
 
     def __len__(self) -> int:

@@ -154,8 +154,8 @@ class ConsultClient:
         self.close_reason = ""
         heartbeat = self.heartbeat_s if self.auto_reconnect else None
         # Bounded: over a dead or saturated link the TCP handshake alone can hang for minutes.
-        # Once `join` is sent the reply is awaited (a resume token is single-use: an attempt
-        # abandoned after the server took it would make the next one a fresh join).
+        # Once `join` is sent the reply is awaited (should it be lost anyway, the server still
+        # takes the same resume token again: docs/protocol.md, "Resume").
         self.ws = await asyncio.wait_for(
             self._http.ws_connect(self.ws_url, autoping=True, heartbeat=heartbeat),
             DEFAULT_TIMEOUT_S,

@@ -107,21 +107,29 @@ def test_alg_none_refused() -> None:
         verify_token(f"{head}.{body}.", secret=SECRET)
 
 
-def test_resume_tokens_single_use_and_expiry() -> None:
+def test_resume_tokens_rotate_and_expire() -> None:
     tokens = ResumeTokens()
     t1 = tokens.issue("r1", "p1")
     assert tokens.consume(t1, "r2") is None  # other room: refused (and kept)
     assert tokens.peek(t1, "r1") == "p1"  # peeking keeps it
     assert tokens.consume(t1, "r1") == "p1"
-    assert tokens.consume(t1, "r1") is None  # single use
-    t2 = tokens.issue("r1", "p1")
-    t3 = tokens.issue("r1", "p1")  # a new one revokes the previous
-    assert tokens.consume(t2, "r1") is None
-    tokens.start_expiry("p1", 5.0, now=100.0)
-    assert tokens.consume(t3, "r1", now=106.0) is None
+    t2 = tokens.issue("r1", "p1")  # the resumed `joined` carries t2 ...
+    # ... and is lost with its socket: the client still has only t1, which still works.
+    assert tokens.consume(t1, "r1") == "p1"
+    t3 = tokens.issue("r1", "p1")
+    assert tokens.peek(t2, "r1") is None  # never presented, superseded
+    assert tokens.consume(t3, "r1") == "p1"  # the client got t3 and uses it:
+    assert tokens.peek(t1, "r1") is None  # from now on t1 is gone
     t4 = tokens.issue("r1", "p1")
+    t5 = tokens.issue("r1", "p1")  # a second `joined` with no resume between
+    assert tokens.peek(t4, "r1") is None and tokens.peek(t3, "r1") == "p1"
     tokens.start_expiry("p1", 5.0, now=100.0)
-    assert tokens.consume(t4, "r1", now=104.0) == "p1"
+    assert tokens.consume(t5, "r1", now=106.0) is None
+    assert tokens.consume(t3, "r1", now=106.0) is None  # the fallback expires too
+    t6 = tokens.issue("r1", "p1")
+    tokens.start_expiry("p1", 5.0, now=100.0)
+    assert tokens.consume(t6, "r1", now=104.0) == "p1"
+    tokens.revoke("p1")
     tokens.issue("r1", "p2")
     tokens.revoke("p2")
     assert len(tokens) == 0

@@ -261,14 +261,33 @@ async def test_resume_keeps_waiting_position(server: Server, clients: Clients) -
     assert knocks == [first.participant_id, second.participant_id]
 
 
-async def test_resume_token_single_use_and_bound(server: Server, clients: Clients) -> None:
+async def test_a_resume_whose_reply_was_lost_can_be_made_again(
+    server: Server, clients: Clients
+) -> None:
+    doctor, patient = await admitted_pair(server, clients)
+    pid, token = patient.participant_id, patient.resume_token
+    await patient.drop()
+    # The patient's next socket carries the resume, and dies before `joined` (with the new
+    # token) reaches it: `lost` stands for that socket.
+    lost = clients(server)
+    assert (await lost.connect(server.token("patient"), resume=token))["resumed"] is True
+    await lost.drop()
+    joined = await patient.resume()  # with the token it still has
+    assert joined["resumed"] is True and joined["participant"]["id"] == pid
+    assert joined["state"] == "admitted"  # not back in the waiting room
+    assert not doctor.received("participant-left")
+
+
+async def test_resume_token_superseded_and_bound(server: Server, clients: Clients) -> None:
     doctor = await join(server, clients, "doctor")
     stale = doctor.resume_token
     await doctor.drop()
     await doctor.resume()
+    await doctor.drop()
+    await doctor.resume()  # presents the token the first resume gave: `stale` is gone
     other = clients(server)
     joined = await other.connect(server.token("doctor"), resume=stale)
-    assert joined["resumed"] is False  # a used token gives a fresh join...
+    assert joined["resumed"] is False  # a superseded token gives a fresh join...
     assert await doctor.wait_closed() == 4006  # ...which replaces the user's old session
     thief = clients(server)
     joined = await thief.connect(
