@@ -71,67 +71,61 @@ def report(sent: list[bytes], lost: int) -> ReportBlock:
     )
 
 
+def feed(pub: Publication, first: int, end: int, *, drop_every: int = 0) -> None:
+    """The publisher's packets first..end-1 reach the node (but every `drop_every`-th)."""
+    for seq in range(first, end):
+        if not drop_every or seq % drop_every:
+            pub.on_rtp(rtp(seq), 0.0)
+
+
 def test_upstream_gaps_are_not_the_downlinks_loss() -> None:
     pub, sub, sent = setup()
-    for seq in range(100, 150):
-        pub.on_rtp(rtp(seq), 0.0)
+    feed(pub, 100, 150)
     sub.on_report(report(sent, 0))
     # The publisher's uplink loses 1 packet in 4; the downlink itself loses nothing. The
     # subscriber counts the forwarded gaps as lost (the numbering keeps them).
-    for seq in range(150, 250):
-        if seq % 4:
-            pub.on_rtp(rtp(seq), 0.0)
+    feed(pub, 150, 250, drop_every=4)
     sub.on_report(report(sent, 25))
     assert sub.own_expected == 75 and sub.own_lost == 0
     # Now the downlink loses 15 of the next 75 forwarded packets as well.
-    for seq in range(250, 350):
-        if seq % 4:
-            pub.on_rtp(rtp(seq), 0.0)
+    feed(pub, 250, 350, drop_every=4)
     sub.on_report(report(sent, 25 + 25 + 15))
     assert sub.own_expected == 150 and sub.own_lost == 15
 
 
 def test_a_lossless_uplink_charges_every_lost_packet_to_the_downlink() -> None:
     pub, sub, sent = setup()
-    for seq in range(0, 40):
-        pub.on_rtp(rtp(seq), 0.0)
+    feed(pub, 0, 40)
     sub.on_report(report(sent, 0))
-    for seq in range(40, 140):
-        pub.on_rtp(rtp(seq), 0.0)
+    feed(pub, 40, 140)
     sub.on_report(report(sent, 30))
     assert sub.own_expected == 100 and sub.own_lost == 30
 
 
-def test_after_a_change_a_report_straddling_it_is_not_counted() -> None:
+def changed_at_100() -> tuple[Publication, Subscription, list[bytes]]:
+    """Reported up to 49; what flows changes after packet 99 is forwarded; sent up to 149."""
     pub, sub, sent = setup()
-    for seq in range(0, 50):
-        pub.on_rtp(rtp(seq), 0.0)
+    feed(pub, 0, 50)
     sub.on_report(report(sent, 0))
-    for seq in range(50, 100):
-        pub.on_rtp(rtp(seq), 0.0)
-    # What flows changes here (video shed, say); the report covering 50-99 arrives after it,
-    # with the loss of the congestion before: it must not judge the new state.
-    sub.count_loss_from_now()
-    for seq in range(100, 150):
-        pub.on_rtp(rtp(seq), 0.0)
-    sub.on_report(report(sent, 20))  # 20 lost in 50-149: all may be 50-99's
+    feed(pub, 50, 100)
+    sub.count_loss_from_now()  # video shed, say
+    feed(pub, 100, 150)
+    return pub, sub, sent
+
+
+def test_after_a_change_a_report_straddling_it_is_not_counted() -> None:
+    pub, sub, sent = changed_at_100()
+    # The report covering 50-149 arrives after the change, with the loss of the congestion
+    # before it: 20 lost, all of which may be 50-99's. It must not judge the new state.
+    sub.on_report(report(sent, 20))
     assert sub.own_expected == 50 and sub.own_lost == 0
-    for seq in range(150, 200):
-        pub.on_rtp(rtp(seq), 0.0)
+    feed(pub, 150, 200)
     sub.on_report(report(sent, 21))  # the next window lies wholly after the change
     assert sub.own_expected == 100 and sub.own_lost == 1
 
 
 def test_a_report_straddling_a_change_counts_the_losses_that_must_follow_it() -> None:
-    pub, sub, sent = setup()
-    for seq in range(0, 50):
-        pub.on_rtp(rtp(seq), 0.0)
-    sub.on_report(report(sent, 0))
-    for seq in range(50, 100):
-        pub.on_rtp(rtp(seq), 0.0)
-    sub.count_loss_from_now()
-    for seq in range(100, 150):
-        pub.on_rtp(rtp(seq), 0.0)
+    _, sub, sent = changed_at_100()
     # 70 lost in 50-149: at most 50 of them before the change, so at least 20 after it (a
     # link that stays short after the change keeps showing, even when reports are scarce).
     sub.on_report(report(sent, 70))

@@ -67,22 +67,24 @@ class _NoHooks(TapHooks):
         pass
 
 
+async def client_offers(client: RTCPeerConnection, server: ServerPeerConnection) -> None:
+    """The client offers one more sending audio m-line; the server answers it."""
+    client.addTransceiver("audio", direction="sendonly")
+    await client.setLocalDescription(await client.createOffer())
+    await server.setRemoteDescription(client.localDescription)
+    await server.setLocalDescription(await server.createAnswer())
+
+
 async def test_client_offer_while_a_server_transceiver_awaits_its_offer() -> None:
     """A subscription added while the client's offer was in flight: the answer still works."""
     server = ServerPeerConnection(hooks=_NoHooks(), ports=PortAllocator(IceConfig()))
     client = RTCPeerConnection()
     try:
-        client.addTransceiver("audio", direction="sendonly")
-        await client.setLocalDescription(await client.createOffer())
-        await server.setRemoteDescription(client.localDescription)
-        await server.setLocalDescription(await server.createAnswer())
+        await client_offers(client, server)
         await client.setRemoteDescription(server.localDescription)
         # Ours, not offered yet (the server's next offer would carry it).
         pending = server.addTransceiver("video", direction="sendonly")
-        client.addTransceiver("audio", direction="sendonly")
-        await client.setLocalDescription(await client.createOffer())
-        await server.setRemoteDescription(client.localDescription)
-        await server.setLocalDescription(await server.createAnswer())
+        await client_offers(client, server)
         assert server.signalingState == "stable"
         assert len(sdp.SessionDescription.parse(server.localDescription.sdp).media) == 2
         assert pending.mid is None  # still waiting for the server's own offer
@@ -97,10 +99,7 @@ async def test_a_transceiver_no_remote_description_covers_yet_waits_for_one() ->
     server = ServerPeerConnection(hooks=_NoHooks(), ports=PortAllocator(IceConfig()))
     client = RTCPeerConnection()
     try:
-        client.addTransceiver("audio", direction="sendonly")
-        await client.setLocalDescription(await client.createOffer())
-        await server.setRemoteDescription(client.localDescription)
-        await server.setLocalDescription(await server.createAnswer())
+        await client_offers(client, server)
         covered = server.getTransceivers()[0]
         later = server.addTransceiver("video", direction="sendonly")
         await server.setLocalDescription(await server.createOffer())  # m-line 1, not answered
