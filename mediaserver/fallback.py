@@ -71,6 +71,10 @@ class LinkFallback:
     def paused_sources(self) -> list[str]:
         return list(self._paused_sources)
 
+    @property
+    def pause_reason(self) -> str:
+        return self._pause_reason
+
     def due(self) -> float | None:
         """When a controller can take its next decision (a settle or probe ends), if sooner
         than the next report: `Participant` samples the link then (a faster step down)."""

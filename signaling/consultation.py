@@ -99,6 +99,8 @@ class Consultation:
     def describe(self, session: Session) -> dict[str, Any]:
         info = session.public()
         info["tracks"] = _tracks(session.media)
+        if session.media is not None:  # a `room` snapshot restores what `mode` events said
+            info["modes"] = session.media.fallback.modes()
         return info
 
     def waiting_list(self) -> list[dict[str, Any]]:
@@ -250,6 +252,11 @@ class Consultation:
         else:
             session.send({"type": "admitted"})
             session.send(self.room_message(session))
+            # A `pause` sent while the socket was down was lost with it (issue 5).
+            paused = session.media.fallback.paused_sources() if session.media else []
+            if session.media is not None and paused:
+                reason = session.media.fallback.pause_reason
+                session.send({"type": "pause", "sources": paused, "reason": reason})
             pending = _safe(session.media.pending_offer, None) if session.media else None
             if pending is not None:
                 sdp, tracks = pending

@@ -7,7 +7,7 @@ import asyncio
 import struct
 from collections.abc import Callable
 
-from mediaserver.bandwidth import LinkSample, Mode
+from mediaserver.bandwidth import LinkSample, Mode, State
 from signaling.client import ConsultClient
 
 from .conftest import Server
@@ -126,3 +126,34 @@ async def test_reconnect_replaces_the_transport_and_keeps_publications(
     assert set(media.publications) == ids
     assert media.transport_restarts == 1
     assert doctor.negotiations == negotiations
+
+
+async def test_a_resume_restores_modes_and_pause(server: Server, clients: Clients) -> None:
+    """What `mode` and `pause` said while the socket was down reaches the client on resume."""
+    _, patient = await admitted(server, clients)
+    await patient.publish(SyntheticVideo(40))
+    media = server.hub.consultations["r1"].sessions[patient.participant_id or ""].media
+    assert media is not None
+    for _ in range(100):  # the node knows the camera once the patient's offer is answered
+        if media.publications:
+            break
+        await asyncio.sleep(0.1)
+    await patient.drop()
+    # The patient's uplink goes audio-only meanwhile: the node pauses its camera.
+    fallback = media.fallback
+    fallback.up.state = State(Mode.AUDIO_ONLY)
+    fallback._apply_uplink(list(media.publications.values()))
+    assert fallback.paused_sources() == ["camera"]
+    assert not patient.received("pause")
+    mark = len(patient.messages)
+    joined = await patient.resume()
+    assert joined["resumed"] is True
+    for _ in range(50):
+        after = [m for m in patient.messages[mark:] if m.get("type") in ("room", "pause")]
+        if len(after) == 2:
+            break
+        await asyncio.sleep(0.1)
+    room, pause = after
+    me = next(p for p in room["participants"] if p["id"] == patient.participant_id)
+    assert me["modes"] == {"uplink": "audio-only", "downlink": "video"}
+    assert pause == {"type": "pause", "sources": ["camera"], "reason": "bandwidth"}
