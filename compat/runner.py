@@ -258,11 +258,34 @@ class PairRun:
     async def failure_notes(self, call: sc.Call | None, ev: dict[str, Any]) -> None:
         if call is None:
             return
+        with contextlib.suppress(Exception):
+            async with aiohttp.ClientSession() as http:
+                async with http.get(
+                    f"{NODE}/api/v1/rooms/{call.room}",
+                    headers={"Authorization": f"Bearer {self.ctx.api_key}"},
+                    timeout=aiohttp.ClientTimeout(10),
+                ) as r:
+                    if r.status == 200:
+                        info = await r.json()
+                        ev["node_room"] = {
+                            "video_codec": info.get("video_codec"),
+                            "participants": [
+                                {"role": p.get("role"), "state": p.get("state"), **p.get("media", {})}
+                                for p in info.get("participants", [])
+                            ],
+                            "tracks": info.get("tracks"),
+                        }
         for side, peer in (("a", call.a), ("b", call.b)):
             if isinstance(peer, BrowserPeer):
                 lines = await peer.console()
                 if lines:
                     ev.setdefault("console", {})[side] = lines[-15:]
+                steps = await peer.debug_log()
+                if steps:
+                    ev.setdefault("negotiation_log", {})[side] = steps[-120:]
+                diag = await peer.diagnose()
+                if diag:
+                    ev.setdefault("ice", {})[side] = diag
             if side in call.last:
                 ev.setdefault("last_status", {})[side] = {
                     k: call.last[side].get(k)
