@@ -167,6 +167,28 @@ async def start_harness() -> web.AppRunner:
 # -- pairs and calls -------------------------------------------------------------------------
 
 
+async def node_view(ctx: Context, room: str) -> dict[str, Any] | None:
+    """The node's view of a room (REST API): members' media state, link stats and tracks."""
+    async with aiohttp.ClientSession() as http:
+        async with http.get(
+            f"{NODE}/api/v1/rooms/{room}",
+            headers={"Authorization": f"Bearer {ctx.api_key}"},
+            timeout=aiohttp.ClientTimeout(10),
+        ) as r:
+            if r.status != 200:
+                return None
+            info = await r.json()
+    members = [
+        {"role": p.get("role"), "state": p.get("state"), **p.get("media", {})}
+        for p in info.get("participants", [])
+    ]
+    return {
+        "video_codec": info.get("video_codec"),
+        "participants": members,
+        "tracks": info.get("tracks"),
+    }
+
+
 def cell(
     pair: str,
     scenario: str,
@@ -259,22 +281,7 @@ class PairRun:
         if call is None:
             return
         with contextlib.suppress(Exception):
-            async with aiohttp.ClientSession() as http:
-                async with http.get(
-                    f"{NODE}/api/v1/rooms/{call.room}",
-                    headers={"Authorization": f"Bearer {self.ctx.api_key}"},
-                    timeout=aiohttp.ClientTimeout(10),
-                ) as r:
-                    if r.status == 200:
-                        info = await r.json()
-                        ev["node_room"] = {
-                            "video_codec": info.get("video_codec"),
-                            "participants": [
-                                {"role": p.get("role"), "state": p.get("state"), **p.get("media", {})}
-                                for p in info.get("participants", [])
-                            ],
-                            "tracks": info.get("tracks"),
-                        }
+            ev["node_room"] = await node_view(self.ctx, call.room)
         for side, peer in (("a", call.a), ("b", call.b)):
             if isinstance(peer, BrowserPeer):
                 lines = await peer.console()
