@@ -545,13 +545,7 @@ SCENARIOS = [
     Scenario("leave", leave),
     Scenario("codec", codec, kind="fresh", room=H264_ROOM, setup_join=False, setup_media=False),
     Scenario(
-        "codec-late",
-        codec_late,
-        kind="fresh",
-        core=False,
-        room=H264_ROOM,
-        setup_join=False,
-        setup_media=False,
+        "codec-late", codec_late, kind="fresh", room=H264_ROOM, setup_join=False, setup_media=False
     ),
     Scenario("end", end, kind="fresh"),
 ]
