@@ -992,10 +992,10 @@ export class Consultation extends EventTarget {
     this._dbg("offer: SRD(answer) done");
   }
 
-  // A renegotiation waits until the first connection is up: Firefox, when it rolls back an
-  // offer (glare with a server offer) while its ICE/DTLS transport is still connecting, ends
-  // with a transport that carries no media either way (compat, firefox patients). The
-  // server's offers are answered meanwhile; ours goes out once connected.
+  // A renegotiation waits until the first connection is up: in compat runs, Firefox pages
+  // that rolled back an offer (glare with a server offer) while their ICE/DTLS transport was
+  // still connecting ended with a transport that carried no media either way (docs/compat.md).
+  // The server's offers are answered meanwhile; ours goes out once connected.
   _stillConnecting(pc) {
     return pc.currentRemoteDescription != null
       && (pc.connectionState === "new" || pc.connectionState === "connecting");
