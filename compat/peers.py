@@ -20,7 +20,7 @@ from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
 from av import AudioFrame, VideoFrame
 
-from compat.driver import Driver
+from compat.driver import Driver, DriverError
 from compat.synth import BarsTrack, ToneTrack
 from signaling.client import ConsultClient
 
@@ -72,7 +72,11 @@ class BrowserPeer(Peer):
         self.url = ""
 
     async def _eval(self, body: str, timeout: float = 20) -> Any:
-        res = await self.driver.call("eval", timeout, page=self.page, body=body)
+        try:
+            res = await self.driver.call("eval", timeout, page=self.page, body=body)
+        except DriverError as exc:
+            what = body.removeprefix("return ").removeprefix("await ").split("(")[0]
+            raise DriverError(f"{self.label} {what}: {exc}") from exc
         return res.get("value")
 
     async def join(self, token: str, publish: bool = True) -> None:
@@ -126,6 +130,17 @@ class BrowserPeer(Peer):
     async def console(self) -> list[str]:
         with contextlib.suppress(Exception):
             return list((await self.driver.call("console", 10, page=self.page)).get("lines", []))
+        return []
+
+    async def diagnose(self) -> Any:
+        with contextlib.suppress(Exception):
+            return await self._eval("return await window.compat.diagnose();", timeout=10)
+        return None
+
+    async def debug_log(self) -> list[str]:
+        """consult.js's negotiation steps as the page recorded them (evidence of a failure)."""
+        with contextlib.suppress(Exception):
+            return list(await self._eval("return window.compat.debugLog();", timeout=10) or [])
         return []
 
     async def close(self) -> None:

@@ -167,6 +167,28 @@ async def start_harness() -> web.AppRunner:
 # -- pairs and calls -------------------------------------------------------------------------
 
 
+async def node_view(ctx: Context, room: str) -> dict[str, Any] | None:
+    """The node's view of a room (REST API): members' media state, link stats and tracks."""
+    async with aiohttp.ClientSession() as http:
+        async with http.get(
+            f"{NODE}/api/v1/rooms/{room}",
+            headers={"Authorization": f"Bearer {ctx.api_key}"},
+            timeout=aiohttp.ClientTimeout(10),
+        ) as r:
+            if r.status != 200:
+                return None
+            info = await r.json()
+    members = [
+        {"role": p.get("role"), "state": p.get("state"), **p.get("media", {})}
+        for p in info.get("participants", [])
+    ]
+    return {
+        "video_codec": info.get("video_codec"),
+        "participants": members,
+        "tracks": info.get("tracks"),
+    }
+
+
 def cell(
     pair: str,
     scenario: str,
@@ -258,11 +280,19 @@ class PairRun:
     async def failure_notes(self, call: sc.Call | None, ev: dict[str, Any]) -> None:
         if call is None:
             return
+        with contextlib.suppress(Exception):
+            ev["node_room"] = await node_view(self.ctx, call.room)
         for side, peer in (("a", call.a), ("b", call.b)):
             if isinstance(peer, BrowserPeer):
                 lines = await peer.console()
                 if lines:
                     ev.setdefault("console", {})[side] = lines[-15:]
+                steps = await peer.debug_log()
+                if steps:
+                    ev.setdefault("negotiation_log", {})[side] = steps[-120:]
+                diag = await peer.diagnose()
+                if diag:
+                    ev.setdefault("ice", {})[side] = diag
             if side in call.last:
                 ev.setdefault("last_status", {})[side] = {
                     k: call.last[side].get(k)

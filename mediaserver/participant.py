@@ -138,6 +138,7 @@ class Participant(Emitter, TapHooks):
         self.transport_restarts = 0
         # -- end bandwidth fallback --
         self._codec_switch: dict[RTCRtpTransceiver, Publication] = {}  # codec-late (issue 3)
+        self._codec_switch_to: dict[RTCRtpTransceiver, str] = {}  # applied at our next offer
         self._sdp_lock = asyncio.Lock()
         self._needs_offer = False
         self._answered = asyncio.Event()
@@ -327,6 +328,7 @@ class Participant(Emitter, TapHooks):
             logger.exception("server offer failed for participant %s", self.id)
 
     async def _send_offer(self) -> None:
+        self._prefer_switched_codecs()  # codec-late (issue 3)
         offer = await self.pc.createOffer()
         established = [
             d.sdp for d in (self.pc.remoteDescription, self.pc.localDescription) if d is not None
@@ -806,11 +808,19 @@ class Participant(Emitter, TapHooks):
             return False
         if self._codec_switch.get(transceiver) is pub:
             return True  # already under way
-        set_codec_preferences(transceiver, capabilities("video", mime_type))
+        # The preference changes when our next offer is made, not now: an offer of ours still
+        # unanswered carries the old codec, and aiortc checks its answer against the
+        # transceiver's preferences (changed now, that answer would fail).
+        self._codec_switch_to[transceiver] = mime_type
         self._codec_switch[transceiver] = pub
         logger.info("participant %s: video %s -> %s", self.id, pub.codec.name, mime_type)
         self._schedule_offer()
         return True
+
+    def _prefer_switched_codecs(self) -> None:
+        for transceiver, mime_type in self._codec_switch_to.items():
+            set_codec_preferences(transceiver, capabilities("video", mime_type))
+        self._codec_switch_to.clear()
 
     async def _apply_codec_switches(self) -> None:
         local = self.pc.localDescription

@@ -14,6 +14,8 @@ import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from aiortc.mediastreams import AudioStreamTrack
+
 from signaling.client import ConsultClient
 
 from .conftest import Server
@@ -92,4 +94,62 @@ async def test_late_member_without_h264_gets_the_publisher_in_vp8(server: Server
         assert mids and _video_rtpmaps(last["sdp"], mids[-1])[0] == "VP8"
     finally:
         await doctor.close()
+        await patient.close()
+
+
+async def test_switch_while_a_server_offer_is_unanswered(server: Server) -> None:
+    """The switch starts while an offer of ours to the publisher still awaits its answer (that
+    offer carries H264 on the camera's m-line). The answer must still apply (aiortc checks it
+    against the transceiver's codec preferences, so they change only at our next offer); the
+    next offer then carries VP8 only. Seen in compat's chromium-firefox `codec-late` cell: the
+    doctor's answer was refused ('Failed to set remote video description send parameters')
+    and the doctor never got the patient's media."""
+    status, _ = await server.api(
+        "POST", "/api/v1/rooms", json={"id": "late", "video_codec": "H264"}
+    )
+    assert status == 201
+    doctor = ConsultClient(server.url, codecs=["H264", "VP8"])
+    nurse = ConsultClient(server.url, codecs=["H264", "VP8"])
+    patient = ConsultClient(server.url, codecs=["VP8"])
+    try:
+        await doctor.connect(server.token("doctor", room="late"))
+        await doctor.publish(SyntheticVideo(60))
+        did = doctor.participant_id or ""
+
+        async def published_in(codec: str) -> bool:
+            return await _video_codecs(server, did) == [codec]
+
+        await _until(lambda: published_in("H264"), "the doctor's H264 camera")
+
+        # A member who decodes H264 publishes audio: the node offers it to the doctor, who
+        # does not answer yet.
+        doctor.auto_answer = False
+        offers_before = len(doctor.received("offer"))
+        await nurse.connect(server.token("patient", room="late", sub="nurse"))
+        await doctor.admit(nurse.participant_id or "")
+        await nurse.wait_state("admitted")
+        await nurse.publish(AudioStreamTrack())
+        nid = nurse.participant_id
+
+        def offers_nurse(m: dict[str, Any]) -> bool:
+            return any(t.get("participant") == nid for t in (m.get("tracks") or {}).values())
+
+        pending = await doctor.wait_for("offer", offers_nurse, timeout_s=30)
+        assert len(doctor.received("offer")) > offers_before
+
+        # A member who cannot decode H264 comes in while that offer is unanswered.
+        await patient.connect(server.token("patient", room="late", sub="patient"))
+        await doctor.admit(patient.participant_id or "")
+        await patient.wait_state("admitted")
+
+        # The doctor answers the old offer now: the node accepts it.
+        doctor.auto_answer = True
+        await doctor._answer_offer(pending)
+        assert not [m for m in doctor.received("error")], doctor.received("error")
+
+        await _until(lambda: published_in("VP8"), "the doctor's camera in VP8")
+        assert not doctor.received("error")
+    finally:
+        await doctor.close()
+        await nurse.close()
         await patient.close()

@@ -56,7 +56,16 @@ def test_reduced_matrix(tmp_path: Path) -> None:
     cells = report["cells"]
     assert {c["pair"] for c in cells} == {"chromium-firefox"}
     names = {c["scenario"] for c in cells}
-    assert {"join-admit", "media", "chat-data", "ice-restart", "codec", "leave", "end"} <= names
+    assert {
+        "join-admit",
+        "media",
+        "chat-data",
+        "ice-restart",
+        "codec",
+        "codec-late",
+        "leave",
+        "end",
+    } <= names
     assert all(c["status"] == "pass" for c in cells), log
     # ICE restart: new credentials on both sides, and the media moved to the node's new socket.
     restart = next(c for c in cells if c["scenario"] == "ice-restart")["evidence"]

@@ -279,14 +279,34 @@ class ServerPeerConnection(RTCPeerConnection):
 
     async def setRemoteDescription(self, sessionDescription: RTCSessionDescription) -> None:
         restart = await self._prepare_ice_restart(sessionDescription)
+        unoffered = self._hide_unoffered(sessionDescription)
         try:
             await super().setRemoteDescription(sessionDescription)
         except BaseException:
             if restart is not None:
                 restart.abandon()
             raise
+        finally:
+            for transceiver in unoffered:
+                transceiver._RTCRtpTransceiver__mid = None  # type: ignore[attr-defined]
         if restart is not None:
             restart.start()
+
+    def _hide_unoffered(self, description: RTCSessionDescription) -> list[RTCRtpTransceiver]:
+        """Transceivers of ours that no offer carried yet (a subscription waiting for our next
+        offer) must not take a new m-line of a remote offer: aiortc gives such an m-line the
+        first transceiver of its kind without a mid, so a client's new camera became our
+        subscription's m-line (both sending: inactive; the camera was never published and
+        the subscription never sent). JSEP (RFC 8829 5.10) pairs a remote offer's new m-line
+        only with a transceiver created by addTrack; ours come from addTransceiver. They get
+        a placeholder mid while aiortc applies the offer (restored afterwards), so aiortc
+        creates a new transceiver for the client's m-line and our next offer carries ours."""
+        if description.type != "offer":
+            return []
+        hidden = [t for t in self.getTransceivers() if t.mid is None]
+        for n, transceiver in enumerate(hidden):
+            transceiver._set_mid(f"unoffered-{n}")
+        return hidden
 
     async def _prepare_ice_restart(self, description: RTCSessionDescription) -> IceRestart | None:
         """Fresh local credentials and candidates before aiortc applies the offer, so that

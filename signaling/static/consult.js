@@ -405,6 +405,7 @@ export class Consultation extends EventTarget {
   }
 
   _dispatch(msg) {
+    if (msg.type !== "pong" && msg.type !== "chat") this._dbg(`recv ${msg.type} ${msg.ref ?? ""} ${msg.code ?? ""}`);
     if (msg.ref != null && this._pending.has(msg.ref)) {
       const p = this._pending.get(msg.ref);
       this._pending.delete(msg.ref);
@@ -828,7 +829,7 @@ export class Consultation extends EventTarget {
     // Created before the first offer so it is in every offer (same on the server side).
     this._dc = pc.createDataChannel("consult", { negotiated: true, id: 0 });
     this._dc.onmessage = (ev) => this._emit("data", { data: ev.data });
-    pc.onnegotiationneeded = () => this._enqueue(() => this._offer());
+    pc.onnegotiationneeded = () => { this._dbg("negotiationneeded"); this._enqueue(() => this._offer()); };
     // The first negotiation must not glare: Chromium, after rolling back an offer that carried
     // the data channel, rejects the server's data channel m-line for the life of the
     // connection. Until `room` says whether others publish (then the server offers first),
@@ -838,6 +839,7 @@ export class Consultation extends EventTarget {
     pc.onicecandidate = (ev) => this._onLocalCandidate(ev.candidate);
     pc.onconnectionstatechange = () => {
       this._emit("connectionstatechange", { state: pc.connectionState });
+      this._onConnected(pc); // an offer held while connecting
       this._watchMedia(pc); // automatic media restart (issue 5)
     };
     pc.onsignalingstatechange = () => this._emit("signalingstatechange", { state: pc.signalingState });
@@ -900,22 +902,56 @@ export class Consultation extends EventTarget {
 
   // Negotiation steps run one at a time, in arrival order.
   _enqueue(step) {
+    if (globalThis.CONSULT_DEBUG) step = this._traced(step);
     this._chain = this._chain.then(step).catch((e) => this._emitError(codeOf(e, "negotiation"), e));
     return this._chain;
   }
 
+  // -- negotiation trace (docs/client.md, "Debugging negotiation") --------------------------
+  // `globalThis.CONSULT_DEBUG = (line) => ...` (or `true`: the console) receives one line per
+  // negotiation step with the signaling and connection states; compat keeps it as evidence.
+  _dbg(text) {
+    const sink = globalThis.CONSULT_DEBUG;
+    if (!sink) return;
+    const pc = this._pc;
+    const line = `${Math.round(performance.now())} ${text} [${pc?.signalingState} ${pc?.connectionState}`
+      + ` hold=${this._glareHold} skipped=${this._offerSkipped} state=${this._state}]`;
+    if (typeof sink === "function") sink(line);
+    else console.log(`consult.js ${line}`);
+  }
+
+  _traced(step) {
+    const n = (this._dbgSteps = (this._dbgSteps ?? 0) + 1);
+    this._dbg(`step #${n} queued`);
+    return async () => {
+      this._dbg(`step #${n} runs`);
+      try {
+        await step();
+        this._dbg(`step #${n} done`);
+      } catch (e) {
+        this._dbg(`step #${n} failed: ${e?.code ?? ""} ${e?.message ?? e}`);
+        throw e;
+      }
+    };
+  }
+  // -- end negotiation trace --
+
   async _offer() {
     const pc = this._pc;
+    this._dbg("offer?");
     if (!pc || pc.signalingState === "closed") return;
-    if (pc.signalingState !== "stable" || this._state !== "admitted" || this._glareHold) {
-      this._offerSkipped = true; // made up for after the server offer, the resume or the hold
+    if (pc.signalingState !== "stable" || this._state !== "admitted" || this._glareHold
+      || this._stillConnecting(pc)) {
+      this._offerSkipped = true; // made up for after the server offer, resume, hold or connection
       return;
     }
     this._offerSkipped = false;
     let answer;
     try {
       this._makingOffer = this._holdCandidates = true;
+      this._dbg("offer: SLD");
       await pc.setLocalDescription();
+      this._dbg("offer: SLD done");
       if (pc.signalingState !== "have-local-offer") return; // a server offer won meanwhile
       const tracks = {};
       for (const [tr, pub] of this._published) {
@@ -927,8 +963,11 @@ export class Consultation extends EventTarget {
       );
       this._makingOffer = this._holdCandidates = false;
       this._flushCandidates();
+      this._dbg("offer: sent");
       answer = await req;
+      this._dbg("offer: answered");
     } catch (e) {
+      this._dbg(`offer: error ${e?.code} ${e?.message}`);
       this._makingOffer = this._holdCandidates = false;
       if (e?.code === "glare") {
         // The server's offer crossed ours and is on its way (or already answered): drop ours
@@ -950,9 +989,26 @@ export class Consultation extends EventTarget {
     }
     if (pc.signalingState !== "have-local-offer") return; // rolled back by a server offer
     await pc.setRemoteDescription({ type: "answer", sdp: answer.sdp });
+    this._dbg("offer: SRD(answer) done");
+  }
+
+  // A renegotiation waits until the first connection is up: in compat runs, Firefox pages
+  // that rolled back an offer (glare with a server offer) while their ICE/DTLS transport was
+  // still connecting ended with a transport that carried no media either way (docs/compat.md).
+  // The server's offers are answered meanwhile; ours goes out once connected.
+  _stillConnecting(pc) {
+    return pc.currentRemoteDescription != null
+      && (pc.connectionState === "new" || pc.connectionState === "connecting");
+  }
+
+  _onConnected(pc) {
+    if (pc === this._pc && pc.connectionState === "connected" && this._offerSkipped && !this._glareHold) {
+      this._enqueue(() => this._offer());
+    }
   }
 
   _holdOffers(ms = GLARE_HOLD_MS) {
+    this._dbg(`hold ${ms}`);
     this._glareHold = true;
     clearTimeout(this._glareTimer);
     this._glareTimer = setTimeout(() => this._releaseOffers(), ms);
@@ -960,6 +1016,7 @@ export class Consultation extends EventTarget {
 
   // After a glare hold, a server offer or a resume: make the offer we skipped, if any.
   _releaseOffers() {
+    this._dbg("release");
     this._glareHold = false;
     clearTimeout(this._glareTimer);
     if (this._offerSkipped) this._enqueue(() => this._offer());
@@ -972,15 +1029,18 @@ export class Consultation extends EventTarget {
       return;
     }
     if (typeof msg.sdp !== "string") return this._emitError("bad-message", new Error("offer without sdp"));
+    this._dbg("server offer");
     // Polite peer: a crossing offer of ours is rolled back.
     if (pc.signalingState === "have-local-offer") await pc.setLocalDescription({ type: "rollback" });
     const tracks = msg.tracks && typeof msg.tracks === "object" ? msg.tracks : {};
     for (const [mid, info] of Object.entries(tracks)) if (info && typeof info === "object") this._remote.set(mid, info);
     await pc.setRemoteDescription({ type: "offer", sdp: msg.sdp });
+    this._dbg("server offer: SRD done");
     this._attachRequested();
     try {
       this._holdCandidates = true;
       await pc.setLocalDescription();
+      this._dbg("server offer: SLD(answer) done");
       this._sendRaw({ type: "answer", id: `c${this._nextId++}`, sdp: pc.localDescription.sdp });
     } finally {
       this._holdCandidates = false;

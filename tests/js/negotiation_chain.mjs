@@ -1,0 +1,154 @@
+// Unit test of consult.js's negotiation chain (pure logic: the socket and the peer connection
+// are fakes that record what the client does). Run by tests/test_client_negotiation.py with
+// Node; prints one JSON line {ok, checks, error}.
+//
+// Checked: a renegotiation (negotiationneeded after the first exchange) waits while the peer
+// connection is still connecting, the server's offers are answered meanwhile, and the held
+// offer goes out once the connection is up. Firefox, rolling back an offer that crossed a
+// server offer while its transport was connecting, kept a transport that carried no media
+// (compat, firefox patients): the client no longer offers then.
+
+const sent = []; // messages the client sent on the socket
+let socket = null;
+
+class FakeWebSocket {
+  static OPEN = 1;
+  constructor(url) {
+    this.url = url;
+    this.readyState = 0;
+    socket = this;
+    setTimeout(() => { this.readyState = 1; this.onopen?.(); }, 0);
+  }
+  send(text) {
+    const msg = JSON.parse(text);
+    sent.push(msg);
+    if (msg.type === "join") {
+      this.reply({ type: "joined", ref: msg.id, participant: { id: "p1", role: "patient" },
+        room: "r1", state: "admitted", resume: "resume-token", iceServers: [] });
+      this.reply({ type: "room", participants: [{ id: "p1", role: "patient", tracks: [] }], chat: [] });
+    } else if (msg.type === "offer") {
+      this.reply({ type: "answer", ref: msg.id, sdp: `answer to ${msg.sdp}` });
+    } else if (msg.type === "candidate" || msg.type === "answer") {
+      this.reply({ type: "ack", ref: msg.id });
+    }
+  }
+  reply(obj) { setTimeout(() => this.onmessage?.({ data: JSON.stringify(obj) }), 0); }
+  close() { this.readyState = 3; }
+}
+
+class FakePeerConnection {
+  constructor() {
+    this.signalingState = "stable";
+    this.connectionState = "new";
+    this.localDescription = null;
+    this.remoteDescription = null;
+    this.currentRemoteDescription = null;
+    this.transceivers = [];
+    this.offers = 0;
+    pcs.push(this);
+  }
+  createDataChannel() { return { readyState: "connecting", send() {} }; }
+  addTransceiver(track, { direction }) {
+    const t = { mid: null, direction, currentDirection: null,
+      sender: { track, replaceTrack: async (x) => { t.sender.track = x; } }, receiver: { track: { kind: track.kind } } };
+    this.transceivers.push(t);
+    setTimeout(() => this.onnegotiationneeded?.(), 0);
+    return t;
+  }
+  getTransceivers() { return this.transceivers; }
+  async setLocalDescription(desc) {
+    await null;
+    if (desc?.type === "rollback") { this.signalingState = "stable"; return; }
+    if (this.signalingState === "have-remote-offer") {
+      this.localDescription = { type: "answer", sdp: "client answer" };
+      this.signalingState = "stable";
+    } else {
+      this.offers += 1;
+      this.localDescription = { type: "offer", sdp: `client offer ${this.offers}` };
+      this.signalingState = "have-local-offer";
+    }
+    this.onsignalingstatechange?.();
+  }
+  async setRemoteDescription(desc) {
+    await null;
+    this.remoteDescription = desc;
+    if (desc.type === "offer") this.signalingState = "have-remote-offer";
+    else {
+      this.signalingState = "stable";
+      this.currentRemoteDescription = desc;
+      for (const t of this.transceivers) { t.mid ??= String(this.transceivers.indexOf(t) + 1); t.currentDirection = t.direction; }
+      if (this.connectionState === "new") this.setConnection("connecting");
+    }
+    this.onsignalingstatechange?.();
+  }
+  setConnection(state) {
+    this.connectionState = state;
+    this.onconnectionstatechange?.();
+  }
+  async addIceCandidate() {}
+  async getStats() { return new Map(); }
+  close() { this.signalingState = "closed"; }
+}
+
+const pcs = [];
+globalThis.WebSocket = FakeWebSocket;
+globalThis.RTCPeerConnection = FakePeerConnection;
+globalThis.RTCRtpReceiver = { getCapabilities: () => ({ codecs: [{ mimeType: "video/VP8" }] }) };
+globalThis.MediaStream = class { constructor(tracks) { this.tracks = tracks; } };
+globalThis.location = { href: "http://127.0.0.1/" };
+
+const checks = [];
+function check(what, ok, detail) {
+  checks.push({ what, ok: Boolean(ok), detail });
+  if (!ok) throw new Error(`${what}: ${JSON.stringify(detail)}`);
+}
+const tick = (ms = 20) => new Promise((r) => setTimeout(r, ms));
+async function until(what, predicate, ms = 3000) {
+  const end = Date.now() + ms;
+  while (!predicate()) {
+    if (Date.now() > end) check(what, false, sent.map((m) => m.type));
+    await tick(5);
+  }
+}
+const offers = () => sent.filter((m) => m.type === "offer");
+const track = (kind) => ({ kind, stop() {}, getSettings: () => ({}) });
+
+const consultUrl = process.argv[2];
+let consult;
+try {
+  const { Consultation } = await import(consultUrl);
+  consult = new Consultation({ url: "ws://127.0.0.1/ws", token: "a.b.c" });
+  const errors = [];
+  consult.addEventListener("error", (e) => errors.push(e.detail));
+  await consult.connect();
+  await until("admitted", () => consult.state === "admitted" && pcs.length === 1);
+  const pc = pcs[0];
+
+  consult.publish(track("audio"), { source: "microphone" });
+  await until("the first offer", () => offers().length === 1 && pc.connectionState === "connecting");
+  check("first exchange done, connecting", pc.signalingState === "stable", pc.signalingState);
+
+  // Renegotiation while connecting: held.
+  consult.publish(track("video"), { source: "camera" });
+  await tick(100);
+  check("no offer while connecting", offers().length === 1, offers().length);
+
+  // A server offer meanwhile is answered.
+  socket.reply({ type: "offer", sdp: "server offer", tracks: { 3: { participant: "p2", source: "camera", kind: "video", direction: "sendonly" } } });
+  await until("the answer to the server offer", () => sent.some((m) => m.type === "answer"));
+  await tick(100);
+  check("still no offer while connecting", offers().length === 1, offers().length);
+
+  // Connected: the held offer goes out.
+  pc.setConnection("connected");
+  await until("the held offer once connected", () => offers().length === 2);
+  check("the held offer is the renegotiation", offers()[1].sdp === "client offer 2", offers()[1].sdp);
+  await until("stable after the answer", () => pc.signalingState === "stable");
+  check("no client errors", errors.length === 0, errors);
+  console.log(JSON.stringify({ ok: true, checks }));
+} catch (e) {
+  console.log(JSON.stringify({ ok: false, checks, error: String(e?.stack ?? e), sent: sent.map((m) => m.type) }));
+} finally {
+  try { await consult?.leave(); } catch { /* closed */ }
+  process.exit(0);
+}

@@ -1,0 +1,34 @@
+"""consult.js's negotiation chain, unit-tested in Node with a fake socket and peer connection.
+
+Pure client logic (tests/js/negotiation_chain.mjs): a renegotiation waits while the peer
+connection is still connecting, server offers are answered meanwhile, and the held offer goes
+out once connected. Real browsers run the same client in tests/test_browser.py and compat.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "tests" / "js" / "negotiation_chain.mjs"
+CLIENT = ROOT / "signaling" / "static" / "consult.js"
+
+
+def test_renegotiation_waits_until_connected() -> None:
+    node = shutil.which("node")
+    assert node, "node is not installed (make test installs nodejs)"
+    proc = subprocess.run(
+        [node, str(SCRIPT), CLIENT.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert lines, f"no result from node (exit {proc.returncode}): {proc.stderr[-2000:]}"
+    result = json.loads(lines[-1])
+    assert result["ok"], result
+    assert [c["what"] for c in result["checks"]][-1] == "no client errors"
