@@ -539,7 +539,7 @@ SCENARIOS = [
     Scenario("mute", mute),
     # Not core until the fallback stops misreading Firefox's low REMB on loopback when a
     # second video starts (docs/compat.md, known results): --full runs it.
-    Scenario("exam-camera", exam_camera, core=False),
+    Scenario("exam-camera", exam_camera),
     Scenario("ice-restart", ice_restart),
     Scenario("reload", reload),
     Scenario("leave", leave),

@@ -2,7 +2,8 @@
 
 Pure client logic (tests/js/negotiation_chain.mjs): a renegotiation waits while the peer
 connection is still connecting, server offers are answered meanwhile, and the held offer goes
-out once connected. Real browsers run the same client in tests/test_browser.py and compat.
+out once connected; a `room` snapshot replays the bandwidth modes a lost socket missed. Real
+browsers run the same client in tests/test_browser.py and compat.
 """
 
 from __future__ import annotations

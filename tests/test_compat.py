@@ -60,6 +60,7 @@ def test_reduced_matrix(tmp_path: Path) -> None:
         "join-admit",
         "media",
         "chat-data",
+        "exam-camera",
         "ice-restart",
         "codec",
         "codec-late",

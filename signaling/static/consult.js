@@ -445,12 +445,7 @@ export class Consultation extends EventTarget {
         this._deviceStates.set(msg.participant, msg.state);
         return this._emit("device-state", { participant: msg.participant, state: msg.state });
       case "mode":
-        this._modes.set(`${msg.participant}/${msg.direction}`, {
-          participant: msg.participant, direction: msg.direction, mode: msg.mode, reason: msg.reason,
-        });
-        return this._emit("mode", {
-          participant: msg.participant, direction: msg.direction, mode: msg.mode, reason: msg.reason,
-        });
+        return this._setMode(msg.participant, msg.direction, msg.mode, msg.reason);
       case "pause": // bandwidth fallback (issue 5)
         return this._onPause(msg);
       case "offer":
@@ -489,8 +484,26 @@ export class Consultation extends EventTarget {
       this._emit("knocks", { knocks: this.knocks });
     }
     for (const m of msg.chat ?? []) this._addChat(m, true);
+    this._modesOnRoom(); // bandwidth modes that changed while the socket was down (issue 5)
     this._telemetryOnRoom(msg.telemetry); // devices: replay what the socket missed
     this._emit("room", { participants: this.participants, chat: this.chat });
+  }
+
+  _setMode(participant, direction, mode, reason) {
+    const detail = { participant, direction, mode, reason };
+    this._modes.set(`${participant}/${direction}`, detail);
+    return this._emit("mode", { ...detail });
+  }
+
+  _modesOnRoom() {
+    // A `room` snapshot carries each participant's modes: a `mode` event lost with the socket
+    // is replayed, with reason "resync" (the snapshot has no reasons).
+    for (const p of this._participants.values()) {
+      for (const [direction, mode] of Object.entries(p.modes ?? {})) {
+        const known = this._modes.get(`${p.id}/${direction}`)?.mode ?? "video";
+        if (mode !== known) this._setMode(p.id, direction, mode, "resync");
+      }
+    }
   }
 
   _onParticipantJoined(p) {

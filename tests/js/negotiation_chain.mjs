@@ -6,7 +6,8 @@
 // connection is still connecting, the server's offers are answered meanwhile, and the held
 // offer goes out once the connection is up. Firefox, rolling back an offer that crossed a
 // server offer while its transport was connecting, kept a transport that carried no media
-// (compat, firefox patients): the client no longer offers then.
+// (compat, firefox patients): the client no longer offers then. Also: a `room` snapshot
+// replays the bandwidth modes a lost socket missed, once.
 
 const sent = []; // messages the client sent on the socket
 let socket = null;
@@ -144,6 +145,19 @@ try {
   await until("the held offer once connected", () => offers().length === 2);
   check("the held offer is the renegotiation", offers()[1].sdp === "client offer 2", offers()[1].sdp);
   await until("stable after the answer", () => pc.signalingState === "stable");
+
+  // A `room` snapshot (after a resume) replays the bandwidth modes that changed meanwhile.
+  const modes = [];
+  consult.addEventListener("mode", (e) => modes.push(e.detail));
+  const room = { type: "room", chat: [], participants: [
+    { id: "p1", role: "patient", tracks: [], modes: { uplink: "audio-only", downlink: "video" } }] };
+  socket.reply(room);
+  await until("the mode the snapshot carries", () => modes.length === 1);
+  check("the snapshot's mode is an event", modes[0].direction === "uplink"
+    && modes[0].mode === "audio-only" && modes[0].reason === "resync", modes);
+  socket.reply(room);
+  await tick(100);
+  check("a known mode is not replayed", modes.length === 1, modes);
   check("no client errors", errors.length === 0, errors);
   console.log(JSON.stringify({ ok: true, checks }));
 } catch (e) {
