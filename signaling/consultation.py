@@ -100,7 +100,7 @@ class Consultation:
         info = session.public()
         info["tracks"] = _tracks(session.media)
         if session.media is not None:  # a `room` snapshot restores what `mode` events said
-            info["modes"] = session.media.fallback.modes()
+            info["modes"] = dict(session.media.modes)  # (a plain-RTP device's: always video)
         return info
 
     def waiting_list(self) -> list[dict[str, Any]]:
@@ -253,10 +253,10 @@ class Consultation:
             session.send({"type": "admitted"})
             session.send(self.room_message(session))
             # A `pause` sent while the socket was down was lost with it (issue 5).
-            paused = session.media.fallback.paused_sources() if session.media else []
-            if session.media is not None and paused:
-                reason = session.media.fallback.pause_reason
-                session.send({"type": "pause", "sources": paused, "reason": reason})
+            fallback = getattr(session.media, "fallback", None)  # none for a plain-RTP device
+            if fallback is not None and fallback.paused_sources():
+                sources, reason = fallback.paused_sources(), fallback.pause_reason
+                session.send({"type": "pause", "sources": sources, "reason": reason})
             pending = _safe(session.media.pending_offer, None) if session.media else None
             if pending is not None:
                 sdp, tracks = pending

@@ -142,6 +142,7 @@ async def test_a_resume_restores_modes_and_pause(server: Server, clients: Client
     # The patient's uplink goes audio-only meanwhile: the node pauses its camera.
     fallback = media.fallback
     fallback.up.state = State(Mode.AUDIO_ONLY)
+    media._fallback_mode("uplink", "audio-only", "bandwidth")  # as LinkFallback._step does
     fallback._apply_uplink(list(media.publications.values()))
     assert fallback.paused_sources() == ["camera"]
     assert not patient.received("pause")
