@@ -26,6 +26,8 @@ from .session import Session, SessionState
 from .telemetry import TelemetryLog
 
 if TYPE_CHECKING:
+    from mediaserver.ingest import IngestParticipant
+
     from .hub import Hub
 
 logger = logging.getLogger(__name__)
@@ -464,7 +466,7 @@ def _safe(fn: Callable[[], Any], default: Any) -> Any:
         return default
 
 
-def _tracks(media: Participant | None) -> list[dict[str, Any]]:
+def _tracks(media: Participant | IngestParticipant | None) -> list[dict[str, Any]]:
     if media is None:
         return []
     out = []
@@ -490,7 +492,7 @@ def _room_tracks(room: Room) -> list[dict[str, Any]]:
     ]
 
 
-def _media_info(media: Participant) -> dict[str, Any]:
+def _media_info(media: Participant | IngestParticipant) -> dict[str, Any]:
     """The media plane's view of a participant (connection, tracks, link stats...)."""
     info = _safe(media.info, {})
     return {"media": {k: v for k, v in info.items() if k not in ("id", "role")}}

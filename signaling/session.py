@@ -23,6 +23,8 @@ from aiohttp import web
 from mediaserver.api import Participant, Role
 
 if TYPE_CHECKING:
+    from mediaserver.ingest import IngestParticipant
+
     from .consultation import Consultation
 
 logger = logging.getLogger(__name__)
@@ -65,7 +67,7 @@ class Session:
         self._sub = sub
         self.codecs = codecs
         self.state = SessionState.WAITING
-        self.media: Participant | None = None
+        self.media: Participant | IngestParticipant | None = None
         self.joined_at = time.monotonic()
         self.ws: web.WebSocketResponse | None = None
         self._queue: asyncio.Queue[str | _Close] | None = None

@@ -7,6 +7,7 @@ import asyncio
 import struct
 from collections.abc import Callable
 
+from mediaserver.api import Participant
 from mediaserver.bandwidth import LinkSample, Mode, State
 from signaling.client import ConsultClient
 
@@ -47,7 +48,7 @@ async def test_modes_reach_everyone_the_api_and_the_metrics(
     await patient.wait_track(doctor.participant_id, "video", timeout_s=20)
     consultation = server.hub.consultations["r1"]
     media = consultation.sessions[patient.participant_id].media
-    assert media is not None
+    assert isinstance(media, Participant)
     sub = next(iter(media.subscriptions.values()))
     await asyncio.sleep(0)
     # Drive the patient's downlink controller with a starved sample, as the RTCP loop does.
@@ -92,7 +93,7 @@ async def test_pause_reaches_the_publisher_and_stops_its_sender(
     await doctor.publish(SyntheticVideo(40))
     await doctor.wait_for("offer", timeout_s=10)
     media = server.hub.consultations["r1"].sessions[doctor.participant_id or ""].media
-    assert media is not None
+    assert isinstance(media, Participant)
     for _ in range(100):
         if doctor._sender_sources:
             break
@@ -117,7 +118,7 @@ async def test_reconnect_replaces_the_transport_and_keeps_publications(
     track = await doctor.wait_track(patient.participant_id, "video", timeout_s=20)
     await asyncio.wait_for(track.recv(), 20)
     media = server.hub.consultations["r1"].sessions[patient.participant_id].media
-    assert media is not None
+    assert isinstance(media, Participant)
     ids = set(media.publications)
     negotiations = doctor.negotiations
     await patient._restart_media()  # what the watchdog does when the connection is lost
@@ -133,7 +134,7 @@ async def test_a_resume_restores_modes_and_pause(server: Server, clients: Client
     _, patient = await admitted(server, clients)
     await patient.publish(SyntheticVideo(40))
     media = server.hub.consultations["r1"].sessions[patient.participant_id or ""].media
-    assert media is not None
+    assert isinstance(media, Participant)
     for _ in range(100):  # the node knows the camera once the patient's offer is answered
         if media.publications:
             break

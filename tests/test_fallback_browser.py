@@ -85,7 +85,8 @@ class BrowserCall:
         assert self.hub is not None
         consultation = self.hub.consultations.get(ROOM)
         session = consultation.sessions.get(self.patient_id) if consultation else None
-        return session.media if session is not None else None
+        media = session.media if session is not None else None
+        return media if isinstance(media, Participant) else None
 
     def received(self, source: str) -> int:
         media = self.media()

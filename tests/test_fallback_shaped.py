@@ -158,7 +158,7 @@ class ShapedCall:
     def media(self, pid: str | None = None) -> Participant:
         assert self.hub is not None
         session = self.hub.consultations[ROOM].sessions[pid or self.patient_id]
-        assert session.media is not None
+        assert isinstance(session.media, Participant)
         return session.media
 
     def uplink_received(self) -> int:
