@@ -46,22 +46,32 @@ def _video_rtpmaps(sdp: str, mid: str) -> list[str]:
     return []
 
 
-async def test_late_member_without_h264_gets_the_publisher_in_vp8(server: Server) -> None:
+async def h264_room_with_doctor(server: Server, doctor: ConsultClient) -> str:
+    """Room "late" asks for H264; the doctor publishes its camera there, in H264."""
     status, _ = await server.api(
         "POST", "/api/v1/rooms", json={"id": "late", "video_codec": "H264"}
     )
     assert status == 201
+    await doctor.connect(server.token("doctor", room="late"))
+    await doctor.publish(SyntheticVideo(60))
+    did = doctor.participant_id or ""
+
+    async def published_in_h264() -> bool:
+        return await _video_codecs(server, did) == ["H264"]
+
+    await _until(published_in_h264, "the doctor's H264 camera")
+    return did
+
+
+async def test_late_member_without_h264_gets_the_publisher_in_vp8(server: Server) -> None:
     doctor = ConsultClient(server.url, codecs=["H264", "VP8"])
     patient = ConsultClient(server.url, codecs=["VP8"])
     try:
-        await doctor.connect(server.token("doctor", room="late"))
-        await doctor.publish(SyntheticVideo(60))
-        did = doctor.participant_id or ""
+        did = await h264_room_with_doctor(server, doctor)
 
         async def published_in(codec: str) -> bool:
             return await _video_codecs(server, did) == [codec]
 
-        await _until(lambda: published_in("H264"), "the doctor's H264 camera")
         offers_before = len([m for m in doctor.messages if m.get("type") == "offer"])
 
         await patient.connect(server.token("patient", room="late"))
@@ -104,22 +114,14 @@ async def test_switch_while_a_server_offer_is_unanswered(server: Server) -> None
     next offer then carries VP8 only. Seen in compat's chromium-firefox `codec-late` cell: the
     doctor's answer was refused ('Failed to set remote video description send parameters')
     and the doctor never got the patient's media."""
-    status, _ = await server.api(
-        "POST", "/api/v1/rooms", json={"id": "late", "video_codec": "H264"}
-    )
-    assert status == 201
     doctor = ConsultClient(server.url, codecs=["H264", "VP8"])
     nurse = ConsultClient(server.url, codecs=["H264", "VP8"])
     patient = ConsultClient(server.url, codecs=["VP8"])
     try:
-        await doctor.connect(server.token("doctor", room="late"))
-        await doctor.publish(SyntheticVideo(60))
-        did = doctor.participant_id or ""
+        did = await h264_room_with_doctor(server, doctor)
 
         async def published_in(codec: str) -> bool:
             return await _video_codecs(server, did) == [codec]
-
-        await _until(lambda: published_in("H264"), "the doctor's H264 camera")
 
         # A member who decodes H264 publishes audio: the node offers it to the doctor, who
         # does not answer yet.

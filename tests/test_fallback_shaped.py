@@ -246,6 +246,16 @@ class ShapedCall:
         )
         return matching()[0]
 
+    async def chat_reaches_patient(self, text: str, timeout: float, what: str) -> None:
+        """The doctor chats `text`; the patient gets it within `timeout` s."""
+        assert self.doctor is not None
+        await self.doctor.chat(text)
+        await self.wait_event(
+            lambda e: e["event"] == "chat" and e["message"]["message"]["text"] == text,
+            timeout,
+            what,
+        )
+
     def mark(self) -> int:
         assert self.doctor is not None
         return len(self.doctor.messages)
@@ -324,13 +334,10 @@ async def test_20_kbps_gives_chat_only_and_chat_still_flows(call: ShapedCall) ->
     assert first["reason"] in ("bandwidth", "loss")
     await call.wait_mode("downlink", "chat-only", since, t0, 15.0)
     await call.wait_mode("uplink", "chat-only", since, t0, 15.0)
-    assert call.doctor is not None
-    await call.doctor.chat("Can you read me?")
-    await call.wait_event(
-        lambda e: e["event"] == "chat" and e["message"]["message"]["text"] == "Can you read me?",
-        40,
-        "chat delivered to the patient over the 20 kbps link",
+    await call.chat_reaches_patient(
+        "Can you read me?", 40, "chat delivered to the patient over the 20 kbps link"
     )
+    assert call.doctor is not None
     call.send_patient({"cmd": "chat", "text": "Yes, no sound here"})
     await call.doctor.wait_for(
         "chat", lambda m: m["message"]["text"] == "Yes, no sound here", timeout_s=20
@@ -351,13 +358,7 @@ async def test_40_percent_loss_gives_chat_only(call: ShapedCall) -> None:
     # settle time ends (`LinkFallback.due`), not at the next report.
     await call.wait_mode(None, "chat-only", since, t0, 5.0)
     await call.wait_mode("downlink", "chat-only", since, t0, 15.0)
-    assert call.doctor is not None
-    await call.doctor.chat("Typing instead")
-    await call.wait_event(
-        lambda e: e["event"] == "chat" and e["message"]["message"]["text"] == "Typing instead",
-        20,
-        "chat delivered through 40% loss",
-    )
+    await call.chat_reaches_patient("Typing instead", 20, "chat delivered through 40% loss")
 
 
 async def test_outage_of_5_s_resumes_by_itself(call: ShapedCall) -> None:
