@@ -6,8 +6,9 @@ time ends (`due()`, so a second step down does not wait for the next report),
 the server measured itself:
 - uplink (what the participant sends us): sequence gaps and bytes of its publications over the
   interval, and whether anything (RTP or RTCP) arrived at all;
-- downlink (what we send it): the fraction lost of the receiver reports that arrived in the
-  interval for the streams that flowed, bytes sent, the subscriber's REMB.
+- downlink (what we send it): the subscriber's own loss in the receiver reports that arrived in
+  the interval for the streams that flowed (`Subscription.own_lost`: the publisher's uplink
+  gaps are not charged here), bytes sent, the subscriber's REMB.
 
 Then it applies the controllers' states: downlink sources not allowed stop being forwarded
 (`Subscription.set_paused`); uplink sources not allowed are listed in a "pause" event that the

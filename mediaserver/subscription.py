@@ -41,10 +41,9 @@ class Subscription(Emitter):
         self.jitter = 0
         self.rtt: float | None = None
         self.remb_bps: int | None = None
-        # Bandwidth fallback (mediaserver/fallback.py): receiver reports seen, packets the
-        # last one covered, and whether forwarding is paused for this subscriber.
+        # Bandwidth fallback (mediaserver/fallback.py): receiver reports seen, the last one's
+        # highest sequence and cumulative loss, and whether forwarding is paused.
         self.reports = 0
-        self.report_packets = 0
         self.highest_reported: int | None = None
         self.packets_lost = 0
         # This downlink's own loss, cumulative over the reports: what the receiver lost minus
@@ -163,7 +162,6 @@ class Subscription(Emitter):
         upstream = (stats.expected, stats.received)
         if self.highest_reported is not None:  # low 16 bits: aiortc reports no cycles
             expected = (block.highest_seq - self.highest_reported) & 0xFFFF
-            self.report_packets = expected
             if expected < 0x8000 and self._upstream_at_report is not None:
                 e0, r0 = self._upstream_at_report
                 gaps = max(0, (upstream[0] - e0) - (upstream[1] - r0))
