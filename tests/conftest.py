@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from mediaserver.api import IceConfig, MediaConfig
+from mediaserver.api import IceConfig, MediaConfig, Node, Room
 from signaling.app import HUB, AccessLogger, create_app
 from signaling.auth import encode_token
 from signaling.client import ConsultClient
@@ -59,6 +59,20 @@ class Server:
             async with http.request(method, self.url + path, headers=headers, **kwargs) as r:
                 body = await r.json() if r.content_type == "application/json" else await r.text()
                 return r.status, body
+
+
+@pytest.fixture
+async def node() -> AsyncIterator[Node]:
+    """A media node on loopback (no signaling): tests drive its rooms directly."""
+    node = Node(MediaConfig(ice=IceConfig(host_addresses=("127.0.0.1",))))
+    await node.start()
+    yield node
+    await node.close()
+
+
+@pytest.fixture
+async def room(node: Node) -> Room:
+    return node.create_room("r1")
 
 
 def make_config(**overrides: Any) -> ServerConfig:

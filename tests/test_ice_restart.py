@@ -26,19 +26,6 @@ WAIT_S = 30.0
 
 
 @pytest.fixture
-async def node() -> AsyncIterator[Node]:
-    node = Node(MediaConfig(ice=IceConfig(host_addresses=("127.0.0.1",))))
-    await node.start()
-    yield node
-    await node.close()
-
-
-@pytest.fixture
-async def room(node: Node) -> Room:
-    return node.create_room("r1")
-
-
-@pytest.fixture
 async def quick_room() -> AsyncIterator[Room]:
     """A node that drops an ICE restart after 2 s without a nominated pair (default 30 s)."""
     node = Node(MediaConfig(ice=IceConfig(host_addresses=("127.0.0.1",), restart_timeout_s=2.0)))

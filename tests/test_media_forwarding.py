@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 
 import pytest
 from aiortc.mediastreams import AudioStreamTrack
@@ -22,21 +21,6 @@ from mediaserver.api import (
 from mediaserver.publication import payload_offset
 from mediaserver.rtp.keyframe import vp8_keyframe_start
 from tests.media_peers import PatternVideoTrack, Peer, av_tracks
-
-LOOPBACK = MediaConfig(ice=IceConfig(host_addresses=("127.0.0.1",)))
-
-
-@pytest.fixture
-async def node() -> AsyncIterator[Node]:
-    node = Node(LOOPBACK)
-    await node.start()
-    yield node
-    await node.close()
-
-
-@pytest.fixture
-async def room(node: Node) -> Room:
-    return node.create_room("r1")
 
 
 async def eventually(predicate: object, timeout: float = 20.0) -> None:
