@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -18,9 +17,10 @@ from aiohttp import web
 
 from mediaserver.api import Role
 
-from .app import AccessLogger, create_app
+from .app import TLS, AccessLogger, create_app
 from .auth import encode_token
 from .config import DEV_TOKEN_SECRET, ENV_PREFIX, ServerConfig, add_run_arguments, config_from_args
+from .logs import LOG_FORMATS, configure_logging
 
 DEMO_ROOM = "demo"
 DEMO_TTL_S = 12 * 3600
@@ -32,6 +32,12 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a node")
     add_run_arguments(run)
     run.add_argument("--log-level", default=os.environ.get(ENV_PREFIX + "LOG_LEVEL", "INFO"))
+    run.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default=os.environ.get(ENV_PREFIX + "LOG_FORMAT", "text"),
+        help="text (escaped, one line a record) or json (one object a line); CONSULT_LOG_FORMAT",
+    )
     token = sub.add_parser("token", help="mint a participant token (HS256 JWT)")
     token.add_argument("--room", required=True)
     token.add_argument("--sub", required=True, help="the platform's user id")
@@ -48,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def demo_urls(config: ServerConfig, *, room: str = DEMO_ROOM) -> dict[str, str]:
     host = "127.0.0.1" if config.host in ("0.0.0.0", "::", "") else config.host
-    base = f"http://{host}:{config.port}/demo"
+    base = f"{_scheme(config)}://{host}:{config.port}/demo"
     urls = {}
     for role, name in ((Role.DOCTOR, "Dr. Demo"), (Role.PATIENT, "Demo Patient")):
         token = encode_token(
@@ -63,8 +69,12 @@ def demo_urls(config: ServerConfig, *, room: str = DEMO_ROOM) -> dict[str, str]:
     return urls
 
 
+def _scheme(config: ServerConfig) -> str:
+    return "https" if config.tls_cert else "http"
+
+
 def _banner(config: ServerConfig) -> str:
-    lines = [f"consultation node on http://{config.host}:{config.port}"]
+    lines = [f"consultation node on {_scheme(config)}://{config.host}:{config.port}"]
     if config.dev:
         lines += [
             "DEV MODE: in-memory state, rooms created on first join, demo page enabled",
@@ -77,14 +87,10 @@ def _banner(config: ServerConfig) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    if logging.getLogger().level > logging.DEBUG:
-        logging.getLogger("aioice").setLevel(logging.WARNING)  # per-pair lines with addresses
     try:
+        configure_logging(str(args.log_level), str(args.log_format))
         config = config_from_args(args)
+        app = create_app(config=config)
     except ValueError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
@@ -95,7 +101,6 @@ def run(args: argparse.Namespace) -> int:
     except ImportError:
         pass
     print(_banner(config), flush=True)
-    app = create_app(config=config)
     # Everything imported so far lives as long as the process: keep it out of the cyclic
     # collector's full passes, which otherwise stall forwarding for every room (tens of ms).
     gc.collect()
@@ -104,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
         app,
         host=config.host,
         port=config.port,
+        ssl_context=app.get(TLS),
         access_log_class=AccessLogger,
         print=None,
     )

@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
+import hmac
 import logging
 import re
+import ssl
 import weakref
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
-from aiohttp import WSCloseCode, web
+from aiohttp import WSCloseCode, hdrs, web
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web_request import BaseRequest
 
 from mediaserver.api import Node
 
-from .config import ServerConfig
+from .config import ServerConfig, normalize_origin, tls_context
 from .http_api import HUB, add_routes, api_key_middleware
 from .hub import Hub
-from .metrics import Metrics
+from .logs import escape
+from .metrics import CONTENT_TYPE, Metrics
 from .ws import serve_socket
 
 logger = logging.getLogger(__name__)
@@ -32,9 +36,12 @@ CONTENT_TYPES = {
     ".json": "application/json",
     ".map": "application/json",
 }
+DEV_ONLY_SUFFIXES = (".html",)  # pages (the demo): dev mode only; consult.js is always served
 
 CONFIG = web.AppKey("config", ServerConfig)
 METRICS = web.AppKey("metrics", Metrics)
+TLS = web.AppKey("tls", ssl.SSLContext)  # set with --tls-cert: the main site's context
+METRICS_ADDRESS = web.AppKey("metrics_address", tuple)  # (host, port) of --metrics-port
 
 
 class OpenSockets(weakref.WeakSet[web.WebSocketResponse]):
@@ -43,25 +50,49 @@ class OpenSockets(weakref.WeakSet[web.WebSocketResponse]):
 
 SOCKETS = web.AppKey("sockets", OpenSockets)
 
-__all__ = ["CONFIG", "HUB", "METRICS", "SOCKETS", "AccessLogger", "create_app"]
+__all__ = [
+    "CONFIG",
+    "HUB",
+    "METRICS",
+    "METRICS_ADDRESS",
+    "SOCKETS",
+    "TLS",
+    "AccessLogger",
+    "create_app",
+]
 
 
 class AccessLogger(AbstractAccessLogger):
     """Method, path, status, time: never the query string (it may carry a token) nor the
-    client address."""
+    client address. The path is escaped here too (`/x%0A...` decodes to a newline), so the line
+    stays one line whatever formatter the embedding program installs (logs.py)."""
 
     def log(self, request: BaseRequest, response: web.StreamResponse, time: float) -> None:
         self.logger.info(
             "%s %s %d %.1fms",
-            request.method,
-            request.path,
+            escape(request.method),
+            escape(request.path),
             response.status,
             time * 1000,
         )
 
 
+def origin_allowed(config: ServerConfig, origin: str | None) -> bool:
+    """With an allow-list, a browser's Origin must be on it. Browsers always send one on a
+    WebSocket; programs (ConsultClient, devices) send none and are let through: the token is
+    what authenticates, the list stops other web sites from using a visitor's browser."""
+    if not config.allowed_origins or origin is None:
+        return True
+    try:
+        return normalize_origin(origin) in config.allowed_origins
+    except ValueError:
+        return False  # "null" (sandboxed or file: pages) and anything malformed
+
+
 async def websocket(request: web.Request) -> web.StreamResponse:
     config = request.app[CONFIG]
+    if not origin_allowed(config, request.headers.get(hdrs.ORIGIN)):
+        raise web.HTTPForbidden(text="origin not allowed\n")
     ws = web.WebSocketResponse(
         heartbeat=config.ws_heartbeat_s,
         max_msg_size=max(4 * config.max_message_bytes, 1 << 20),
@@ -77,6 +108,8 @@ async def client_file(request: web.Request) -> web.StreamResponse:
     path = STATIC_DIR / name
     if not STATIC_NAME.match(name) or not path.is_file():
         raise web.HTTPNotFound()
+    if path.suffix in DEV_ONLY_SUFFIXES and not request.app[CONFIG].dev:
+        raise web.HTTPNotFound()
     content_type = CONTENT_TYPES.get(path.suffix, "application/octet-stream")
     return web.FileResponse(
         path, headers={"Content-Type": content_type, "Cache-Control": "no-cache"}
@@ -90,6 +123,65 @@ async def demo(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(path, headers={"Content-Type": "text/html; charset=utf-8"})
 
 
+def metrics_key_accepted(config: ServerConfig, request: web.Request) -> bool:
+    """No --metrics-key: anyone; else `Authorization: Bearer <key>`."""
+    if not config.metrics_key:
+        return True
+    scheme, _, key = request.headers.get(hdrs.AUTHORIZATION, "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        key.strip().encode(), config.metrics_key.encode()
+    )
+
+
+def _metrics_refused() -> web.Response:
+    response = web.json_response(
+        {"error": "unauthorized", "message": "missing or wrong metrics key"}, status=401
+    )
+    response.headers[hdrs.WWW_AUTHENTICATE] = 'Bearer realm="metrics"'
+    return response
+
+
+@web.middleware
+async def metrics_guard(request: web.Request, handler: Any) -> web.StreamResponse:
+    """/metrics of the main site: 404 when it has a port of its own, else the key if set."""
+    if request.path == "/metrics":
+        config = request.app[CONFIG]
+        if config.metrics_port is not None:
+            raise web.HTTPNotFound()
+        if not metrics_key_accepted(config, request):
+            return _metrics_refused()
+    result: web.StreamResponse = await handler(request)
+    return result
+
+
+def metrics_site(app: web.Application, context: ssl.SSLContext | None) -> Any:
+    """cleanup_ctx: /metrics alone on --metrics-host:--metrics-port (TLS like the main site)."""
+    config = app[CONFIG]
+    metrics = app[METRICS]
+
+    async def serve_metrics(request: web.Request) -> web.Response:
+        if not metrics_key_accepted(config, request):
+            return _metrics_refused()
+        return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        site_app = web.Application()
+        site_app.router.add_get("/metrics", serve_metrics)
+        runner = web.AppRunner(site_app, access_log_class=AccessLogger)
+        await runner.setup()
+        try:
+            await web.TCPSite(
+                runner, config.metrics_host, config.metrics_port or 0, ssl_context=context
+            ).start()
+            app[METRICS_ADDRESS] = tuple(runner.addresses[0][:2])
+            logger.info("metrics on port %d", app[METRICS_ADDRESS][1])
+            yield
+        finally:
+            await runner.cleanup()
+
+    return lifecycle
+
+
 async def _on_shutdown(app: web.Application) -> None:
     sockets: OpenSockets = app[SOCKETS]
     for ws in list(sockets):
@@ -97,9 +189,14 @@ async def _on_shutdown(app: web.Application) -> None:
 
 
 def create_app(*, config: ServerConfig, node: Node | None = None) -> web.Application:
-    """Build the app; the media Node (given or created from config.media) lives in cleanup_ctx."""
-    app = web.Application(middlewares=[api_key_middleware])
+    """Build the app; the media Node (given or created from config.media) lives in cleanup_ctx.
+
+    Raises ValueError when --tls-cert/--tls-key cannot be loaded."""
+    app = web.Application(middlewares=[metrics_guard, api_key_middleware])
     app[CONFIG] = config
+    context = tls_context(config)
+    if context is not None:
+        app[TLS] = context
     app[METRICS] = Metrics()
     sockets = OpenSockets()
     app[SOCKETS] = sockets
@@ -118,6 +215,8 @@ def create_app(*, config: ServerConfig, node: Node | None = None) -> web.Applica
         await media_node.close()
 
     app.cleanup_ctx.append(lifecycle)
+    if config.metrics_port is not None:
+        app.cleanup_ctx.append(metrics_site(app, context))
     app.on_shutdown.append(_on_shutdown)
     app.router.add_get("/ws", websocket)
     app.router.add_get("/client/{file}", client_file)

@@ -3,17 +3,26 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
+import logging
 import os
 import secrets
+import ssl
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from mediaserver.api import IceConfig, IceServer, MediaConfig
 
 ENV_PREFIX = "CONSULT_"
 DEV_TOKEN_SECRET = "dev-token-secret-not-for-production"
 DEV_API_KEY = "dev-api-key"
+MIN_SECRET_BYTES = 32  # outside dev mode: token secret, API key, metrics key
+MIN_SECRET_SYMBOLS = 8  # distinct characters: refuses "aaaa..." and the like
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -34,6 +43,15 @@ class ServerConfig:
     auto_create_rooms: bool | None = None
     stats_interval_s: float = 5.0
     media: MediaConfig = field(default_factory=MediaConfig)
+    # -- secrets, TLS and exposure (issue 11, item 8) --
+    dev_allow_remote: bool = False  # dev mode on a non-loopback address
+    tls_cert: str | None = None  # PEM certificate chain: HTTPS and WSS on the main port
+    tls_key: str | None = None
+    allowed_origins: tuple[str, ...] = ()  # empty: any Origin may open /ws
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = None  # set: /metrics only there, 404 on the main port
+    metrics_key: str = ""  # set: /metrics wants `Authorization: Bearer <key>`
+    # -- end --
 
     def __post_init__(self) -> None:
         if not self.api_key or not self.token_secret:
@@ -45,6 +63,20 @@ class ServerConfig:
         for name in ("resume_grace_s", "peer_timeout_s", "join_timeout_s", "stats_interval_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
+        self._check_exposure()
+
+    def _check_exposure(self) -> None:
+        if self.dev and not self.dev_allow_remote and not is_loopback(self.host):
+            raise ValueError(
+                f"dev mode serves a fixed API key and token secret: it listens on loopback only"
+                f" (not {self.host!r}) unless --dev-allow-remote is given"
+            )
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("--tls-cert and --tls-key go together")
+        origins = tuple(normalize_origin(o) for o in self.allowed_origins)
+        object.__setattr__(self, "allowed_origins", origins)
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise ValueError("metrics_port must be a TCP port (0-65535)")
 
     @property
     def rooms_auto_created(self) -> bool:
@@ -81,6 +113,89 @@ def _bool(text: str) -> bool:
     return text.strip().lower() in ("1", "true", "yes", "on")
 
 
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 or `localhost`; a wildcard (0.0.0.0, ::, "") or any other is not."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def normalize_origin(text: str) -> str:
+    """An Origin as browsers send it: `scheme://host[:port]`, lower case, no default port.
+
+    Raises ValueError for anything else (a path, a query, a scheme other than http(s))."""
+    try:
+        url = urlsplit(text.strip())
+        port = url.port
+    except ValueError as exc:
+        raise ValueError(f"bad origin {text!r}: {exc}") from None
+    if url.scheme.lower() not in ("http", "https") or not url.hostname:
+        raise ValueError(f"bad origin {text!r}: want http(s)://host[:port]")
+    if url.path not in ("", "/") or url.query or url.fragment or url.username or url.password:
+        raise ValueError(f"bad origin {text!r}: want http(s)://host[:port], nothing after it")
+    scheme = url.scheme.lower()
+    host = url.hostname.lower()
+    if ":" in host:
+        host = f"[{host}]"
+    default = {"http": 80, "https": 443}[scheme]
+    return f"{scheme}://{host}" + (f":{port}" if port is not None and port != default else "")
+
+
+def _check_permissions(path: str, what: str) -> None:
+    """A file anyone else may write is refused; one anyone may read is warned about."""
+    mode = os.stat(path).st_mode
+    if mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise ValueError(f"{what} file {path} is writable by others (chmod 600 it)")
+    if mode & stat.S_IROTH:
+        logger.warning("%s file %s is readable by every user (chmod 600 it)", what, path)
+
+
+def read_secret_file(path: str, what: str) -> str:
+    """The file's text, trailing newline stripped; empty or unreadable is an error."""
+    try:
+        _check_permissions(path, what)
+        with open(path, encoding="utf-8") as f:
+            text = f.read().rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot read the {what} file: {exc}") from None
+    if not text:
+        raise ValueError(f"the {what} file {path} is empty")
+    return text
+
+
+def check_secret_strength(value: str, what: str) -> None:
+    """Outside dev mode: at least MIN_SECRET_BYTES bytes of MIN_SECRET_SYMBOLS+ characters."""
+    if value in (DEV_API_KEY, DEV_TOKEN_SECRET):
+        raise ValueError(f"the {what} is a dev-mode value: give a random one outside dev mode")
+    if len(value.encode()) < MIN_SECRET_BYTES or len(set(value)) < MIN_SECRET_SYMBOLS:
+        raise ValueError(
+            f"the {what} is too weak: at least {MIN_SECRET_BYTES} bytes of"
+            f" {MIN_SECRET_SYMBOLS}+ distinct characters outside dev mode"
+            f" (e.g. `python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`)"
+        )
+
+
+def tls_context(config: ServerConfig) -> ssl.SSLContext | None:
+    """The server's TLS context (TLS 1.2+) from --tls-cert/--tls-key; None without them."""
+    if not config.tls_cert or not config.tls_key:
+        return None
+
+    def encrypted_key() -> bytes:
+        raise ValueError(f"the TLS key {config.tls_key} is encrypted: give an unencrypted one")
+
+    _check_permissions(config.tls_key, "TLS key")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(config.tls_cert, config.tls_key, password=encrypted_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(f"cannot load --tls-cert/--tls-key: {exc}") from None
+    return context
+
+
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `python -m signaling run`; each falls back to CONSULT_<NAME> in the env."""
     add = parser.add_argument
@@ -97,6 +212,22 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     add("--ice-announce", help="address announced in ICE candidates (public address)")
     add("--rtc-ports", help="UDP port range for media, e.g. 40000-40100")
     add("--ice-servers", help="STUN/TURN for clients: JSON list or comma-separated URLs")
+    # -- secrets, TLS and exposure (issue 11, item 8) --
+    add("--api-key-file", help="file holding the API key (CONSULT_API_KEY_FILE)")
+    add("--token-secret-file", help="file holding the token secret (CONSULT_TOKEN_SECRET_FILE)")
+    add("--tls-cert", help="PEM certificate chain: serve HTTPS and WSS (CONSULT_TLS_CERT)")
+    add("--tls-key", help="PEM private key of --tls-cert (CONSULT_TLS_KEY)")
+    add("--allowed-origins", help="comma-separated Origins allowed on /ws (default: any)")
+    add("--metrics-port", type=int, help="serve /metrics on this port only (CONSULT_METRICS_PORT)")
+    add("--metrics-host", help="listen address of --metrics-port (127.0.0.1)")
+    add("--metrics-key", help="bearer key /metrics asks for (CONSULT_METRICS_KEY)")
+    add("--metrics-key-file", help="file holding the metrics key (CONSULT_METRICS_KEY_FILE)")
+    add(
+        "--dev-allow-remote",
+        action="store_true",
+        default=None,
+        help="let dev mode listen on a non-loopback address (CONSULT_DEV_ALLOW_REMOTE)",
+    )
 
 
 def config_from_args(
@@ -110,10 +241,34 @@ def config_from_args(
             return str(flag)
         return env.get(ENV_PREFIX + name)
 
+    def secret(flag: str | None, flag_file: str | None, name: str, what: str) -> str:
+        """--x or --x-file, else CONSULT_X or CONSULT_X_FILE; never both of one pair."""
+        for value, path, how in (
+            (flag, flag_file, f"--{name.lower().replace('_', '-')}[-file]"),
+            (env.get(ENV_PREFIX + name), env.get(ENV_PREFIX + name + "_FILE"), "the env"),
+        ):
+            if value is not None and path is not None:
+                raise ValueError(f"{what}: give the value or a file, not both ({how})")
+            if value is not None:
+                return value
+            if path is not None:
+                return read_secret_file(path, what)
+        return ""
+
     dev_text = pick(args.dev, "DEV")
     dev = dev_text is not None and _bool(dev_text)
-    api_key = pick(args.api_key, "API_KEY") or (DEV_API_KEY if dev else "")
-    secret = pick(args.token_secret, "TOKEN_SECRET") or (DEV_TOKEN_SECRET if dev else "")
+    api_key = secret(args.api_key, args.api_key_file, "API_KEY", "API key")
+    token_secret = secret(args.token_secret, args.token_secret_file, "TOKEN_SECRET", "token secret")
+    metrics_key = secret(args.metrics_key, args.metrics_key_file, "METRICS_KEY", "metrics key")
+    if not dev:
+        for value, what in ((api_key, "API key"), (token_secret, "token secret")):
+            if value:  # a missing one is ServerConfig's error
+                check_secret_strength(value, what)
+        if metrics_key:
+            check_secret_strength(metrics_key, "metrics key")
+    api_key = api_key or (DEV_API_KEY if dev else "")
+    token_secret = token_secret or (DEV_TOKEN_SECRET if dev else "")
+    origins_text = pick(args.allowed_origins, "ALLOWED_ORIGINS") or ""
     hosts_text = ",".join(args.ice_host) if args.ice_host else env.get(ENV_PREFIX + "ICE_HOSTS", "")
     ports_text = pick(args.rtc_ports, "RTC_PORTS")
     min_port, max_port = parse_port_range(ports_text) if ports_text else (0, 0)
@@ -132,15 +287,22 @@ def config_from_args(
         ("peer_timeout_s", args.peer_timeout, "PEER_TIMEOUT_S", float),
         ("max_message_bytes", args.max_message_bytes, "MAX_MESSAGE_BYTES", int),
         ("auto_create_rooms", args.auto_create_rooms, "AUTO_CREATE_ROOMS", _bool),
+        ("dev_allow_remote", args.dev_allow_remote, "DEV_ALLOW_REMOTE", _bool),
+        ("tls_cert", args.tls_cert, "TLS_CERT", str),
+        ("tls_key", args.tls_key, "TLS_KEY", str),
+        ("metrics_host", args.metrics_host, "METRICS_HOST", str),
+        ("metrics_port", args.metrics_port, "METRICS_PORT", int),
     ):
         text = pick(flag, name)
         if text is not None:
             values[attr] = conv(text)
     return ServerConfig(
         api_key=api_key,
-        token_secret=secret,
+        token_secret=token_secret,
         dev=dev,
         media=MediaConfig(ice=ice),
+        allowed_origins=tuple(o for o in origins_text.split(",") if o.strip()),
+        metrics_key=metrics_key,
         **values,  # type: ignore[arg-type]
     )
 

@@ -89,10 +89,14 @@ def test_unreachable_url_is_a_clear_error(tmp_path: Path) -> None:
     assert "cannot reach the node" in json.loads((tmp_path / "run.json").read_text())["error"]
 
 
+NODE_KEY = "loadtest-node-api-key-0123456789abcdef"  # 32+ bytes: the node's minimum
+NODE_SECRET = "loadtest-node-token-secret-0123456789abcdef"
+
+
 @pytest.fixture
 def node() -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
-    """Our node on a free loopback port (API key `key`, token secret `right-secret`): the port
-    and the process, killed after the test whatever happened."""
+    """Our node on a free loopback port (NODE_KEY, NODE_SECRET): the port and the process,
+    killed after the test whatever happened."""
     port = _free_port()
     proc = _start_node(port)
     try:
@@ -112,9 +116,9 @@ def _start_node(port: int) -> subprocess.Popen[bytes]:
             "--port",
             str(port),
             "--api-key",
-            "key",
+            NODE_KEY,
             "--token-secret",
-            "right-secret",
+            NODE_SECRET,
             "--ice-host",
             "127.0.0.1",
         ],
@@ -138,7 +142,7 @@ def test_refused_tokens_end_with_an_error_and_a_report(
 ) -> None:
     port, proc_node = node
     proc = subprocess.run(
-        _run_against(port, "key", "wrong-secret", tmp_path, "--duration", "2"),
+        _run_against(port, NODE_KEY, "wrong-secret", tmp_path, "--duration", "2"),
         capture_output=True,
         text=True,
         timeout=90,
@@ -157,8 +161,8 @@ def test_a_node_dying_mid_run_ends_the_run_with_an_error_and_a_report(
     run = subprocess.Popen(
         _run_against(
             port,
-            "key",
-            "right-secret",
+            NODE_KEY,
+            NODE_SECRET,
             tmp_path,
             *("--node-pid", str(proc_node.pid), "--warmup", "1", "--duration", "120"),
         ),
