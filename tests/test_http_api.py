@@ -158,9 +158,10 @@ def test_config_from_flags_and_env() -> None:
         True,
     )
     assert dev.media.ice.ice_servers == ()
+    key, secret = "k" * 16 + "0123456789abcdef", "s" * 16 + "0123456789abcdef"  # 32 bytes
     env = {
-        "CONSULT_API_KEY": "k",
-        "CONSULT_TOKEN_SECRET": "s",
+        "CONSULT_API_KEY": key,
+        "CONSULT_TOKEN_SECRET": secret,
         "CONSULT_PORT": "9000",
         "CONSULT_RTC_PORTS": "40000-40100",
         "CONSULT_ICE_SERVERS": json.dumps(
@@ -171,7 +172,8 @@ def test_config_from_flags_and_env() -> None:
         ["--port", "9100", "--ice-host", "10.0.0.5", "--ice-announce", "1.2.3.4"]
     )
     prod = config_from_args(args, env=env)
-    assert (prod.port, prod.api_key, prod.dev, prod.auto_create_rooms) == (9100, "k", False, False)
+    assert (prod.port, prod.api_key, prod.dev, prod.auto_create_rooms) == (9100, key, False, False)
+    assert prod.token_secret == secret
     ice = prod.media.ice
     assert (ice.min_port, ice.max_port, ice.host_addresses) == (40000, 40100, ("10.0.0.5",))
     assert ice.announced_address == "1.2.3.4"
