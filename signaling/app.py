@@ -7,7 +7,7 @@ import logging
 import re
 import ssl
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -154,7 +154,9 @@ async def metrics_guard(request: web.Request, handler: Any) -> web.StreamRespons
     return result
 
 
-def metrics_site(app: web.Application, context: ssl.SSLContext | None) -> Any:
+def metrics_site(
+    app: web.Application, context: ssl.SSLContext | None
+) -> Callable[[web.Application], AsyncIterator[None]]:
     """cleanup_ctx: /metrics alone on --metrics-host:--metrics-port (TLS like the main site)."""
     config = app[CONFIG]
     metrics = app[METRICS]

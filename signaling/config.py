@@ -186,10 +186,10 @@ def tls_context(config: ServerConfig) -> ssl.SSLContext | None:
     def encrypted_key() -> bytes:
         raise ValueError(f"the TLS key {config.tls_key} is encrypted: give an unencrypted one")
 
-    _check_permissions(config.tls_key, "TLS key")
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
+        _check_permissions(config.tls_key, "TLS key")
         context.load_cert_chain(config.tls_cert, config.tls_key, password=encrypted_key)
     except (OSError, ssl.SSLError) as exc:
         raise ValueError(f"cannot load --tls-cert/--tls-key: {exc}") from None

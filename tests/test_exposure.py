@@ -359,6 +359,20 @@ def test_tls_options_are_checked(tmp_path: Path) -> None:
 
     with pytest.raises(ValueError, match="cannot load --tls-cert"):
         create_app(config=config)
+    missing = _config(["--dev", "--tls-cert", cert, "--tls-key", str(tmp_path / "missing")])
+    with pytest.raises(ValueError, match="cannot load --tls-cert"):
+        create_app(config=missing)
+    encrypted = tmp_path / "encrypted.pem"
+    encrypted.write_bytes(
+        ec.generate_private_key(ec.SECP256R1()).private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"passphrase"),
+        )
+    )
+    locked = _config(["--dev", "--tls-cert", cert, "--tls-key", str(encrypted)])
+    with pytest.raises(ValueError, match="encrypted"):
+        create_app(config=locked)
 
 
 async def _forge(node: NodeProcess) -> None:
