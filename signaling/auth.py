@@ -278,7 +278,7 @@ class TokenVerifier:
         nbf = _time_claim(payload, "nbf")
         iat = _time_claim(payload, "iat")
         if exp - now > self.max_lifetime_s + CLOCK_LEEWAY_S or (
-            iat is not None and exp - iat > self.max_lifetime_s
+            iat is not None and exp - iat > self.max_lifetime_s + 1.0  # whole-second claims
         ):
             raise TokenError("token lifetime too long")
         if check_expiry and now > exp + CLOCK_LEEWAY_S:

@@ -5,6 +5,7 @@ A real node on loopback, real sockets and real tokens.
 
 from __future__ import annotations
 
+import argparse
 import base64
 import json
 import time
@@ -286,3 +287,70 @@ async def test_nested_json_in_a_device_telemetry_body_gets_400(server: Server) -
     assert (status, body["error"]) == (400, "bad-json")
     status, body = await server.api("POST", path, data=json.dumps({"readings": vitals()}))
     assert (status, body["stored"]) == (200, 1)
+
+
+# -- item 7: a node that holds only the platform's public key ----------------------------------
+
+
+async def test_a_node_with_the_public_key_only_accepts_what_the_platform_signed(
+    make_server: ServerFactory, clients: Clients, tmp_path: Any
+) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from signaling.config import add_run_arguments, config_from_args
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    public_file = tmp_path / "platform.pub"
+    public_file.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    parser = argparse.ArgumentParser()
+    add_run_arguments(parser)
+    args = parser.parse_args(
+        ["--api-key", API_KEY, "--token-public-key", str(public_file), "--max-reknocks", "0"]
+    )
+    env = {"CONSULT_TOKEN_MAX_LIFETIME_S": "3600", "CONSULT_TOKEN_AUDIENCE": "consult"}
+    config = config_from_args(args, env)
+    assert config.token_secret == "" and config.max_reknocks == 0
+    assert config.token_verifier().algorithms == ("ES256",)
+    server = await make_server(
+        token_public_key=config.token_public_key, token_secret="", token_audience="consult"
+    )
+
+    def signed(role: str, **claims: Any) -> str:
+        return encode_token(
+            private_key=private, room="r1", sub=f"u-{role}", role=role, name=role, claims=claims
+        )
+
+    doctor = clients(server)
+    await doctor.connect(signed("doctor", aud="consult"))
+    assert doctor.state == "admitted"
+    for bad, reason in (
+        (server.token("patient"), "malformed token: alg not allowed"),  # HS256: the node can't
+        (signed("patient"), "malformed token: missing aud"),
+        (signed("patient", aud="elsewhere"), "wrong audience"),
+    ):
+        error = await refused(server, clients, bad)
+        assert (error.code, error.reason) == (4001, reason)
+    with pytest.raises(ValueError, match="token public key"):
+        public_file.write_text("not a key")
+        config_from_args(args, env)
+
+
+def test_safe_json_counts_nesting_outside_strings_only() -> None:
+    from signaling.safejson import BadJson, loads
+
+    text = "[[[{{ " * 2000 + '\\" [[ \\\\'  # brackets, escaped quotes and backslashes in a string
+    assert loads(json.dumps({"type": "chat", "text": text}))["text"] == text
+    assert loads("[" * 32 + "]" * 32) is not None
+    wide = [[[[[[[[1]]]]]]]] * 500
+    assert loads(json.dumps(wide)) == wide
+    for bad in ("[" * 33 + "]" * 33, "[" * 100_000, '{"a":' * 40 + "1" + "}" * 40, b"\xff[]", "{"):
+        with pytest.raises(BadJson):
+            loads(bad)
