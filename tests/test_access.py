@@ -6,6 +6,7 @@ A real node on loopback, real sockets and real tokens.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import json
 import time
@@ -354,3 +355,29 @@ def test_safe_json_counts_nesting_outside_strings_only() -> None:
     for bad in ("[" * 33 + "]" * 33, "[" * 100_000, '{"a":' * 40 + "1" + "}" * 40, b"\xff[]", "{"):
         with pytest.raises(BadJson):
             loads(bad)
+
+
+async def test_vital_signs_over_the_data_channel_follow_the_same_rule(
+    server: Server, clients: Clients
+) -> None:
+    from aiortc.mediastreams import AudioStreamTrack
+
+    doctor = await join(server, clients, "doctor")
+    observer = clients(server)
+    await observer.connect(token("observer", sub="obs", telemetry=True))
+    await observer.publish(AudioStreamTrack())  # negotiates the transport, data channel included
+    await doctor.wait_track(observer.participant_id or "", "audio", timeout_s=30)
+    assert observer.channel is not None
+    for _ in range(400):
+        if observer.channel.readyState == "open":
+            break
+        await asyncio.sleep(0.05)
+    observer.send_data("[" * 100_000)  # ignored, like any other non-message
+    batch = {"type": "telemetry", "id": "d1", "seq": 1, "readings": vitals()}
+    observer.send_data(json.dumps(batch))
+    error = await observer.wait_for("error", lambda m: m["ref"] == "d1")
+    assert error["code"] == "forbidden"
+    await doctor.ping()
+    assert not doctor.received("telemetry")
+    _, info = await server.api("GET", "/api/v1/rooms/r1")
+    assert info["telemetry_records"] == 0
