@@ -38,7 +38,7 @@ def _parser() -> argparse.ArgumentParser:
         default=os.environ.get(ENV_PREFIX + "LOG_FORMAT", "text"),
         help="text (escaped, one line a record) or json (one object a line); CONSULT_LOG_FORMAT",
     )
-    token = sub.add_parser("token", help="mint a participant token (HS256 JWT)")
+    token = sub.add_parser("token", help="mint a participant token (JWT)")
     token.add_argument("--room", required=True)
     token.add_argument("--sub", required=True, help="the platform's user id")
     token.add_argument("--role", required=True, choices=[r.value for r in Role])
@@ -49,6 +49,7 @@ def _parser() -> argparse.ArgumentParser:
         default=os.environ.get(ENV_PREFIX + "TOKEN_SECRET", DEV_TOKEN_SECRET),
         help="HS256 secret (CONSULT_TOKEN_SECRET; the dev secret by default)",
     )
+    token.add_argument("--private-key", help="PEM private key file: RS256/ES256 instead of HS256")
     return parser
 
 
@@ -117,9 +118,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def token(args: argparse.Namespace) -> int:
+    private_key = None
+    if args.private_key:
+        with open(args.private_key, encoding="ascii") as f:
+            private_key = f.read()
     print(
         encode_token(
             secret=args.secret,
+            private_key=private_key,
             room=args.room,
             sub=args.sub,
             role=Role(args.role),

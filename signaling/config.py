@@ -16,6 +16,8 @@ from urllib.parse import urlsplit
 
 from mediaserver.api import IceConfig, IceServer, MediaConfig
 
+from .auth import TokenVerifier
+
 ENV_PREFIX = "CONSULT_"
 DEV_TOKEN_SECRET = "dev-token-secret-not-for-production"
 DEV_API_KEY = "dev-api-key"
@@ -52,10 +54,20 @@ class ServerConfig:
     metrics_port: int | None = None  # set: /metrics only there, 404 on the main port
     metrics_key: str = ""  # set: /metrics wants `Authorization: Bearer <key>`
     # -- end --
+    # -- access: tokens, bars, knocks (signaling/auth.py, docs/api.md "Tokens") --
+    token_public_key: str | None = None  # PEM text (RS256/ES256), read from --token-public-key
+    token_algorithms: tuple[str, ...] | None = None  # None: HS256, or the public key's alone
+    token_max_lifetime_s: float = 24 * 3600.0
+    token_audience: str | None = None
+    token_issuer: str | None = None
+    max_reknocks: int = 2  # knocks of one identity after a deny; then refused (4003)
+    ended_rooms_kept: int = 100_000  # ended room ids remembered (tokens refused, 4005)
+    # -- end access --
 
     def __post_init__(self) -> None:
-        if not self.api_key or not self.token_secret:
+        if not self.api_key or not (self.token_secret or self.token_public_key):
             raise ValueError("api_key and token_secret are required (or use dev mode)")
+        self._check_access()
         if self.auto_create_rooms is None:
             object.__setattr__(self, "auto_create_rooms", self.dev)
         if self.max_message_bytes < 1024:
@@ -77,6 +89,21 @@ class ServerConfig:
         object.__setattr__(self, "allowed_origins", origins)
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
             raise ValueError("metrics_port must be a TCP port (0-65535)")
+
+    def _check_access(self) -> None:
+        self.token_verifier()  # keys, algorithms and lifetime: ValueError when unusable
+        if self.max_reknocks < 0 or self.ended_rooms_kept < 1:
+            raise ValueError("max_reknocks must be >= 0 and ended_rooms_kept >= 1")
+
+    def token_verifier(self) -> TokenVerifier:
+        return TokenVerifier(
+            secret=self.token_secret,
+            public_key=self.token_public_key,
+            algorithms=self.token_algorithms,
+            max_lifetime_s=self.token_max_lifetime_s,
+            audience=self.token_audience,
+            issuer=self.token_issuer,
+        )
 
     @property
     def rooms_auto_created(self) -> bool:
@@ -228,6 +255,51 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="let dev mode listen on a non-loopback address (CONSULT_DEV_ALLOW_REMOTE)",
     )
+    add_access_arguments(parser)
+
+
+def add_access_arguments(parser: argparse.ArgumentParser) -> None:
+    """Tokens, bars and knocks (docs/api.md, "Tokens"); each falls back to CONSULT_<NAME>."""
+    add = parser.add_argument
+    add("--token-public-key", help="PEM public key for RS256/ES256 tokens (file)")
+    add("--token-algorithms", help="accepted token algorithms, e.g. HS256,RS256")
+    add("--token-max-lifetime", type=float, help="longest token lifetime in seconds (86400)")
+    add("--token-audience", help="required `aud` claim")
+    add("--token-issuer", help="required `iss` claim")
+    add("--max-reknocks", type=int, help="knocks allowed after a deny (2)")
+    add("--ended-rooms-kept", type=int, help="ended room ids remembered (100000)")
+
+
+def access_values(args: argparse.Namespace, env: Mapping[str, str]) -> dict[str, object]:
+    """The access options given on the command line or in CONSULT_* env vars."""
+
+    def pick(attr: str, name: str) -> str | None:
+        flag = getattr(args, attr, None)
+        return str(flag) if flag is not None else env.get(ENV_PREFIX + name)
+
+    values: dict[str, object] = {}
+    key_file = pick("token_public_key", "TOKEN_PUBLIC_KEY")
+    if key_file:
+        try:
+            with open(key_file, encoding="ascii") as f:
+                values["token_public_key"] = f.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"cannot read the token public key file: {exc}") from exc
+    algorithms = pick("token_algorithms", "TOKEN_ALGORITHMS")
+    if algorithms:
+        values["token_algorithms"] = tuple(a.strip() for a in algorithms.split(",") if a.strip())
+    for attr, name, conv in (
+        ("token_max_lifetime", "TOKEN_MAX_LIFETIME_S", float),
+        ("token_audience", "TOKEN_AUDIENCE", str),
+        ("token_issuer", "TOKEN_ISSUER", str),
+        ("max_reknocks", "MAX_REKNOCKS", int),
+        ("ended_rooms_kept", "ENDED_ROOMS_KEPT", int),
+    ):
+        text = pick(attr, name)
+        if text is not None:
+            field_name = "token_max_lifetime_s" if attr == "token_max_lifetime" else attr
+            values[field_name] = conv(text)
+    return values
 
 
 def config_from_args(
@@ -296,6 +368,7 @@ def config_from_args(
         text = pick(flag, name)
         if text is not None:
             values[attr] = conv(text)
+    values.update(access_values(args, env))
     return ServerConfig(
         api_key=api_key,
         token_secret=token_secret,

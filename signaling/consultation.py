@@ -7,7 +7,6 @@ when admitted. Nothing of the room reaches a waiting session.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -18,7 +17,7 @@ from aiohttp import web
 
 from mediaserver.api import CloseReason, Participant, Role, Room, RoomOptions
 
-from . import telemetry
+from . import safejson, telemetry
 from .auth import TokenClaims
 from .chat import ChatLog, ChatMessage
 from .protocol import PROTOCOL_VERSION, CloseCode, ErrorCode, ProtocolError, error_message
@@ -46,6 +45,31 @@ CLOSE_CODES: dict[CloseReason, CloseCode] = {
 
 class RoomUnavailable(Exception):
     """A join refused because of the room (full); the caller closes with 4007."""
+
+
+class Barred(Exception):
+    """A join refused because of who joins (kicked, blocked, too many knocks)."""
+
+    def __init__(self, code: CloseCode, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Bar:
+    """Why an identity may not join this room again (until the API lifts it)."""
+
+    participant: str  # the opaque id of the session it was barred as
+    reason: str  # "kicked", "blocked" or "denied" (too many knocks)
+
+
+# What a barred identity's join is refused with; 4003/4004 are final for the clients.
+BAR_CLOSE: dict[str, tuple[CloseCode, str]] = {
+    "kicked": (CloseCode.KICKED, "kicked from this room"),
+    "blocked": (CloseCode.DENIED, "blocked"),
+    "denied": (CloseCode.DENIED, "too many knocks"),
+}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -86,6 +110,10 @@ class Consultation:
         self.chat = ChatLog()
         self.telemetry = TelemetryLog()  # devices: vital signs, kept for the room's life
         self.ended = False
+        # Access (issue 11): by the token's `sub`, in memory only and never logged. Entries come
+        # only from platform-signed tokens; they last for the room's life.
+        self.bars: dict[str, Bar] = {}
+        self.denials: dict[str, int] = {}
 
     # -- views --------------------------------------------------------------------------------
 
@@ -145,6 +173,10 @@ class Consultation:
             "tracks": _room_tracks(self.media_room),
             "chat_messages": len(self.chat),
             "telemetry_records": len(self.telemetry),
+            "barred": [
+                {"participant": bar.participant, "sub": sub, "reason": bar.reason}
+                for sub, bar in self.bars.items()
+            ],
         }
 
     def summary(self) -> dict[str, Any]:
@@ -202,12 +234,20 @@ class Consultation:
         ws: web.WebSocketResponse,
         ref: str | None,
     ) -> Session:
+        bar = self.bars.get(claims.sub)
+        if bar is not None:
+            raise Barred(*BAR_CLOSE[bar.reason])
         # One session per user and room: a fresh join (no or an expired resume token) replaces
         # the one still in its grace period, which would otherwise be offered to it as a peer.
         for old in [s for s in self.sessions.values() if s.owns_sub(claims.sub)]:
             await self.remove(old, CloseReason.REPLACED, end_if_empty=False)
         session = Session(
-            consultation=self, role=claims.role, name=claims.name, sub=claims.sub, codecs=codecs
+            consultation=self,
+            role=claims.role,
+            name=claims.name,
+            sub=claims.sub,
+            codecs=codecs,
+            telemetry=claims.telemetry,
         )
         waits = claims.role is Role.PATIENT and self.options.waiting_room
         if not waits:
@@ -301,10 +341,33 @@ class Consultation:
             {"type": "participant-joined", "participant": self.describe(session)}, exclude=session
         )
 
-    async def deny(self, session: Session) -> None:
+    async def deny(self, session: Session, *, block: bool = False) -> None:
+        """Refuse a waiting participant. Its identity may knock `max_reknocks` more times;
+        `block` bars it at once (until the API lifts the bar)."""
         if session.state is not SessionState.WAITING:
             raise ProtocolError(ErrorCode.NOT_FOUND, "participant is not waiting")
-        await self.remove(session, CloseReason.DENIED, notice={"type": "denied"})
+        denials = self.denials.get(session.sub, 0) + 1
+        self.denials[session.sub] = denials
+        if block:
+            self.bars[session.sub] = Bar(session.id, "blocked")
+        elif denials > self.hub.config.max_reknocks:
+            self.bars[session.sub] = Bar(session.id, "denied")
+        notice = {"type": "denied", "blocked": block}
+        await self.remove(session, CloseReason.DENIED, notice=notice)
+
+    async def kick(self, session: Session) -> None:
+        """Remove a participant and bar its identity for the room's life (the API lifts it)."""
+        self.bars[session.sub] = Bar(session.id, "kicked")
+        await self.remove(session, CloseReason.KICKED, notice={"type": "kicked"})
+
+    def lift_bar(self, participant_id: str) -> bool:
+        """The API lifts the bar of the identity barred as `participant_id` (and its knocks)."""
+        for sub, bar in list(self.bars.items()):
+            if bar.participant == participant_id:
+                del self.bars[sub]
+                self.denials.pop(sub, None)
+                return True
+        return False
 
     # -- media wiring -------------------------------------------------------------------------
 
@@ -335,7 +398,7 @@ class Consultation:
 
     def _on_media_data(self, session: Session, text: str) -> None:
         try:
-            msg = json.loads(text)
+            msg = safejson.loads(text)
         except ValueError:
             return
         if isinstance(msg, dict) and msg.get("type") == "telemetry":
@@ -352,6 +415,9 @@ class Consultation:
         ref = msg.get("id") if isinstance(msg.get("id"), str) else None
         try:
             stored = telemetry.relay(self, session, msg.get("readings"), msg.get("seq"))
+        except telemetry.TelemetryForbidden as exc:
+            session.send(error_message(ErrorCode.FORBIDDEN, str(exc), ref))
+            return
         except telemetry.TelemetryError as exc:
             session.send(error_message(ErrorCode.BAD_TELEMETRY, str(exc), ref))
             return
@@ -428,10 +494,13 @@ class Consultation:
             self._to_doctors(left)
             self._send_positions()
         if end_if_empty and self.auto_created and not self.sessions:
-            await self.end(CloseReason.ENDED)  # nobody left in a room nobody created
+            await self.end(CloseReason.ENDED, final=False)  # nobody left in a room nobody created
 
-    async def end(self, reason: CloseReason = CloseReason.ENDED) -> None:
-        """End the consultation: everyone gets `ended` and close 4005 (1001 on shutdown)."""
+    async def end(self, reason: CloseReason = CloseReason.ENDED, *, final: bool = True) -> None:
+        """End the consultation: everyone gets `ended` and close 4005 (1001 on shutdown).
+
+        Ended on purpose (`final`, not a shutdown), its id is remembered by the hub and its
+        tokens are refused; an auto-created room that emptied is not (final=False)."""
         if self.ended:
             return
         self.ended = True
@@ -448,7 +517,7 @@ class Consultation:
             await self.media_room.close(reason)
         except Exception:
             logger.exception("closing media room %s failed", self.id)
-        self.hub.forget(self)
+        self.hub.forget(self, ended=final and reason is CloseReason.ENDED)
         logger.info("room %s ended (%s)", self.id, reason.value)
 
 

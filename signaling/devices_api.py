@@ -34,13 +34,9 @@ def _error(status: int, code: str, message: str) -> web.Response:
 
 
 async def _body(request: web.Request) -> dict[str, Any] | web.Response:
-    try:
-        body = await request.json() if request.can_read_body else {}
-    except ValueError:
-        return _error(400, "bad-json", "body is not valid JSON")
-    if not isinstance(body, dict):
-        return _error(400, "bad-request", "body must be a JSON object")
-    return body
+    from .http_api import json_body
+
+    return await json_body(request)
 
 
 def _hub(request: web.Request) -> Hub:
@@ -156,6 +152,8 @@ async def post_telemetry(request: web.Request) -> web.Response:
         return body
     try:
         stored = telemetry.relay(consultation, session, body.get("readings"), body.get("seq"))
+    except telemetry.TelemetryForbidden as exc:
+        return _error(403, "forbidden", str(exc))
     except telemetry.TelemetryError as exc:
         return _error(400, "bad-telemetry", str(exc))
     return web.json_response({"stored": stored, "seq": body.get("seq")})

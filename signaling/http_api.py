@@ -8,8 +8,9 @@ from typing import Any
 
 from aiohttp import web
 
-from mediaserver.api import CloseReason
+from mediaserver.api import CloseReason, Role
 
+from . import safejson
 from .consultation import ConsultationOptions
 from .devices_api import add_device_routes
 from .hub import Draining, Hub, RoomExists
@@ -59,14 +60,22 @@ def _options(body: dict[str, Any]) -> ConsultationOptions:
     )
 
 
-async def create_room(request: web.Request) -> web.Response:
-    hub = request.app[HUB]
+async def json_body(request: web.Request) -> dict[str, Any] | web.Response:
+    """The request's JSON object (none: {}), or the 400 to answer (also for deep nesting)."""
     try:
-        body = await request.json() if request.can_read_body else {}
+        body = safejson.loads(await request.read()) if request.can_read_body else {}
     except ValueError:
         return _error(400, "bad-json", "body is not valid JSON")
     if not isinstance(body, dict):
         return _error(400, "bad-request", "body must be a JSON object")
+    return body
+
+
+async def create_room(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    body = await json_body(request)
+    if isinstance(body, web.Response):
+        return body
     room_id = body.get("id")
     if room_id is not None and not isinstance(room_id, str):
         return _error(400, "bad-request", "id must be a string")
@@ -106,8 +115,19 @@ async def remove_participant(request: web.Request) -> web.Response:
     session = consultation.sessions.get(request.match_info["pid"]) if consultation else None
     if consultation is None or session is None:
         return _error(404, "not-found", "no such participant")
-    await consultation.remove(session, CloseReason.KICKED, notice={"type": "kicked"})
+    if session.role is Role.DEVICE:  # how a device leaves: no bar
+        await consultation.remove(session, CloseReason.KICKED, notice={"type": "kicked"})
+    else:  # a kick: the identity is barred from the room until lift_bar
+        await consultation.kick(session)
     return web.json_response({"id": session.id, "removed": True})
+
+
+async def lift_bar(request: web.Request) -> web.Response:
+    """Let an identity barred from the room (kicked, blocked, too many knocks) join again."""
+    consultation = request.app[HUB].get(request.match_info["room_id"])
+    if consultation is None or not consultation.lift_bar(request.match_info["pid"]):
+        return _error(404, "not-found", "no such bar")
+    return web.json_response({"participant": request.match_info["pid"], "lifted": True})
 
 
 async def drain(request: web.Request) -> web.Response:
@@ -150,6 +170,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/v1/rooms/{room_id}", get_room)
     app.router.add_delete("/api/v1/rooms/{room_id}", end_room)
     app.router.add_delete("/api/v1/rooms/{room_id}/participants/{pid}", remove_participant)
+    app.router.add_delete("/api/v1/rooms/{room_id}/bars/{pid}", lift_bar)
     app.router.add_get("/api/v1/node", node_info)
     app.router.add_post("/api/v1/node/drain", drain)
     app.router.add_get("/healthz", healthz)

@@ -6,12 +6,14 @@ import asyncio
 import logging
 import re
 import secrets
+import time
+from collections import OrderedDict
 from collections.abc import Coroutine
 from typing import Any
 
 from mediaserver.api import CloseReason, Node
 
-from .auth import ResumeTokens
+from .auth import CLOCK_LEEWAY_S, ResumeTokens
 from .config import ServerConfig
 from .consultation import Consultation, ConsultationOptions
 from .metrics import Metrics
@@ -29,12 +31,67 @@ class RoomExists(Exception):
     pass
 
 
+class RoomEnded(Exception):
+    """The room was ended: its id is not created again by a join."""
+
+
+class EndedRooms:
+    """Ids of rooms ended on purpose: their tokens are refused (close 4005) and no join
+    creates them again, for `keep_s` (at least the longest token lifetime) and at most
+    `max_ids` ids (the oldest forgotten first). Creating the room through the API clears it."""
+
+    def __init__(self, *, keep_s: float, max_ids: int) -> None:
+        self.keep_s = keep_s
+        self.max_ids = max_ids
+        self._ended: OrderedDict[str, float] = OrderedDict()  # room id -> monotonic end time
+
+    def add(self, room_id: str, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        self._expire(now)
+        self._ended.pop(room_id, None)
+        self._ended[room_id] = now
+        while len(self._ended) > self.max_ids:
+            _, ended_at = self._ended.popitem(last=False)
+            if now - ended_at < self.keep_s:
+                logger.warning("ended-room memory full: a room id is forgotten early")
+
+    def __contains__(self, room_id: object) -> bool:
+        return isinstance(room_id, str) and self.contains(room_id)
+
+    def contains(self, room_id: str, now: float | None = None) -> bool:
+        ended_at = self._ended.get(room_id)
+        if ended_at is None:
+            return False
+        now = time.monotonic() if now is None else now
+        if now - ended_at < self.keep_s:
+            return True
+        self._expire(now)
+        return False
+
+    def _expire(self, now: float) -> None:
+        while self._ended:
+            room_id, ended_at = next(iter(self._ended.items()))
+            if now - ended_at < self.keep_s:
+                return
+            del self._ended[room_id]
+
+    def discard(self, room_id: str) -> None:
+        self._ended.pop(room_id, None)
+
+    def __len__(self) -> int:
+        return len(self._ended)
+
+
 class Hub:
     def __init__(self, *, config: ServerConfig, node: Node, metrics: Metrics) -> None:
         self.config = config
         self.node = node
         self.metrics = metrics
         self.resume_tokens = ResumeTokens()
+        self.tokens = config.token_verifier()
+        self.ended = EndedRooms(
+            keep_s=config.token_max_lifetime_s + CLOCK_LEEWAY_S, max_ids=config.ended_rooms_kept
+        )
         self.consultations: dict[str, Consultation] = {}
         self.draining = False
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -68,6 +125,9 @@ class Hub:
             raise ValueError("room id must be 1-64 characters of A-Z a-z 0-9 _ . -")
         if room_id in self.consultations:
             raise RoomExists(room_id)
+        if auto_created and room_id in self.ended:
+            raise RoomEnded(room_id)
+        self.ended.discard(room_id)  # the platform creates it again on purpose
         options = options or ConsultationOptions()
         media_room = self.node.create_room(room_id, options.media_options())
         consultation = Consultation(
@@ -77,9 +137,12 @@ class Hub:
         logger.info("room %s created%s", room_id, " (auto)" if auto_created else "")
         return consultation
 
-    def forget(self, consultation: Consultation) -> None:
+    def forget(self, consultation: Consultation, *, ended: bool = False) -> None:
+        """Drop a consultation; `ended`: it was ended on purpose, its tokens are refused."""
         if self.consultations.get(consultation.id) is consultation:
             del self.consultations[consultation.id]
+        if ended:
+            self.ended.add(consultation.id)
 
     async def end(self, room_id: str, reason: CloseReason = CloseReason.ENDED) -> bool:
         consultation = self.consultations.get(room_id)

@@ -6,8 +6,9 @@ See docs/protocol.md. Parsing is pure: no I/O, no state.
 from __future__ import annotations
 
 import enum
-import json
 from typing import Any
+
+from . import safejson
 
 PROTOCOL_VERSION = 1
 
@@ -84,7 +85,7 @@ def parse_message(raw: str, *, max_bytes: int) -> dict[str, Any]:
     if len(raw) > max_bytes or len(raw.encode("utf-8", "surrogatepass")) > max_bytes:
         raise ProtocolError(ErrorCode.TOO_LARGE, f"message larger than {max_bytes} bytes")
     try:
-        msg = json.loads(raw)
+        msg = safejson.loads(raw)  # deep nesting too: bad-json, never a RecursionError
     except ValueError as exc:
         raise ProtocolError(ErrorCode.BAD_JSON, "message is not valid JSON") from exc
     if not isinstance(msg, dict):

@@ -59,6 +59,7 @@ class Session:
         name: str,
         sub: str,
         codecs: frozenset[str] | None,
+        telemetry: bool = False,
     ) -> None:
         self.id = new_participant_id()
         self.consultation = consultation
@@ -66,6 +67,7 @@ class Session:
         self.name = name
         self._sub = sub
         self.codecs = codecs
+        self.telemetry_granted = telemetry  # the token's `telemetry` claim (signaling/auth.py)
         self.state = SessionState.WAITING
         self.media: Participant | IngestParticipant | None = None
         self.joined_at = time.monotonic()

@@ -60,6 +60,18 @@ class TelemetryError(ValueError):
     """A batch refused as a whole: nothing of it is stored or relayed."""
 
 
+class TelemetryForbidden(TelemetryError):
+    """The sender may not send vital signs (error `forbidden`); nothing is stored."""
+
+
+def may_send(session: Session) -> bool:
+    """Vital signs come from a `device`, or from a participant whose token has the claim
+    `"telemetry": true`; never from an observer (docs/protocol.md, "Telemetry")."""
+    if session.role is Role.DEVICE:
+        return True
+    return session.role is not Role.OBSERVER and session.telemetry_granted
+
+
 def _number(reading: dict[str, Any], key: str, where: str, lo: float, hi: float) -> float:
     value = reading.get(key)
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
@@ -149,6 +161,8 @@ class TelemetryLog:
         sender: str,
         readings: list[dict[str, Any]],
         device_seq: int | None,
+        *,
+        role: str = Role.DEVICE.value,
     ) -> list[dict[str, Any]] | None:
         """Store a validated batch; None when it is a re-sent batch already stored."""
         if device_seq is not None and device_seq <= self.device_seq.get(sender, -1):
@@ -163,6 +177,7 @@ class TelemetryLog:
             record = {
                 "seq": len(self.records) + 1,
                 "from": sender,
+                "role": role,  # who produced it: the participant (opaque id) and its role
                 "received": received,
                 **reading,
             }
@@ -187,8 +202,12 @@ def relay(consultation: Consultation, session: Session, batch: object, seq: obje
 
     if session.state is not SessionState.ADMITTED:
         raise TelemetryError("telemetry is open after admission")
+    if not may_send(session):
+        raise TelemetryForbidden("only devices, or a token granting telemetry, send vital signs")
     readings = validate_batch(batch)
-    records = consultation.telemetry.append_batch(session.id, readings, parse_device_seq(seq))
+    records = consultation.telemetry.append_batch(
+        session.id, readings, parse_device_seq(seq), role=session.role.value
+    )
     if not records:
         return 0
     for other in consultation.admitted():

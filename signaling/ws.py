@@ -22,9 +22,9 @@ from mediaserver.api import (
 )
 
 from . import telemetry
-from .auth import TokenError, verify_token
-from .consultation import Consultation, RoomUnavailable
-from .hub import Draining, Hub, RoomExists
+from .auth import TokenError
+from .consultation import Barred, Consultation, RoomUnavailable
+from .hub import Draining, Hub, RoomEnded, RoomExists
 from .protocol import (
     PROTOCOL_VERSION,
     CloseCode,
@@ -90,19 +90,22 @@ async def _handshake(hub: Hub, ws: web.WebSocketResponse) -> Session | None:
             raise TokenError("missing token")
         if room is not None and not isinstance(room, str):
             raise TokenError("wrong room")
-        claims = verify_token(token, secret=config.token_secret, room=room, check_expiry=False)
+        claims = hub.tokens.verify(token, room=room, check_expiry=False)
         consultation = hub.get(claims.room)
         if consultation is not None and isinstance(resume, str):
             session = consultation.take_resume(resume, claims.sub)
             if session is not None:
                 consultation.resume(session, ws=ws, ref=msg["id"])
                 return session
-        verify_token(token, secret=config.token_secret, room=room)  # expiry, for a new join
+        hub.tokens.verify(token, room=room)  # expiry, for a new join
     except TokenError as exc:
         await _refuse(ws, CloseCode.BAD_TOKEN, exc.reason)
         return None
     except ProtocolError:
         await _refuse(ws, CloseCode.PROTOCOL, "bad join")
+        return None
+    if consultation is None and claims.room in hub.ended:
+        await _refuse(ws, CloseCode.ENDED, "room ended")
         return None
     if consultation is None:
         consultation = _auto_create(hub, claims.room)
@@ -114,6 +117,9 @@ async def _handshake(hub: Hub, ws: web.WebSocketResponse) -> Session | None:
     except RoomUnavailable as exc:
         await _refuse(ws, CloseCode.ROOM_UNAVAILABLE, str(exc))
         return None
+    except Barred as exc:
+        await _refuse(ws, exc.code, exc.reason)
+        return None
 
 
 def _auto_create(hub: Hub, room_id: str) -> Consultation | None:
@@ -121,7 +127,7 @@ def _auto_create(hub: Hub, room_id: str) -> Consultation | None:
         return None
     try:
         return hub.create(room_id, auto_created=True)
-    except (Draining, RoomExists, ValueError):
+    except (Draining, RoomEnded, RoomExists, ValueError):
         return hub.get(room_id)
 
 
@@ -193,7 +199,10 @@ async def on_admit(hub: Hub, session: Session, msg: dict[str, Any]) -> None:
 async def on_deny(hub: Hub, session: Session, msg: dict[str, Any]) -> None:
     _doctor(session, msg)
     target = _target(session, msg)
-    await session.consultation.deny(target)
+    block = msg.get("block", False)
+    if not isinstance(block, bool):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "block must be a boolean", msg["id"])
+    await session.consultation.deny(target, block=block)
     _ack(session, msg)
 
 
@@ -202,7 +211,7 @@ async def on_kick(hub: Hub, session: Session, msg: dict[str, Any]) -> None:
     target = _target(session, msg)
     if target is session:
         raise ProtocolError(ErrorCode.BAD_REQUEST, "use leave to leave", msg["id"])
-    await session.consultation.remove(target, CloseReason.KICKED, notice={"type": "kicked"})
+    await session.consultation.kick(target)  # barred from the room for its life
     _ack(session, msg)
 
 
@@ -328,6 +337,8 @@ async def on_telemetry(hub: Hub, session: Session, msg: dict[str, Any]) -> None:
         raise ProtocolError(ErrorCode.NOT_ADMITTED, "telemetry is open after admission", msg["id"])
     try:
         stored = telemetry.relay(session.consultation, session, msg.get("readings"), msg.get("seq"))
+    except telemetry.TelemetryForbidden as exc:
+        raise ProtocolError(ErrorCode.FORBIDDEN, str(exc), msg["id"]) from exc
     except telemetry.TelemetryError as exc:
         raise ProtocolError(ErrorCode.BAD_TELEMETRY, str(exc), msg["id"]) from exc
     session.send({"type": "ack", "ref": msg["id"], "seq": msg.get("seq"), "stored": stored})
