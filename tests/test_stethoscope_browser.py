@@ -9,13 +9,17 @@ heart-and-lung sound (tests/device_audio.py) from a file:
   null sink fed from the file without gaps by `pacat`) provides a real capture device, the
   sink's monitor; Firefox captures it through cubeb like any microphone, processing included.
 
-Each browser opens the node's demo page twice as a `device` (the kit): page A publishes
-`openDeviceAudio()` as `stethoscope` and a plain `getUserMedia({audio: true})` track as
-`microphone` (default processing); page B publishes a plain `getUserMedia({audio: true})` track
-as `stethoscope`. An aiortc doctor records the three tracks; each recording is aligned with the
-sent sound and the 20-1000 Hz log spectra are compared: both stethoscopes >= 0.95, the
-microphone clearly below. The node's `offer.tracks` and room API carry what each capture
-reported, and a stethoscope reported processed (or not reported) is flagged.
+Each browser opens the node's demo page as a `device` (the kit) three times, one after the
+other (each page closed before the next: Firefox degrades an unprocessed capture while another
+capture of the same device is open): `openDeviceAudio()` published as `stethoscope`, a plain
+`getUserMedia({audio: true})` track published as `stethoscope`, and a plain track published
+as `microphone` (default processing). An aiortc doctor records each; the recording is aligned
+with the sent sound and compared over 20-1000 Hz: log (dB) power spectra correlate >= 0.95 and
+every band is within 2 dB for both stethoscope ways; the microphone stays clearly below
+(magnitude-spectrum correlation < 0.9, 20-60 Hz at least 3 dB down: on this sound Chromium's
+speech path changes only the lowest band, which a log-spectrum correlation over 20-1000 Hz
+hardly sees). The node's `offer.tracks` and room API carry what each capture reported, with
+no warning; a stethoscope reported processed (or not reported) is flagged (last test).
 """
 
 from __future__ import annotations
@@ -51,7 +55,8 @@ from .test_devices_fidelity import fmtp_of, record
 
 Clients = Callable[[Server], ConsultClient]
 SECONDS = 4.0
-MIC_CEILING = 0.9  # "clearly below" THRESHOLD (docs/devices.md: the speech path, 0.84 here)
+MIC_CEILING = 0.9  # magnitude-spectrum correlation: the speech path measured 0.49-0.84 here
+BAND_TOLERANCE_DB = 2.0  # a stethoscope's band levels vs the source (measured within 0.8 dB)
 BANDS = ((20, 60), (60, 200), (200, 1000))
 SOUND_S = 8.0
 
@@ -210,32 +215,46 @@ async def test_stethoscope_from_a_browser_arrives_unprocessed_both_ways(
     await doctor.connect(server.token("doctor"))
     await doctor.wait_state("admitted")
     launched = await driver.launch("b", spec(name, wav))
-    ways_a = "[['device', 'device', 'stethoscope'], ['mic', 'plain', 'microphone']]"
-    ways_b = "[['plain', 'plain', 'stethoscope']]"
-    page_a = await open_kit(driver, server, "b", "a", ways_a)
-    page_b = await open_kit(driver, server, "b", "b", ways_b)
-    print(f"{name} {launched['version']}: {page_a} {page_b}")
+    kits: dict[str, str] = {}  # page -> participant id
 
-    # the track's processing, as the browser reports it, after publish()
-    assert page_a["device"]["after"] == [False, False, False], page_a
-    assert page_b["plain"]["after"] == [False, False, False], page_b
-    assert page_a["mic"]["after"] == [True, True, True], page_a  # default processing kept
+    async def publish_from(page: str, ways: str) -> dict[str, Any]:
+        result: dict[str, Any] = await open_kit(driver, server, "b", page, ways)
+        consultation = server.hub.consultations["r1"]
+        kits[page] = next(s.id for s in consultation.sessions.values() if s.sub == f"kit-{page}")
+        console = await driver.call("console", page=page)
+        assert not [c for c in console["lines"] if c.startswith("pageerror")], console
+        return result
 
-    kits = [s for s in server.hub.consultations["r1"].sessions.values() if s.role.value == "device"]
-    assert len(kits) == 2
-    by_sub = {s.sub: s.id for s in kits}
-    pid_a, pid_b = by_sub["kit-a"], by_sub["kit-b"]
-    tracks = {
-        "openDeviceAudio": await remote(doctor, pid_a, "stethoscope"),
-        "microphone": await remote(doctor, pid_a, "microphone"),
-        "publish(plain)": await remote(doctor, pid_b, "stethoscope"),
+    # One way at a time, each from its own page (a kit), the page closed before the next:
+    # Firefox degrades an unprocessed capture while another capture of the device is open.
+    ways = {
+        "openDeviceAudio": ("a", "[['way', 'device', 'stethoscope']]", "stethoscope"),
+        "publish(plain)": ("b", "[['way', 'plain', 'stethoscope']]", "stethoscope"),
+        "microphone": ("m", "[['way', 'plain', 'microphone']]", "microphone"),
     }
-    recordings = await asyncio.wait_for(
-        asyncio.gather(*(record(t, SECONDS) for t in tracks.values())), 120
-    )
+    recordings = {}
+    for way, (page, spec_js, source) in ways.items():
+        published = await publish_from(page, spec_js)
+        print(f"{name} {launched['version']} {way}: {published['way']}")
+        # the track's processing as the browser reports it after publish(); the microphone
+        # keeps its default processing
+        expected = [True, True, True] if source == "microphone" else [False, False, False]
+        assert published["way"]["after"] == expected, (way, published)
+        track = await remote(doctor, kits[page], source)
+        recordings[way] = await asyncio.wait_for(record(track, SECONDS), 60)
+        # what the doctor is told: no warning; the room API: the capture reported
+        assert "warnings" not in meta_of(doctor, kits[page], source), doctor._track_meta
+        status, room = await server.api("GET", "/api/v1/rooms/r1")
+        assert status == 200, room
+        info = next(t for t in room["tracks"] if t["participant"] == kits[page])
+        flags = ("echoCancellation", "noiseSuppression", "autoGainControl")
+        assert [info["capture"][k] for k in flags] == expected, info
+        assert "warnings" not in info, info
+        await driver.call("closePage", page=page)
+
     reference = np.concatenate([sound, sound, sound])
     scores, spectra, bands = {}, {}, {}
-    for way, got in zip(tracks, recordings, strict=True):
+    for way, got in recordings.items():
         scores[way] = log_fidelity(reference, got)
         spectra[way] = fidelity(reference, got)
         bands[way] = band_levels_db(reference, got, BANDS)
@@ -246,33 +265,10 @@ async def test_stethoscope_from_a_browser_arrives_unprocessed_both_ways(
             f" magnitude-spectrum correlation {spectra[way]:.4f};"
             f" band levels vs source (dB, overall gain removed): {levels}"
         )
-    # what the doctor is told: the capture of each track, a warning for none of these
-    for pid, source in ((pid_a, "stethoscope"), (pid_b, "stethoscope"), (pid_a, "microphone")):
-        assert "warnings" not in meta_of(doctor, pid, source), doctor._track_meta
-    status, room = await server.api("GET", "/api/v1/rooms/r1")
-    assert status == 200, room
-    captures = {(t["participant"], t["source"]): t for t in room["tracks"]}
-    for key in ((pid_a, "stethoscope"), (pid_b, "stethoscope")):
-        capture = captures[key]["capture"]
-        assert capture["echoCancellation"] is False, captures
-        assert capture["noiseSuppression"] is False and capture["autoGainControl"] is False
-        assert "warnings" not in captures[key]
-    assert captures[(pid_a, "microphone")]["capture"]["echoCancellation"] is True, captures
-    assert "warnings" not in captures[(pid_a, "microphone")]
-    console = await driver.call("console", page="a")
-    assert not [c for c in console["lines"] if c.startswith("pageerror")], console
 
-    if name == "firefox":
-        # Firefox ESR 153 through PulseAudio: processing is off (asserted above) and the
-        # stethoscope keeps far more of the heart-sound band than the microphone, but 20-60 Hz
-        # still arrives 7-14 dB down (its encoder or capture path, not speech processing).
-        assert bands["openDeviceAudio"][0] > bands["microphone"][0] + 5, bands
-        assert bands["publish(plain)"][0] > bands["microphone"][0] + 5, bands
-        pytest.xfail(f"Firefox: 20-60 Hz still attenuated, fidelity {scores} < {THRESHOLD}")
     for way in ("openDeviceAudio", "publish(plain)"):
         assert scores[way] >= THRESHOLD, (way, scores)
-        assert spectra[way] >= THRESHOLD, (way, spectra)
-        assert all(abs(db) < 1.0 for db in bands[way]), (way, bands)
+        assert all(abs(db) < BAND_TOLERANCE_DB for db in bands[way]), (way, bands)
     # the speech path stays clearly below: the heart-sound band is cut, the spectrum differs
     assert spectra["microphone"] < MIC_CEILING, spectra
     assert bands["microphone"][0] < -3.0, bands
