@@ -168,6 +168,7 @@ for (const [name, how, source] of WAYS) {
   const before = track.getSettings();
   const pub = consultation.publish(track, { source });
   await pub.ready;
+  globalThis.__last = { pub, track };
   const s = pub.track.getSettings();
   out[name] = { before: [before.echoCancellation, before.noiseSuppression, before.autoGainControl],
                 after: [s.echoCancellation, s.noiseSuppression, s.autoGainControl],
@@ -250,6 +251,15 @@ async def test_stethoscope_from_a_browser_arrives_unprocessed_both_ways(
         flags = ("echoCancellation", "noiseSuppression", "autoGainControl")
         assert [info["capture"][k] for k in flags] == expected, info
         assert "warnings" not in info, info
+        if way == "publish(plain)":  # unpublish(the app's track): a re-opened track is stopped
+            body = (
+                "consultation.unpublish(__last.track);"
+                " return [__last.pub.track.readyState, __last.track.readyState,"
+                " consultation.publications.length];"
+            )
+            ended = (await driver.call("eval", 30, page=page, body=body))["value"]
+            reopened = published["way"]["reopened"]
+            assert ended == ["ended" if reopened else "live", "live", 0], (ended, published)
         await driver.call("closePage", page=page)
 
     reference = np.concatenate([sound, sound, sound])

@@ -701,6 +701,7 @@ export class Consultation extends EventTarget {
       throw new ConsultError("device-audio-processed", `stethoscope capture keeps ${on.join(", ")} on`);
     }
     if ("contentHint" in fresh) fresh.contentHint = "music";
+    pub.appTrack = track; // the caller's, left running; unpublish(track) still finds it
     pub.track = fresh;
     pub.ownTrack = true; // consult.js opened it: unpublish() stops it
     pub.channels = channels ?? fresh.getSettings?.().channelCount ?? 1;
@@ -796,7 +797,7 @@ export class Consultation extends EventTarget {
       throw new TypeError('negotiate must be "client" or "server"');
     }
     if (this._isFinal()) throw new ConsultError("state", `publish() in state ${this._state}`);
-    if (this.publications.some((p) => p.track === track)) {
+    if (this.publications.some((p) => p.track === track || p.appTrack === track)) {
       throw new ConsultError("already-published", "this track is already published");
     }
     const pub = { id: `p${this._nextId++}`, source, kind: track.kind, track, negotiate };
@@ -852,7 +853,8 @@ export class Consultation extends EventTarget {
 
   /** Stop publishing a track (or a publication returned by publish()). */
   unpublish(trackOrPublication) {
-    const match = (p) => p === trackOrPublication || p.track === trackOrPublication;
+    const match = (p) => p === trackOrPublication || p.track === trackOrPublication
+      || (p.appTrack != null && p.appTrack === trackOrPublication);
     const stopOwn = (p) => { if (match(p) && p.ownTrack && !p.verifying) p.track.stop(); };
     this._waitingPublish.forEach(stopOwn);
     this._requested.forEach(stopOwn);
