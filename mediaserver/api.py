@@ -33,7 +33,14 @@ participant stays usable.
 
 from .bandwidth import FallbackConfig
 from .config import IceConfig, IceServer, MediaConfig
-from .devices import SOURCES, opus_fmtp, parse_opus_fmtp, validate_channels, validate_source
+from .devices import (
+    SOURCES,
+    opus_fmtp,
+    parse_capture,
+    parse_opus_fmtp,
+    validate_channels,
+    validate_source,
+)
 from .events import (
     CloseReason,
     DirectionStats,
@@ -68,6 +75,7 @@ __all__ = [
     "TrackMeta",
     "bundle_data_channel",
     "opus_fmtp",
+    "parse_capture",
     "parse_opus_fmtp",
     "validate_channels",
     "validate_source",

@@ -20,12 +20,19 @@ subscribers; the server itself forwards the bytes and never re-encodes):
   (browsers) encodes mono with the `voip` application, whose high-pass filter (60-100 Hz)
   removes heart sounds, and switches to the `audio` application only for two channels.
   No comfort noise: the server never offers CN.
+
+Capture settings: a publisher reports what its capture does (`CaptureSettings`: echo
+cancellation, noise suppression, auto gain, channels, sample rate, as the browser's
+`getSettings()` names them). A stethoscope that arrives with speech processing on, or from a
+WebRTC client that reported nothing, is flagged (`capture_warnings`): the doctor's side and
+the room API show it.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 SOURCES: dict[str, str] = {
     "microphone": "audio",
@@ -118,3 +125,73 @@ def parse_opus_fmtp(sdp: str, mid: str) -> dict[str, str]:
             if match:
                 return dict(item.split("=", 1) for item in match.group(1).split(";") if "=" in item)
     return {}
+
+
+# -- capture settings (issue 19) ---------------------------------------------------------------
+
+PROCESSED_AUDIO = "processed-audio"  # echo cancellation, noise suppression or auto gain on
+CAPTURE_UNVERIFIED = "capture-unverified"  # a WebRTC stethoscope that reported no settings
+_FLAGS = ("echoCancellation", "noiseSuppression", "autoGainControl")
+
+
+@dataclass(frozen=True, slots=True)
+class CaptureSettings:
+    """What a publisher's audio capture does (the browser's `MediaTrackSettings` names)."""
+
+    echo_cancellation: bool | None = None
+    noise_suppression: bool | None = None
+    auto_gain_control: bool | None = None
+    channel_count: int | None = None
+    sample_rate: int | None = None
+
+    @property
+    def processed(self) -> bool:
+        """Any speech processing on (what is not reported is not assumed)."""
+        return True in (self.echo_cancellation, self.noise_suppression, self.auto_gain_control)
+
+    def as_dict(self) -> dict[str, bool | int]:
+        values = (
+            self.echo_cancellation,
+            self.noise_suppression,
+            self.auto_gain_control,
+            self.channel_count,
+            self.sample_rate,
+        )
+        names = (*_FLAGS, "channelCount", "sampleRate")
+        return {k: v for k, v in zip(names, values, strict=True) if v is not None}
+
+
+def parse_capture(value: object) -> CaptureSettings | None:
+    """A track's reported `settings`, or None when absent; ValueError when malformed.
+
+    Only the five known keys are read (others are ignored): the flags are booleans,
+    `channelCount` 1-32, `sampleRate` 8000-768000.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ValueError("track settings must be an object")
+    flags: list[bool | None] = []
+    for key in _FLAGS:
+        flag = value.get(key)
+        if flag is not None and not isinstance(flag, bool):
+            raise ValueError(f"settings.{key} must be a boolean")
+        flags.append(flag)
+    numbers: list[int | None] = []
+    for key, lo, hi in (("channelCount", 1, 32), ("sampleRate", 8000, 768_000)):
+        number = value.get(key)
+        if number is not None and (
+            isinstance(number, bool) or not isinstance(number, int) or not lo <= number <= hi
+        ):
+            raise ValueError(f"settings.{key} must be an integer {lo}-{hi}")
+        numbers.append(number)
+    return CaptureSettings(*flags, *numbers)
+
+
+def capture_warnings(source: str, capture: CaptureSettings | None) -> tuple[str, ...]:
+    """What the doctor must know about a WebRTC publication of this source."""
+    if source not in FIDELITY_SOURCES:
+        return ()
+    if capture is None:
+        return (CAPTURE_UNVERIFIED,)
+    return (PROCESSED_AUDIO,) if capture.processed else ()

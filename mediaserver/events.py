@@ -5,6 +5,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from .devices import CaptureSettings
+
 
 class CloseReason(enum.Enum):
     """Why a node object was closed; sent to clients as its `value`."""
@@ -37,6 +39,7 @@ class TrackMeta:
     kind: str
     source: str
     channels: int = 1  # audio: 2 for a stereo device (a two-headed stethoscope)
+    capture: CaptureSettings | None = None  # audio: what the publisher's capture does (devices)
 
     @classmethod
     def default(cls, kind: str) -> TrackMeta:

@@ -28,7 +28,7 @@ from aiortc.rtcrtptransceiver import RTCRtpTransceiver
 from aiortc.sdp import candidate_from_sdp
 
 from .codecs import capabilities, codec_info
-from .devices import SPEECH_OPUS_FMTP, apply_opus_fmtp, mid_order
+from .devices import SPEECH_OPUS_FMTP, apply_opus_fmtp, capture_warnings, mid_order
 from .emitter import Emitter
 from .events import CloseReason, LinkStats, Role, TrackMeta
 from .fallback import LinkFallback
@@ -200,7 +200,7 @@ class Participant(Emitter, TapHooks):
         if self._codec_switch:
             await self._apply_codec_switches()  # codec-late (issue 3)
 
-    def pending_offer(self) -> tuple[str, dict[str, dict[str, str]]] | None:
+    def pending_offer(self) -> tuple[str, dict[str, dict[str, Any]]] | None:
         """The server offer still waiting for an answer (to re-send after a resume)."""
         if self._closed or self.pc.signalingState != "have-local-offer":
             return None
@@ -339,9 +339,9 @@ class Participant(Emitter, TapHooks):
         await self.pc.setLocalDescription(RTCSessionDescription(sdp=text, type="offer"))
         self.emit("offer", self.pc.localDescription.sdp, self._offer_tracks())
 
-    def _offer_tracks(self) -> dict[str, dict[str, str]]:
+    def _offer_tracks(self) -> dict[str, dict[str, Any]]:
         """mid -> what it carries, for the client (direction as in the server's SDP)."""
-        tracks: dict[str, dict[str, str]] = {}
+        tracks: dict[str, dict[str, Any]] = {}
         for t in self.pc.getTransceivers():
             if t.mid is None:
                 continue
@@ -355,6 +355,8 @@ class Participant(Emitter, TapHooks):
                     "source": pub.source,
                     "direction": "sendonly",
                 }
+                if pub.warnings:  # devices: e.g. a stethoscope with speech processing on
+                    tracks[t.mid]["warnings"] = list(pub.warnings)
             meta = self._requested.get(t)
             if meta is not None:
                 tracks[t.mid] = {"kind": meta.kind, "source": meta.source, "direction": "recvonly"}
@@ -445,6 +447,8 @@ class Participant(Emitter, TapHooks):
             pli_throttle_s=self._config.pli_throttle_s,
         )
         pub.channels = meta.channels  # devices: a stereo stethoscope stays stereo downstream
+        pub.capture = meta.capture  # devices: what its capture does, and what the doctor must know
+        pub.warnings = capture_warnings(meta.source, meta.capture)
         if pub.ssrc is not None:
             self._pub_by_ssrc[pub.ssrc] = pub
         if pub.rtx_ssrc is not None:
@@ -753,7 +757,7 @@ class Participant(Emitter, TapHooks):
             for pub in self.publications.values():
                 transceiver = self.pc.addTransceiver(pub.kind, direction="recvonly")
                 self._requested[transceiver] = TrackMeta(
-                    kind=pub.kind, source=pub.source, channels=pub.channels
+                    kind=pub.kind, source=pub.source, channels=pub.channels, capture=pub.capture
                 )
                 self._rebind[transceiver] = pub
             self._answered.set()
@@ -836,7 +840,9 @@ class Participant(Emitter, TapHooks):
             if codec.mime_type.lower() == pub.codec.mime_type.lower():
                 continue  # not this answer's m-line yet
             self._codec_switch.pop(transceiver, None)
-            meta = TrackMeta(kind=pub.kind, source=pub.source, channels=pub.channels)
+            meta = TrackMeta(
+                kind=pub.kind, source=pub.source, channels=pub.channels, capture=pub.capture
+            )
             ssrc, rtx_ssrc = pub.ssrc, pub.rtx_ssrc
             await pub.close(CloseReason.LEFT)
             encodings = []

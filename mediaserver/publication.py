@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .codecs import CodecInfo
+from .devices import CaptureSettings
 from .emitter import Emitter
 from .events import CloseReason, NodeCounters, TrackInfo
 from .packetcache import PacketCache
@@ -60,6 +61,8 @@ class Publication(Emitter):
         self.kind = kind
         self.source = source
         self.channels = 1  # audio channels the publisher declared (devices.py)
+        self.capture: CaptureSettings | None = None  # what the publisher reported (devices.py)
+        self.warnings: tuple[str, ...] = ()  # e.g. a processed stethoscope (devices.py)
         self.mid = mid
         self.codec = codec
         self.ssrc = ssrc

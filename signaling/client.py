@@ -400,18 +400,32 @@ class ConsultClient:
         assert self.channel is not None
         self.channel.send(text)
 
-    async def publish(self, *tracks: MediaStreamTrack, sources: list[str] | None = None) -> None:
-        """Ask the server to receive these tracks; they go out with the next server offer."""
+    async def publish(
+        self,
+        *tracks: MediaStreamTrack,
+        sources: list[str] | None = None,
+        settings: list[dict[str, Any] | None] | None = None,
+    ) -> None:
+        """Ask the server to receive these tracks; they go out with the next server offer.
+
+        `settings` (one per track, None for none): what an audio track's capture does, e.g.
+        `{"echoCancellation": False, "noiseSuppression": False, "autoGainControl": False,
+        "channelCount": 2, "sampleRate": 48000}` (docs/devices.md); a stethoscope published
+        without it is flagged `capture-unverified` to the doctor.
+        """
         if sources is None:
             sources = ["microphone" if t.kind == "audio" else "camera" for t in tracks]
+        per_track = settings if settings is not None else [None] * len(tracks)
         self._ensure_pc()
         for track, source in zip(tracks, sources, strict=True):
             self._publish_queue.append((source, track))
             self._published.append((source, track))
-        await self.request(
-            "publish",
-            tracks=[{"kind": t.kind, "source": s} for t, s in zip(tracks, sources, strict=True)],
-        )
+        items: list[dict[str, Any]] = []
+        for t, s, capture in zip(tracks, sources, per_track, strict=True):
+            items.append({"kind": t.kind, "source": s})
+            if capture is not None:
+                items[-1]["settings"] = capture
+        await self.request("publish", tracks=items)
 
     def _take_track(self, kind: str, source: str | None) -> MediaStreamTrack | None:
         for i, (src, track) in enumerate(self._publish_queue):

@@ -26,6 +26,7 @@ from .telemetry import TelemetryLog
 
 if TYPE_CHECKING:
     from mediaserver.ingest import IngestParticipant
+    from mediaserver.publication import Publication
 
     from .hub import Hub
 
@@ -542,26 +543,49 @@ def _tracks(media: Participant | IngestParticipant | None) -> list[dict[str, Any
     for pub in list(media.publications.values()):
         info = _safe(pub.info, None)
         if info is not None:
-            out.append({"id": info.track_id, "kind": info.kind, "source": info.source})
+            out.append(
+                {"id": info.track_id, "kind": info.kind, "source": info.source, **_capture(pub)}
+            )
+    return out
+
+
+def _capture(pub: Publication) -> dict[str, Any]:
+    """devices: what a publication's capture does and what the doctor must know (issue 19)."""
+    out: dict[str, Any] = {}
+    if pub.capture is not None:
+        out["capture"] = pub.capture.as_dict()
+    if pub.warnings:
+        out["warnings"] = list(pub.warnings)
     return out
 
 
 def _room_tracks(room: Room) -> list[dict[str, Any]]:
-    infos = _safe(room.tracks, [])
-    return [
-        {
-            "id": t.track_id,
-            "participant": t.participant_id,
-            "kind": t.kind,
-            "source": t.source,
-            "codec": t.codec,
-            "mid": t.mid,
-        }
-        for t in infos
-    ]
+    pubs: list[Publication] = _safe(
+        lambda: [pub for p in room.participants.values() for pub in p.publications.values()], []
+    )
+    out = []
+    for pub in pubs:
+        t = _safe(pub.info, None)
+        if t is not None:
+            out.append(
+                {
+                    "id": t.track_id,
+                    "participant": t.participant_id,
+                    "kind": t.kind,
+                    "source": t.source,
+                    "codec": t.codec,
+                    "mid": t.mid,
+                    **_capture(pub),
+                }
+            )
+    return out
 
 
 def _media_info(media: Participant | IngestParticipant) -> dict[str, Any]:
     """The media plane's view of a participant (connection, tracks, link stats...)."""
     info = _safe(media.info, {})
+    for track in info.get("tracks") or []:
+        pub = media.publications.get(track.get("track_id"))
+        if pub is not None:
+            track.update(_capture(pub))
     return {"media": {k: v for k, v in info.items() if k not in ("id", "role")}}

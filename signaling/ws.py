@@ -17,6 +17,7 @@ from mediaserver.api import (
     CloseReason,
     NegotiationError,
     TrackMeta,
+    parse_capture,
     validate_channels,
     validate_source,
 )
@@ -243,7 +244,8 @@ def _tracks_of_offer(msg: dict[str, Any], sdp: str) -> dict[str, TrackMeta]:
 
 
 def _track_meta(kind: str, item: dict[str, Any], msg: dict[str, Any]) -> TrackMeta:
-    """devices: a known source label for this kind, and the channels of an audio device."""
+    """devices: a known source label for this kind, the channels of an audio device and what
+    its capture does (`settings`: echo cancellation, noise suppression, auto gain...)."""
     source = item.get("source") or TrackMeta.default(kind).source
     if not isinstance(source, str):
         raise ProtocolError(ErrorCode.BAD_REQUEST, "track source must be a string", msg["id"])
@@ -252,6 +254,7 @@ def _track_meta(kind: str, item: dict[str, Any], msg: dict[str, Any]) -> TrackMe
             kind=kind,
             source=validate_source(kind, source),
             channels=validate_channels(item.get("channels")),
+            capture=parse_capture(item.get("settings")) if kind == "audio" else None,
         )
     except ValueError as exc:
         raise ProtocolError(ErrorCode.BAD_REQUEST, str(exc), msg["id"]) from exc

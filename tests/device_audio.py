@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import fractions
 import time
+import wave
 from collections.abc import Callable
 
 import av
@@ -134,20 +135,75 @@ def to_mono(frame: av.AudioFrame) -> np.ndarray:
     return samples.mean(axis=0) / 32768.0
 
 
+def align(reference: np.ndarray, received: np.ndarray) -> np.ndarray:
+    """The segment of `reference` (the looped signal) that `received` is a copy of (FFT
+    cross-correlation)."""
+    n = len(reference)
+    size = 1 << int(np.ceil(np.log2(n + len(received))))
+    corr = np.fft.irfft(np.fft.rfft(reference, size) * np.conj(np.fft.rfft(received, size)), size)
+    lag = int(np.argmax(corr[: n - len(received) + 1]))
+    return reference[lag : lag + len(received)]
+
+
 def fidelity(reference: np.ndarray, received: np.ndarray, lo: float = 20, hi: float = 1e3) -> float:
     """Pearson correlation of magnitude spectra in [lo, hi] Hz after alignment.
 
     `reference` is the looped signal (at least two periods longer than `received`): the
     received segment is located in it by FFT cross-correlation, then both are Hann-windowed.
     """
-    n = len(reference)
-    size = 1 << int(np.ceil(np.log2(n + len(received))))
-    corr = np.fft.irfft(np.fft.rfft(reference, size) * np.conj(np.fft.rfft(received, size)), size)
-    lag = int(np.argmax(corr[: n - len(received) + 1]))
-    ref = reference[lag : lag + len(received)]
+    ref = align(reference, received)
     window = np.hanning(len(received))
     a = np.abs(np.fft.rfft(ref * window))
     b = np.abs(np.fft.rfft(received * window))
     freqs = np.fft.rfftfreq(len(received), 1 / SR)
     band = (freqs >= lo) & (freqs <= hi)
     return float(np.corrcoef(a[band], b[band])[0, 1])
+
+
+def log_spectrum(x: np.ndarray, segment: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+    """Welch power spectrum in dB (Hann segments, half overlap): (freqs, dB)."""
+    window = np.hanning(segment)
+    starts = range(0, len(x) - segment + 1, segment // 2)
+    power = np.mean([np.abs(np.fft.rfft(x[i : i + segment] * window)) ** 2 for i in starts], 0)
+    return np.fft.rfftfreq(segment, 1 / SR), 10 * np.log10(power + 1e-20)
+
+
+def log_fidelity(
+    reference: np.ndarray, received: np.ndarray, lo: float = 20, hi: float = 1e3
+) -> float:
+    """Pearson correlation of the log (dB) power spectra in [lo, hi] Hz after alignment.
+
+    Insensitive to an overall gain (an offset in dB), sensitive to any band lost or boosted
+    relative to the others: what speech processing (high-pass, noise suppression) does.
+    """
+    freqs, a = log_spectrum(align(reference, received))
+    _, b = log_spectrum(received)
+    band = (freqs >= lo) & (freqs <= hi)
+    return float(np.corrcoef(a[band], b[band])[0, 1])
+
+
+def band_levels_db(
+    reference: np.ndarray, received: np.ndarray, bands: tuple[tuple[float, float], ...]
+) -> list[float]:
+    """Per band: received minus sent power in dB, after alignment and removing the overall
+    gain (the median over 20-1000 Hz)."""
+    freqs, a = log_spectrum(align(reference, received))
+    _, b = log_spectrum(received)
+    diff = b - a
+    gain = float(np.median(diff[(freqs >= 20) & (freqs <= 1000)]))
+    out = []
+    for lo, hi in bands:
+        m = (freqs >= lo) & (freqs < hi)
+        power_a = float(np.sum(10 ** (a[m] / 10)))
+        power_b = float(np.sum(10 ** (b[m] / 10)))
+        out.append(10 * np.log10(power_b / power_a) - gain)
+    return out
+
+
+def write_wav(path: str, signal: np.ndarray) -> None:
+    """`signal` (mono float in [-1, 1]) as a 48 kHz 16-bit mono WAV file."""
+    with wave.open(path, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(SR)
+        w.writeframes((np.clip(signal, -1, 1) * 32767).astype("<i2").tobytes())

@@ -24,7 +24,8 @@ export const SOURCES = Object.freeze({
  * getUserMedia audio constraints for a medical device (digital stethoscope): no echo
  * cancellation, noise suppression or auto gain (they treat heart sounds as noise), 48 kHz,
  * two channels where the device has them. `publish(track, {source: "stethoscope"})` also
- * switches them off on a track opened without them.
+ * switches them off on a track opened without them, re-opening the device when the browser
+ * keeps them on (`publication.ready`).
  */
 export const DEVICE_AUDIO_CONSTRAINTS = Object.freeze({
   echoCancellation: false,
@@ -47,6 +48,20 @@ export const TELEMETRY_UNITS = Object.freeze({
   blood_pressure: "mm[Hg]", ecg: "mV",
 });
 const DEVICE_AUDIO_SOURCES = new Set(["stethoscope"]);
+const PROCESSING = ["echoCancellation", "noiseSuppression", "autoGainControl"];
+/** Speech processing a track's settings report on (what is not reported is not assumed). */
+function processingOn(track) {
+  const s = track.getSettings?.() ?? {};
+  return PROCESSING.filter((k) => s[k] === true);
+}
+/** What an audio capture does, reported to the server with the publication (issue 19). */
+function captureSettings(track) {
+  const s = track.getSettings?.() ?? {};
+  const out = {};
+  for (const k of PROCESSING) if (typeof s[k] === "boolean") out[k] = s[k];
+  for (const k of ["channelCount", "sampleRate"]) if (Number.isInteger(s[k])) out[k] = s[k];
+  return out;
+}
 // -- end devices --------------------------------------------------------------------------
 
 /** Close codes of the server (docs/protocol.md). */
@@ -107,7 +122,9 @@ function codeOf(err, fallback) {
 
 /** devices: the label of a publication in `offer.tracks` / `publish.tracks`. */
 function trackLabel(pub) {
-  return pub.channels === 2 ? { source: pub.source, channels: 2 } : { source: pub.source };
+  const label = pub.channels === 2 ? { source: pub.source, channels: 2 } : { source: pub.source };
+  if (pub.kind === "audio") label.settings = captureSettings(pub.track);
+  return label;
 }
 
 function requireId(value, what) {
@@ -652,9 +669,42 @@ export class Consultation extends EventTarget {
     pub.channels = channels ?? pub.track.getSettings?.().channelCount ?? 1;
     if (!DEVICE_AUDIO_SOURCES.has(pub.source)) return;
     if ("contentHint" in pub.track) pub.track.contentHint = "music"; // not speech
-    const { echoCancellation, noiseSuppression, autoGainControl } = DEVICE_AUDIO_CONSTRAINTS;
-    pub.track.applyConstraints?.({ echoCancellation, noiseSuppression, autoGainControl })
-      ?.catch((e) => this._emitError("device-audio", e));
+  }
+
+  /**
+   * A stethoscope goes out unprocessed or not at all (issue 19). Processing is switched off
+   * with applyConstraints; where the browser keeps it on (Chromium does), the same device is
+   * opened again with DEVICE_AUDIO_CONSTRAINTS and that track is published instead (the
+   * caller's track is left as it is: it is the caller's). Rejects with `device-audio-processed`
+   * when no unprocessed capture can be had.
+   */
+  async _unprocessedTrack(pub, channels) {
+    const track = pub.track;
+    const off = Object.fromEntries(PROCESSING.map((k) => [k, false]));
+    try {
+      await track.applyConstraints?.(off);
+    } catch { /* re-opened below */ }
+    let on = processingOn(track);
+    if (!on.length) return;
+    const deviceId = track.getSettings?.().deviceId;
+    let fresh = null;
+    try {
+      if (!deviceId) throw new Error("the track reports no deviceId");
+      fresh = await openDeviceAudio(deviceId);
+      on = processingOn(fresh);
+    } catch (e) {
+      throw new ConsultError("device-audio-processed",
+        `stethoscope capture keeps ${on.join(", ")} on and cannot be re-opened: ${e?.message ?? e}`);
+    }
+    if (on.length) {
+      fresh.stop();
+      throw new ConsultError("device-audio-processed", `stethoscope capture keeps ${on.join(", ")} on`);
+    }
+    if ("contentHint" in fresh) fresh.contentHint = "music";
+    pub.appTrack = track; // the caller's, left running; unpublish(track) still finds it
+    pub.track = fresh;
+    pub.ownTrack = true; // consult.js opened it: unpublish() stops it
+    pub.channels = channels ?? fresh.getSettings?.().channelCount ?? 1;
   }
 
   /**
@@ -747,13 +797,41 @@ export class Consultation extends EventTarget {
       throw new TypeError('negotiate must be "client" or "server"');
     }
     if (this._isFinal()) throw new ConsultError("state", `publish() in state ${this._state}`);
-    if (this.publications.some((p) => p.track === track)) {
+    if (this.publications.some((p) => p.track === track || p.appTrack === track)) {
       throw new ConsultError("already-published", "this track is already published");
     }
     const pub = { id: `p${this._nextId++}`, source, kind: track.kind, track, negotiate };
     this._prepareDeviceTrack(pub, channels); // devices: stethoscope audio untouched
-    if (!this._pc) this._waitingPublish.push(pub);
-    else this._startPublication(pub);
+    if (!DEVICE_AUDIO_SOURCES.has(source)) {
+      pub.ready = Promise.resolve(pub);
+      if (!this._pc) this._waitingPublish.push(pub);
+      else this._startPublication(pub);
+      return pub;
+    }
+    // A stethoscope waits (in _waitingPublish) until its capture is known to be unprocessed.
+    pub.verifying = true;
+    this._waitingPublish.push(pub);
+    pub.ready = this._unprocessedTrack(pub, channels).then(
+      () => {
+        pub.verifying = false;
+        const i = this._waitingPublish.indexOf(pub);
+        if (i < 0) { // unpublished meanwhile
+          if (pub.ownTrack) pub.track.stop();
+          return pub;
+        }
+        if (this._pc) {
+          this._waitingPublish.splice(i, 1);
+          this._startPublication(pub);
+        }
+        return pub;
+      },
+      (e) => {
+        this._waitingPublish = this._waitingPublish.filter((p) => p !== pub);
+        this._emitError(codeOf(e, "device-audio-processed"), e);
+        throw e;
+      },
+    );
+    pub.ready.catch(() => {}); // reported as an `error` event; awaited by whoever wants it
     return pub;
   }
 
@@ -775,12 +853,17 @@ export class Consultation extends EventTarget {
 
   /** Stop publishing a track (or a publication returned by publish()). */
   unpublish(trackOrPublication) {
-    const match = (p) => p === trackOrPublication || p.track === trackOrPublication;
+    const match = (p) => p === trackOrPublication || p.track === trackOrPublication
+      || (p.appTrack != null && p.appTrack === trackOrPublication);
+    const stopOwn = (p) => { if (match(p) && p.ownTrack && !p.verifying) p.track.stop(); };
+    this._waitingPublish.forEach(stopOwn);
+    this._requested.forEach(stopOwn);
     this._waitingPublish = this._waitingPublish.filter((p) => !match(p));
     this._requested = this._requested.filter((p) => !match(p));
     for (const [tr, pub] of this._published) {
       if (!match(pub)) continue;
       this._published.delete(tr);
+      if (pub.ownTrack) pub.track.stop(); // a re-opened stethoscope (issue 19)
       try {
         if (this._pc && this._pc.signalingState !== "closed") {
           tr.sender.replaceTrack(null).catch(() => {});
@@ -856,7 +939,9 @@ export class Consultation extends EventTarget {
       this._watchMedia(pc); // automatic media restart (issue 5)
     };
     pc.onsignalingstatechange = () => this._emit("signalingstatechange", { state: pc.signalingState });
-    for (const pub of this._waitingPublish.splice(0)) this._startPublication(pub);
+    const ready = this._waitingPublish.filter((p) => !p.verifying); // a stethoscope being
+    this._waitingPublish = this._waitingPublish.filter((p) => p.verifying); // checked waits
+    for (const pub of ready) this._startPublication(pub);
   }
 
   // -- bandwidth fallback and media restart (issue 5) -------------------------------------
@@ -1112,6 +1197,7 @@ export class Consultation extends EventTarget {
       source: info.source ?? null,
       kind: info.kind ?? track.kind,
       mid,
+      warnings: Array.isArray(info.warnings) ? info.warnings : [], // e.g. processed-audio
     };
     this._remoteTracks.set(mid, detail);
     this._emit("track", detail);
