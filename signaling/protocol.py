@@ -85,7 +85,7 @@ def parse_message(raw: str, *, max_bytes: int) -> dict[str, Any]:
         raise ProtocolError(ErrorCode.TOO_LARGE, f"message larger than {max_bytes} bytes")
     try:
         msg = json.loads(raw)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested deeper than ~1000
         raise ProtocolError(ErrorCode.BAD_JSON, "message is not valid JSON") from exc
     if not isinstance(msg, dict):
         raise ProtocolError(ErrorCode.BAD_JSON, "message must be a JSON object")
