@@ -178,11 +178,12 @@ def test_field_checks_raise_only_protocol_error(
     body: dict[str, Any], key: str, max_len: int | None
 ) -> None:
     msg = message("offer", body, "r1")
+    sdp = msg.get("sdp")
     for check in (
         lambda: require_str(msg, key, max_len=max_len),
         lambda: require_sdp(msg),
         lambda: parse_codecs(msg),
-        lambda: _tracks_of_offer(msg, msg.get("sdp") if isinstance(msg.get("sdp"), str) else ""),
+        lambda: _tracks_of_offer(msg, sdp if isinstance(sdp, str) else ""),
     ):
         try:
             check()

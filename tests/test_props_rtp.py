@@ -100,6 +100,11 @@ def test_receive_stats_never_raise(packets: list[tuple[int, int, float]]) -> Non
 
 def _publication(mime: str, sent: list[bytes]) -> Publication:
     video = mime.startswith("video")
+
+    def send_rtcp(packet: bytes) -> bool:
+        sent.append(packet)
+        return True
+
     return Publication(
         participant_id="p",
         kind="video" if video else "audio",
@@ -111,7 +116,7 @@ def _publication(mime: str, sent: list[bytes]) -> Publication:
         audio_level_id=0 if video else 1,
         cache_size=64,
         counters=NodeCounters(),
-        send_rtcp=lambda b: sent.append(b) is None,
+        send_rtcp=send_rtcp,
         rtcp_ssrc=1,
         pli_throttle_s=0.5,
     )
