@@ -13,6 +13,7 @@ publication fed arbitrary datagrams, and the forwarder's header rewrite.
 from __future__ import annotations
 
 import struct
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -22,8 +23,10 @@ from mediaserver.events import NodeCounters
 from mediaserver.forwarder import MAX_BEHIND, MAX_JUMP, ExtensionIds, Forwarder
 from mediaserver.packetcache import PacketCache
 from mediaserver.publication import Publication, extension_value, payload_offset
+from mediaserver.rtp import rtcp
 from mediaserver.rtp.keyframe import h264_keyframe_start, vp8_keyframe_start
 from mediaserver.rtp.stats import ReceiveStats
+from mediaserver.subscription import Subscription
 
 SETTINGS = settings(max_examples=200, deadline=None)
 
@@ -307,3 +310,72 @@ def test_retransmission_keeps_payload(
         else:
             assert again[2:8] == sent[2:8]
             assert again[at:] == data[off:]
+
+
+# -- a publication and a subscription, fed anything a publisher and a subscriber may send --------
+
+report_blocks = st.builds(
+    rtcp.ReportBlock,
+    ssrc=u32,
+    fraction_lost=st.integers(0, 255),
+    packets_lost=st.integers(-0x800000, 0x7FFFFF),
+    highest_seq=u32,
+    jitter=u32,
+    lsr=u32,
+    dlsr=u32,
+)
+events = st.one_of(
+    st.tuples(st.just("rtp"), datagrams),
+    st.tuples(st.just("rtx"), datagrams),
+    st.tuples(st.just("media"), st.tuples(u16, st.binary(max_size=30))),
+    st.tuples(st.just("nack"), st.lists(u16, max_size=20).map(tuple)),
+    st.tuples(st.just("report"), report_blocks),
+    st.tuples(st.just("sr"), st.just(None)),
+    st.tuples(st.just("pli"), st.just(None)),
+    st.tuples(st.just("pause"), st.booleans()),
+)
+
+
+@SETTINGS
+@given(st.sampled_from(["video/VP8", "audio/opus"]), st.lists(events, max_size=40))
+def test_subscription_takes_any_feedback(mime: str, steps: list[tuple[str, Any]]) -> None:
+    """Packets from the publisher and RTCP from the subscriber in any order: nothing raises,
+    and everything sent to the subscriber parses as RTP with its SSRC."""
+    upstream: list[bytes] = []
+    sent: list[bytes] = []
+
+    def send_rtp(packet: bytes) -> bool:
+        sent.append(packet)
+        return True
+
+    pub = _publication(mime, upstream)
+    sub = Subscription(pub, send_rtp=send_rtp, counters=NodeCounters())
+    sub.start(
+        mid="1",
+        ssrc=0x5555,
+        rtx_ssrc=0x6666,
+        payload_type=96,
+        rtx_payload_type=97,
+        ext=ExtensionIds(mid=1, abs_send_time=2, audio_level=3),
+    )
+    for i, (kind, value) in enumerate(steps):
+        if kind == "rtp":
+            pub.on_rtp(value, float(i))
+        elif kind == "rtx":
+            pub.on_rtx(value, float(i))
+        elif kind == "media":
+            seq, payload = value
+            pub.on_rtp(rtp(seq, seq * 90, b"\x10" + payload), float(i))
+        elif kind == "nack":
+            sub.on_nack(value)
+        elif kind == "report":
+            sub.on_report(value)
+        elif kind == "sr":
+            sub.sender_report("cname")
+        elif kind == "pli":
+            sub.on_keyframe_request()
+        else:
+            sub.set_paused(value)
+    for packet in sent:
+        payload_offset(packet)
+        assert int.from_bytes(packet[8:12], "big") in (0x5555, 0x6666)
