@@ -224,7 +224,8 @@ class LiveNode:
         return self.loop.run_until_complete(asyncio.wait_for(coro, 60))
 
     async def start(self) -> None:
-        app = create_app(config=make_config())
+        # a long peer timeout: the doctor never connects media during the test
+        app = create_app(config=make_config(peer_timeout_s=600.0))
         self.runner = web.AppRunner(app, access_log_class=AccessLogger)
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", 0)
