@@ -14,7 +14,9 @@ import asyncio
 import json
 import re
 from pathlib import Path
+from typing import Any
 
+from aiortc import sdp as aiortc_sdp
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -22,6 +24,7 @@ from compat.sdp import load_fixtures
 from mediaserver.api import IceConfig, MediaConfig, Node, Role
 from mediaserver.ingest import IngestError, parse_sdp
 from mediaserver.participant import NegotiationError, validate_sdp
+from mediaserver.rtp import bundle
 from signaling.protocol import ProtocolError, mid_kinds, require_sdp
 
 SETTINGS = settings(max_examples=200, deadline=None)
@@ -217,3 +220,60 @@ def test_ingest_parse_sdp_raises_only_ingest_error(sdp: str) -> None:
         assert 0 <= m.payload_type <= 127
         assert m.clock_rate == {"OPUS": 48000, "PCMU": 8000, "PCMA": 8000}.get(m.codec, 90000)
         assert m.channels in (1, 2)
+
+
+# -- harmonize(): one number, one meaning inside a bundle ------------------------------------------
+
+
+def _numbers(text: str) -> tuple[dict[int, tuple[Any, ...]], dict[str, int]]:
+    """payload type -> codec key and extension uri -> id of one description's RTP m-lines."""
+    pts: dict[int, tuple[Any, ...]] = {}
+    ext: dict[str, int] = {}
+    for media in aiortc_sdp.SessionDescription.parse(text).media:
+        if media.kind in ("audio", "video"):
+            pts.update(bundle._keys(media))
+            ext.update({e.uri: e.id for e in media.rtp.headerExtensions})
+    return pts, ext
+
+
+def _consistent(text: str) -> bool:
+    seen_pt: dict[int, tuple[Any, ...]] = {}
+    seen_id: dict[int, str] = {}
+    for media in aiortc_sdp.SessionDescription.parse(text).media:
+        if media.kind not in ("audio", "video"):
+            continue
+        for pt, key in bundle._keys(media).items():
+            if seen_pt.setdefault(pt, key) != key:
+                return False
+        for e in media.rtp.headerExtensions:
+            if seen_id.setdefault(e.id, e.uri) != e.uri:
+                return False
+    return True
+
+
+CONSISTENT = [o for o in OFFERS if _consistent(o)]
+
+
+@st.composite
+def sections_of(draw: st.DrawFn, texts: list[str]) -> str:
+    """A recorded description keeping a random subset of its m-sections."""
+    head, *sections = draw(st.sampled_from(texts)).split("\r\nm=")
+    kept = draw(st.lists(st.sampled_from(sections), min_size=1, max_size=len(sections)))
+    return "\r\nm=".join([head, *kept]) + ("" if kept[-1].endswith("\r\n") else "\r\n")
+
+
+@SETTINGS
+@given(sections_of(OFFERS), st.lists(sections_of(CONSISTENT), max_size=1))
+@example(OFFERS[3], [CONSISTENT[1]])  # Safari's codecs after Chrome 85's: 96-127 all taken
+def test_harmonize_gives_one_meaning_per_number(offer: str, established: list[str]) -> None:
+    """Every payload type and extension id the established description uses keeps its
+    meaning in the harmonized offer; no number means two things; never an exception."""
+    out = bundle.harmonize(offer, established)
+    assert _consistent(out) or not _consistent(offer)
+    pts, ext = _numbers(out)
+    for text in established:
+        old_pts, old_ext = _numbers(text)
+        for pt, key in pts.items():
+            assert old_pts.get(pt, key) == key, (pt, key, old_pts.get(pt))
+        for uri, ident in ext.items():
+            assert old_ext.get(uri, ident) == ident
