@@ -4,7 +4,9 @@
 - `protocol.require_sdp` raises only ProtocolError, `protocol.mid_kinds` nothing;
 - `participant.validate_sdp` raises only NegotiationError;
 - a participant's `handle_offer` (validation, aiortc's parser and negotiation, our answer
-  rewriting) raises only NegotiationError, on a real media node;
+  rewriting) and `handle_answer` (to a real server offer) raise only NegotiationError, on a
+  real media node;
+- `bundle.harmonize` never raises, and keeps one meaning per payload type and extension id;
 - `ingest.parse_sdp` raises only IngestError, and what it accepts is usable RTP.
 """
 
@@ -16,14 +18,15 @@ import re
 from pathlib import Path
 from typing import Any
 
+from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc import sdp as aiortc_sdp
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from compat.sdp import load_fixtures
-from mediaserver.api import IceConfig, MediaConfig, Node, Role
+from mediaserver.api import IceConfig, MediaConfig, Node, Role, Room, TrackMeta
 from mediaserver.ingest import IngestError, parse_sdp
-from mediaserver.participant import NegotiationError, validate_sdp
+from mediaserver.participant import NegotiationError, Participant, validate_sdp
 from mediaserver.rtp import bundle
 from signaling.protocol import ProtocolError, mid_kinds, require_sdp
 
@@ -174,6 +177,58 @@ def test_handle_offer_raises_only_negotiation_error() -> None:
 
         @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
         @given(offers)
+        def run(sdp: str) -> None:
+            loop.run_until_complete(one(sdp))
+
+        run()
+    finally:
+        loop.run_until_complete(node.close())
+        loop.close()
+
+
+def test_handle_answer_raises_only_negotiation_error() -> None:
+    """A participant with a server offer pending takes a mutated answer (recorded from a real
+    aiortc peer) or refuses it with NegotiationError (the `answer` handler's `bad-sdp`)."""
+    tracks = [TrackMeta("audio", "microphone"), TrackMeta("video", "camera")]
+
+    async def pending(room: Room, name: str) -> tuple[Participant, str]:
+        participant = room.add_participant(name, role=Role.DOCTOR)
+        offer: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        participant.once("offer", lambda text, _tracks: offer.set_result(text))
+        participant.request_publish(tracks)
+        return participant, await asyncio.wait_for(offer, 20)
+
+    async def start() -> tuple[Node, Room, Participant, str]:
+        node = Node(MediaConfig(ice=IceConfig(host_addresses=("127.0.0.1",))))
+        await node.start()
+        room = node.create_room("props")
+        participant, offer = await pending(room, "p0")
+        client = RTCPeerConnection()
+        await client.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
+        await client.setLocalDescription(await client.createAnswer())
+        answer = client.localDescription.sdp
+        await client.close()
+        return node, room, participant, answer
+
+    loop = asyncio.new_event_loop()
+    node, room, first, answer = loop.run_until_complete(start())
+    current = [first]
+    counter = iter(range(1, 10**9))
+    try:
+
+        async def one(sdp: str) -> None:
+            participant = current[0]
+            if participant.pc.signalingState != "have-local-offer":  # the last answer took
+                await participant.close()
+                current[0], _ = await pending(room, f"p{next(counter)}")
+                participant = current[0]
+            try:
+                await participant.handle_answer(sdp)
+            except NegotiationError:
+                pass
+
+        @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+        @given(mutated([answer]))
         def run(sdp: str) -> None:
             loop.run_until_complete(one(sdp))
 
