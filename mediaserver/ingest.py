@@ -54,6 +54,7 @@ FORWARD_AUDIO = frozenset({"OPUS"})
 TRANSCODE_AUDIO = frozenset({"PCMU", "PCMA"})
 VIDEO = frozenset({"VP8", "H264"})
 OUT_PT = {"OPUS": 111, "VP8": 96, "H264": 102}
+CLOCK_RATE = {"OPUS": 48000, "PCMU": 8000, "PCMA": 8000, "VP8": 90000, "H264": 90000}  # RFCs
 MAX_MEDIA = 4
 
 
@@ -92,11 +93,12 @@ def parse_sdp(text: str, *, sources: dict[int, str] | None = None) -> list[Inges
         kind = first[0][2:]
         if first[2] not in ("RTP/AVP", "RTP/AVPF"):
             raise IngestError(f"m-line {index}: transport must be RTP/AVP (plain RTP over UDP)")
-        try:
-            pt = int(first[3])
-        except ValueError as exc:
-            raise IngestError(f"m-line {index}: bad payload type") from exc
-        rtpmap = re.search(rf"^a=rtpmap:{pt} ([\w.-]+)/(\d+)(?:/(\d+))?\s*$", section, re.M)
+        if not re.fullmatch(r"\d{1,3}", first[3], re.ASCII) or int(first[3]) > 127:
+            raise IngestError(f"m-line {index}: bad payload type (0-127)")
+        pt = int(first[3])
+        rtpmap = re.search(
+            rf"^a=rtpmap:{pt} ([\w.-]+)/(\d{{1,6}})(?:/(\d{{1,2}}))?\s*$", section, re.M | re.ASCII
+        )
         if rtpmap:
             name, rate, channels = rtpmap.group(1).upper(), int(rtpmap.group(2)), rtpmap.group(3)
             nch = int(channels) if channels else 1
@@ -112,6 +114,10 @@ def parse_sdp(text: str, *, sources: dict[int, str] | None = None) -> list[Inges
             raise IngestError(f"m-line {index}: audio codec {name} unsupported (Opus, PCMU, PCMA)")
         if kind == "video" and name not in VIDEO:
             raise IngestError(f"m-line {index}: video codec {name} unsupported (VP8, H264)")
+        if rate != CLOCK_RATE[name]:
+            raise IngestError(f"m-line {index}: {name} has a clock rate of {CLOCK_RATE[name]}")
+        if nch not in (1, 2):
+            raise IngestError(f"m-line {index}: 1 or 2 audio channels")
         default = "stethoscope" if kind == "audio" else "exam-camera"
         source = (sources or {}).get(index, default)
         out.append(IngestMedia(index, kind, name, pt, rate, nch, params, source))

@@ -236,6 +236,8 @@ class Publication(Emitter):
 
 def extension_value(data: bytes, wanted: int) -> bytes | None:
     """Value of a one-byte-header extension element, or None (used off the hot path)."""
+    if not data:
+        return None
     b0 = data[0]
     off = 12 + ((b0 & 0x0F) << 2)
     if not b0 & 0x10 or len(data) < off + 4 or data[off] != 0xBE or data[off + 1] != 0xDE:

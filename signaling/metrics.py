@@ -196,6 +196,16 @@ class HubCollector(Collector):
 
         yield from _mode_metrics(hub)
 
+        tasks = GaugeMetricFamily(
+            "mediaserver_asyncio_tasks", "Tasks of the node's event loop (benchmarks/soak.py)"
+        )
+        try:
+            tasks.add_metric([], len(asyncio.all_tasks()))
+        except RuntimeError:  # scraped off the event loop (no running loop)
+            pass
+        else:
+            yield tasks
+
         counters = hub.node.counters
         for f in dataclasses.fields(counters):
             value = getattr(counters, f.name)

@@ -68,3 +68,9 @@ async def test_metrics_content_and_no_pii(server: Server, clients: Clients) -> N
     for client in (doctor, patient, other):
         assert client.participant_id is not None and client.participant_id not in text
     assert '"r1"' not in text and '"r2"' not in text
+
+
+async def test_asyncio_task_gauge(server: Server) -> None:
+    """The soak benchmark watches the node's task count (benchmarks/soak.py)."""
+    value = samples(await scrape(server))[("mediaserver_asyncio_tasks", ())]
+    assert value >= 1

@@ -16,6 +16,7 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
 CodecKey = tuple[Any, ...]
 DYNAMIC = range(96, 128)
+LOWER_DYNAMIC = range(35, 64)  # where Chrome goes when 96-127 are taken (RFC 8872 section 3)
 EXT_IDS = range(1, 15)
 
 # Numbers for what nothing has established yet: Chromium's (tests/fixtures/chromium_offer.json),
@@ -66,10 +67,15 @@ def _keys(media: sdp.MediaDescription) -> dict[int, CodecKey]:
     return keys
 
 
-def _pick(preferred: int, used: set[int], pool: range) -> int:
-    if preferred in pool and preferred not in used:
+def _pick(preferred: int, used: set[int], *pools: range) -> int | None:
+    """`preferred` if it is free and in a pool, else the first free number; None if none is."""
+    if any(preferred in pool for pool in pools) and preferred not in used:
         return preferred
-    return next(n for n in pool if n not in used)
+    return next((n for pool in pools for n in pool if n not in used), None)
+
+
+def _dynamic(pt: int) -> bool:
+    return pt in DYNAMIC or pt in LOWER_DYNAMIC
 
 
 def harmonize(offer: str, established: list[str]) -> str:
@@ -94,28 +100,42 @@ def harmonize(offer: str, established: list[str]) -> str:
             continue
         keys = _keys(media)
         mapping: dict[int, int] = {}
+        dropped: set[int] = set()  # no free number left: these codecs stay out of the offer
         for codec in sorted(media.rtp.codecs, key=lambda c: c.mimeType.lower().endswith("/rtx")):
             old = codec.payloadType
             if old is None or old not in keys:
                 continue
+            if codec.parameters.get("apt") in dropped:
+                dropped.add(old)
+                continue
             key = keys[old]
             if key not in pts:
                 want = PREFERRED_PTS.get(key, old)
-                pts[key] = _pick(want, used_pts, DYNAMIC) if old >= 96 else old
-                used_pts.add(pts[key])
+                new = _pick(want, used_pts, DYNAMIC, LOWER_DYNAMIC) if _dynamic(old) else old
+                if new is None:
+                    dropped.add(old)
+                    continue
+                pts[key] = new
+                used_pts.add(new)
             mapping[old] = pts[key]
+        media.rtp.codecs = [c for c in media.rtp.codecs if c.payloadType not in dropped]
         for codec in media.rtp.codecs:
             codec.payloadType = mapping.get(codec.payloadType, codec.payloadType)  # type: ignore[arg-type]
             apt = codec.parameters.get("apt")
             if isinstance(apt, int) and apt in mapping:
                 codec.parameters["apt"] = mapping[apt]
-        media.fmt = [mapping.get(pt, pt) for pt in media.fmt]
+        media.fmt = [mapping.get(pt, pt) for pt in media.fmt if pt not in dropped]
+        kept = []
         for ext in media.rtp.headerExtensions:
             if ext.uri not in ext_ids:
-                want = PREFERRED_EXT_IDS.get(ext.uri, ext.id)
-                ext_ids[ext.uri] = _pick(want, used_ids, EXT_IDS)
-                used_ids.add(ext_ids[ext.uri])
+                ident = _pick(PREFERRED_EXT_IDS.get(ext.uri, ext.id), used_ids, EXT_IDS)
+                if ident is None:  # every id has a meaning already: the extension stays out
+                    continue
+                ext_ids[ext.uri] = ident
+                used_ids.add(ident)
             ext.id = ext_ids[ext.uri]
+            kept.append(ext)
+        media.rtp.headerExtensions = kept
     return str(description)
 
 

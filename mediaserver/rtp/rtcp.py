@@ -93,6 +93,7 @@ def _pack(count: int, pt: int, body: bytes) -> bytes:
 
 
 def sender_report(sr: SenderReport) -> bytes:
+    reports = sr.reports[:31]  # the 5-bit count
     body = struct.pack(
         "!IQIII",
         sr.ssrc,
@@ -100,8 +101,8 @@ def sender_report(sr: SenderReport) -> bytes:
         sr.rtp_timestamp,
         sr.packets & 0xFFFFFFFF,
         sr.octets & 0xFFFFFFFF,
-    ) + b"".join(bytes(b) for b in sr.reports)
-    return _pack(len(sr.reports), SR, body)
+    ) + b"".join(bytes(b) for b in reports)
+    return _pack(len(reports), SR, body)
 
 
 def receiver_report(ssrc: int, blocks: list[ReportBlock]) -> bytes:
