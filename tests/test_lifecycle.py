@@ -6,12 +6,18 @@ after its `publish`): no Subscription to its publications stays with the doctor,
 references show that its Participant, Publications, the Subscriptions to them, its peer
 connection, transport and packet caches are collected. A real node, real aiortc clients
 (ConsultClient: it publishes with `publish` and answers the server's offers).
+
+Item 6: a media session that never connects (the server's offer unanswered; ICE that cannot
+complete because the client's UDP is dropped) is closed after peer_timeout_s and the client is
+told `media-timeout`; the client starts a fresh connection by itself and gets media once the
+network is back.
 """
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -23,7 +29,10 @@ from mediaserver.api import Participant
 from signaling.client import ConsultClient
 from tests.media_peers import PatternVideoTrack
 
-from .conftest import Server
+from .conftest import Server, ServerFactory
+from .netns import NetNS
+from .shaping import ShapedLink, shaping_available
+from .test_fallback_shaped import ShapedCall
 
 Clients = Callable[[Server], ConsultClient]
 ROOM = "r1"
@@ -159,3 +168,111 @@ async def test_join_publish_leave_cycles_leave_the_doctor_as_before(
     await _collected(refs)
     status, room = await server.api("GET", f"/api/v1/rooms/{ROOM}")
     assert status == 200 and room["participants"][0]["media"]["subscriptions"] == 0
+
+
+# -- item 6: media sessions that never connect ---------------------------------------------------
+
+
+async def test_an_unanswered_media_session_is_closed_and_reported(
+    make_server: ServerFactory, clients: Clients
+) -> None:
+    """The server's offer is never answered (the session stays `new`): after peer_timeout_s
+    the connection is closed and the client gets `media-timeout`; with no `reconnect` either,
+    the participant is removed after peer_timeout_s more (close 4008)."""
+    server = await make_server(peer_timeout_s=2.0)
+    status, _ = await server.api("POST", "/api/v1/rooms", json={"id": ROOM, "waiting_room": False})
+    assert status == 201
+    doctor = clients(server)
+    await doctor.connect(server.token("doctor", room=ROOM))
+    silent = ConsultClient(server.url, auto_answer=False)
+    try:
+        await silent.connect(server.token("patient", room=ROOM))
+        await silent.publish(AudioStreamTrack())
+        await silent.wait_for("offer", timeout_s=30)
+        media = _media(server, silent.participant_id)
+        assert media.pending_offer() is not None and media.connection_state == "new"
+        error = await silent.wait_for("error", timeout_s=30)
+        assert error["code"] == "media-timeout" and error["ref"] is None
+        assert media.connection_state == "closed" and not media.closed  # only the connection
+        left = await doctor.wait_for("participant-left", timeout_s=30)
+        assert left == {
+            "type": "participant-left",
+            "participant": silent.participant_id,
+            "reason": "timeout",
+        }
+        assert await silent.wait_closed() == 4008
+    finally:
+        await silent.close()
+
+
+async def test_a_lost_answer_is_recovered_by_the_client_itself(
+    make_server: ServerFactory, clients: Clients
+) -> None:
+    """The client's answer to the server's first offer is lost: on `media-timeout` a plain
+    ConsultClient (no `auto_reconnect`) starts a fresh connection, and what it asked to
+    publish (never received on the old connection) is published on the new one."""
+    server = await make_server(peer_timeout_s=2.0)
+    status, _ = await server.api("POST", "/api/v1/rooms", json={"id": ROOM, "waiting_room": False})
+    assert status == 201
+    doctor = clients(server)
+    await doctor.connect(server.token("doctor", room=ROOM))
+    patient = clients(server)
+    answer = patient._answer_offer
+    lost: list[dict[str, Any]] = []
+
+    async def lose_the_first(msg: dict[str, Any]) -> None:
+        if not lost:
+            lost.append(msg)  # as if the answer never reached the server
+            return
+        await answer(msg)
+
+    patient._answer_offer = lose_the_first  # type: ignore[method-assign]
+    await patient.connect(server.token("patient", room=ROOM))
+    await patient.publish(AudioStreamTrack(), PatternVideoTrack())
+    error = await patient.wait_for("error", timeout_s=30)
+    assert error["code"] == "media-timeout" and lost
+    track = await doctor.wait_track(patient.participant_id or "", "video", timeout_s=30)
+    await asyncio.wait_for(track.recv(), 30)
+    assert patient.reconnects == 1
+    assert _media(server, patient.participant_id).connection_state == "connected"
+
+
+async def test_a_media_session_that_cannot_connect_is_restarted_by_the_client() -> None:
+    """The patient (tests/peers/shaped_peer.py, in its own namespace) joins while its UDP is
+    dropped: ICE never completes (`connecting`). After peer_timeout_s the server closes that
+    connection and sends `media-timeout`; the client starts a fresh one (`reconnect`) by
+    itself, again and again while UDP is down; once UDP is back, media flows both ways."""
+    ok, why = shaping_available()
+    if not ok:
+        pytest.fail(f"cannot shape links here (make test runs as root): {why}")
+    with NetNS("consult11") as ns, ShapedLink(ns) as link:
+        link.udp_outage(True)
+        call = ShapedCall(ns, link, peer_timeout_s=5.0)
+        try:
+            await call.start(wait_media=False)
+            media = call.media()
+            await call.wait_event(_media_timeout, 60, "media-timeout")
+            await call.until(lambda: media.transport_restarts >= 1, 30, "a reconnect")
+            assert call.media() is media and not media.closed  # the same participant
+            assert not call.uplink_received()
+            link.udp_outage(False)
+            await call.until(call.media_flowing, 90, "media flowing after UDP is back")
+            frames = call.events[-1].get("video_frames", 0)
+            await call.wait_event(
+                lambda e: e["event"] == "stats" and e["video_frames"] > frames + 10,
+                30,
+                "the patient decodes the doctor's video",
+            )
+        finally:
+            for event in call.events[-60:]:
+                print("patient:", json.dumps(event)[:300])
+            await call.close()
+
+
+def _media_timeout(event: dict[str, Any]) -> bool:
+    message = event.get("message")
+    return (
+        event["event"] == "error"
+        and isinstance(message, dict)
+        and message.get("code") == "media-timeout"
+    )
