@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import itertools
 import json
 import weakref
 from collections.abc import Callable
@@ -36,6 +37,7 @@ from .test_fallback_shaped import ShapedCall
 
 Clients = Callable[[Server], ConsultClient]
 ROOM = "r1"
+_users = itertools.count(1)  # a platform user id per departing patient
 
 
 async def _until(predicate: Callable[[], bool], timeout_s: float = 30, what: str = "") -> None:
@@ -105,7 +107,7 @@ async def _publish_and_leave(
 ) -> dict[str, weakref.ref[Any]]:
     """A patient joins, publishes, and leaves at `when`; weak references to what it had."""
     patient = clients(server)
-    await patient.connect(server.token("patient", room=ROOM, sub=f"u-{id(patient)}"))
+    await patient.connect(server.token("patient", room=ROOM, sub=f"u-{next(_users)}"))
     doctor_media = _media(server, doctor.participant_id)
     answered = doctor.negotiations
     if when == "offer-to-doctor-pending":
