@@ -27,6 +27,8 @@ per-direction mode `video|audio-only|chat-only`, driven by the bandwidth fallbac
 reason) and "pause" (sources, reason: the publisher must stop those senders); see docs/fallback.md.
 Reconnection: `await participant.restart_transport()` replaces the peer connection (the client
 starts a fresh one); publications keep their identity, the server then offers.
+`await participant.close_connection()` closes the peer connection alone (one that never
+connected); the participant waits for the client's reconnection.
 Errors: `NegotiationError` (a ValueError) for a broken SDP or an answer with no offer pending; the
 participant stays usable.
 """

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 class PacketCache:
-    __slots__ = ("_mask", "_packets", "_seqs")
+    __slots__ = ("__weakref__", "_mask", "_packets", "_seqs")  # weakref: tests prove it is freed
 
     def __init__(self, size: int = 1024) -> None:
         if size < 16 or size & (size - 1):

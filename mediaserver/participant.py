@@ -202,9 +202,10 @@ class Participant(Emitter, TapHooks):
 
     def pending_offer(self) -> tuple[str, dict[str, dict[str, Any]]] | None:
         """The server offer still waiting for an answer (to re-send after a resume)."""
-        if self._closed or self.pc.signalingState != "have-local-offer":
+        local = self.pc.localDescription  # None while aiortc is still setting it
+        if self._closed or self.pc.signalingState != "have-local-offer" or local is None:
             return None
-        return self.pc.localDescription.sdp, self._offer_tracks()
+        return local.sdp, self._offer_tracks()
 
     async def add_ice_candidate(self, candidate: str | None, sdp_mid: str | None) -> None:
         self._check_open()
@@ -236,22 +237,28 @@ class Participant(Emitter, TapHooks):
         """Receive a publication of another participant (renegotiates)."""
         if self._closed or publication.closed or publication.track_id in self.subscriptions:
             return
-        if self.pc.signalingState == "closed":  # aiortc closed it: the client must reconnect
-            logger.info("participant %s has no connection: not subscribed", self.id)
-            return
         codec = publication.codec
         if publication.kind == "video" and codec.name not in self.video_codecs:
             logger.info("participant cannot decode %s: not subscribed", codec.name)
             return
-        transceiver = self.pc.addTransceiver(publication.kind, direction="sendonly")
-        set_codec_preferences(
-            transceiver, capabilities(publication.kind, codec.mime_type, codec.parameters)
-        )
         sub = Subscription(publication, send_rtp=self._send, counters=self._counters)
         self.subscriptions[publication.track_id] = sub
-        self._sub_by_transceiver[transceiver] = sub
         sub.once("close", lambda _reason: self._subscription_closed(sub))
+        if self.pc.signalingState == "closed":
+            # No connection now (aiortc closed it, or it never connected): the client must
+            # reconnect, and restart_transport() offers this subscription on the new one.
+            return
+        self._add_sender(sub)
         self._schedule_offer()
+
+    def _add_sender(self, sub: Subscription) -> None:
+        """The sendonly transceiver that carries a subscription (offered with the next offer)."""
+        transceiver = self.pc.addTransceiver(sub.kind, direction="sendonly")
+        codec = sub.publication.codec
+        set_codec_preferences(
+            transceiver, capabilities(sub.kind, codec.mime_type, codec.parameters)
+        )
+        self._sub_by_transceiver[transceiver] = sub
 
     def send_data(self, text: str) -> bool:
         if self.channel.readyState != "open":
@@ -737,18 +744,18 @@ class Participant(Emitter, TapHooks):
             self.channel.on("message", self._on_channel_message)
             self.pc.on("connectionstatechange", self._on_connection_state)
             self._sub_by_ssrc.clear()
-            subs = list(self._sub_by_transceiver.values())
             self._sub_by_transceiver.clear()
-            for sub in subs:
-                if sub.closed:
-                    continue
+            for sub in list(self.subscriptions.values()):  # those made while closed too
                 sub.transport_lost()
-                transceiver = self.pc.addTransceiver(sub.kind, direction="sendonly")
-                codec = sub.publication.codec
-                set_codec_preferences(
-                    transceiver, capabilities(sub.kind, codec.mime_type, codec.parameters)
-                )
-                self._sub_by_transceiver[transceiver] = sub
+                self._add_sender(sub)
+            # Tracks requested (`publish`) that never started (the old connection never
+            # connected: no publication yet) are requested again on the new one.
+            started = {pub.mid for pub in self.publications.values()}
+            unstarted = [
+                meta
+                for t, meta in self._requested.items()
+                if t not in self._rebind and t.mid not in started
+            ]
             self._requested.clear()
             self._track_meta.clear()
             self._rebind.clear()
@@ -760,14 +767,26 @@ class Participant(Emitter, TapHooks):
                     kind=pub.kind, source=pub.source, channels=pub.channels, capture=pub.capture
                 )
                 self._rebind[transceiver] = pub
+            for meta in unstarted:
+                self._requested[self.pc.addTransceiver(meta.kind, direction="recvonly")] = meta
             self._answered.set()
             self._needs_offer = True
         self._negotiation = None
+        self._on_connection_state()  # a fresh connection: "new" (the control plane's timers)
         self._kick_negotiation()
         try:
             await old.close()
         except Exception:
             logger.exception("closing the replaced peer connection failed")
+
+    async def close_connection(self) -> None:
+        """Close the peer connection alone (it never connected within the control plane's
+        timeout): the participant, its publications and subscriptions stay, and the client's
+        `reconnect` (restart_transport) starts a fresh connection. Emits
+        "connectionstatechange" ("closed")."""
+        self._check_open()
+        async with self._sdp_lock:
+            await self.pc.close()
 
     def _rebind_publication(
         self, transceiver: RTCRtpTransceiver, parameters: RTCRtpReceiveParameters

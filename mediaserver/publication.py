@@ -69,7 +69,11 @@ class Publication(Emitter):
         self.rtx_ssrc = rtx_ssrc
         self.stats = ReceiveStats(codec.clock_rate)
         self.cache = PacketCache(cache_size)
+        # Forwarding now (the packet path reads only this list): started, not paused by a
+        # reconnection. Every subscription, started or not, is in `_subscriptions` from its
+        # creation until it closes: closing the publication closes them all (issue 11).
         self.subscriptions: list[Subscription] = []
+        self._subscriptions: list[Subscription] = []
         self.last_sr: tuple[int, int, float] | None = None  # (ntp, rtp ts, local arrival)
         self.estimate_bps: int | None = None
         self.recent_loss = 0.0  # uplink loss of the last interval (bandwidth fallback)
@@ -206,12 +210,29 @@ class Publication(Emitter):
 
     # -- lifecycle -------------------------------------------------------------------------
 
+    def add(self, subscription: Subscription) -> None:
+        """A new subscription to this publication (Subscription's constructor): it is closed
+        with the publication whether or not it ever forwarded a packet."""
+        if self._closed:
+            raise RuntimeError("publication is closed")
+        self._subscriptions.append(subscription)
+
+    def remove(self, subscription: Subscription) -> None:
+        """A subscription closed: forget it."""
+        self.detach(subscription)
+        if subscription in self._subscriptions:
+            self._subscriptions.remove(subscription)
+
     def attach(self, subscription: Subscription) -> None:
+        """Start forwarding to a subscription (its sender is negotiated and connected)."""
+        if subscription not in self._subscriptions:
+            return  # closed meanwhile
         if subscription not in self.subscriptions:
             self.subscriptions = [*self.subscriptions, subscription]
             self.request_keyframe(force=True)
 
     def detach(self, subscription: Subscription) -> None:
+        """Stop forwarding to a subscription (closed, or its transport is being replaced)."""
         if subscription in self.subscriptions:
             self.subscriptions = [s for s in self.subscriptions if s is not subscription]
 
@@ -223,8 +244,9 @@ class Publication(Emitter):
         if self._closed:
             return
         self._closed = True
-        subscriptions, self.subscriptions = self.subscriptions, []
-        for sub in subscriptions:
+        subscriptions, self._subscriptions = self._subscriptions, []
+        self.subscriptions = []
+        for sub in subscriptions:  # every one: started, waiting for an answer, reconnecting
             await sub._parent_closed(reason)
         self.cache.clear()
         self.emit("close", reason)

@@ -15,7 +15,8 @@ RTT_ALPHA = 0.85
 
 
 class Subscription(Emitter):
-    """Created by the subscribing Participant; closed with its Publication.
+    """Created by the subscribing Participant; closed with its Publication, whether it has
+    started forwarding or not (its publication knows it from its creation).
 
     Events: "close" (reason).
     """
@@ -58,6 +59,7 @@ class Subscription(Emitter):
         self._counters = counters
         self._sr_sent: dict[int, float] = {}
         self._closed = False
+        publication.add(self)  # closed with it from now on, started or not
 
     def start(
         self,
@@ -239,7 +241,7 @@ class Subscription(Emitter):
         if self._closed:
             return
         self._closed = True
-        self.publication.detach(self)
+        self.publication.remove(self)
         self.emit("close", reason)
         self.remove_all_listeners()
 

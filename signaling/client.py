@@ -77,7 +77,9 @@ class ConsultClient:
 
         `auto_reconnect=True` resumes a dropped socket with the resume token, restarts the
         media connection when it fails or nothing arrives for `media_timeout_s` (`reconnect`),
-        and obeys the server's `pause` (bandwidth fallback) by stopping those senders.
+        and obeys the server's `pause` (bandwidth fallback) by stopping those senders. The
+        server's `media-timeout` error (a connection that never connected) restarts the media
+        connection in any case (unless `auto_answer=False`).
         """
         self.ws_url = base_url.rstrip("/").replace("http", "ws", 1) + "/ws"
         self.codecs = codecs
@@ -285,6 +287,8 @@ class ConsultClient:
             self.paused_sources = {str(s) for s in msg.get("sources") or []}
             self.self_paused.clear()  # the server's word replaces our own guess
             self._apply_pause()
+        elif kind == "error" and msg.get("code") == "media-timeout":
+            self._on_media_timeout()
         ref = msg.get("ref")
         if ref is not None and ref in self._pending:
             future = self._pending.pop(ref)
@@ -559,6 +563,22 @@ class ConsultClient:
         self.reconnects += 1
         logger.info("restarting the media connection (%d)", self.reconnects)
         await self.request("reconnect")
+
+    def _on_media_timeout(self) -> None:
+        """The server closed a media connection that never connected: start a fresh one
+        (`reconnect`), with or without `auto_reconnect`, as long as we answer offers."""
+        if self._closing or self.state != "admitted" or not self.auto_answer:
+            return
+        if self._should_recover():
+            self._start_recovery(media=True)  # retried until it works
+        else:
+            self._spawn(self._restart_media_once())
+
+    async def _restart_media_once(self) -> None:
+        try:
+            await self._restart_media()
+        except Exception as exc:
+            logger.info("media restart failed: %r", exc)
 
     def _hook_inbound(self, pc: RTCPeerConnection) -> None:
         """Note the arrival time of every datagram of the pc's ICE connections (watchdog)."""

@@ -396,6 +396,9 @@ class Consultation:
 
     def _on_media_offer(self, session: Session, sdp: str, tracks: dict[str, Any]) -> None:
         session.send({"type": "offer", "sdp": sdp, "tracks": tracks})
+        media = session.media
+        if media is not None and media.connection_state == "new":
+            self._watch_peer(session, restart=False)  # the first exchange: it must connect
 
     def _on_media_data(self, session: Session, text: str) -> None:
         try:
@@ -439,19 +442,50 @@ class Consultation:
         session.send({"type": "pause", "sources": sources, "reason": reason})
 
     def _on_media_state(self, session: Session, state: str) -> None:
-        # The client may start a fresh transport (`reconnect`, issue 5): a failed or closed
-        # one (a client closes its old one first) is given peer_timeout_s to be replaced.
-        if state in ("disconnected", "failed", "closed"):
-            if session.peer_timer is None or session.peer_timer.done():
-                session.peer_timer = self.hub.spawn(self._peer_timeout(session))
-        elif state in ("connected", "connecting"):
+        """Every media session state but `connected` is given peer_timeout_s (_peer_timeout).
+
+        `new` (a fresh connection after `reconnect`; also a first server offer, see
+        _on_media_offer) and `connecting` start a connection attempt: the clock starts again.
+        A failed or closed one (a client closes its old one first) keeps the clock it has: it
+        is to be replaced (`reconnect`, issue 5) within peer_timeout_s of the first trouble.
+        """
+        if session.state is SessionState.CLOSED:
+            return
+        if state == "connected":
             _cancel(session, "peer_timer")
+        else:
+            self._watch_peer(session, restart=state in ("new", "connecting"))
+
+    def _watch_peer(self, session: Session, *, restart: bool) -> None:
+        if restart:
+            _cancel(session, "peer_timer")
+        if session.peer_timer is None or session.peer_timer.done():
+            session.peer_timer = self.hub.spawn(self._peer_timeout(session))
 
     async def _peer_timeout(self, session: Session) -> None:
+        """A media session still not connected after peer_timeout_s: one that never connected
+        (`new` with our offer unanswered, `connecting`: ICE or DTLS does not complete) is
+        closed and the client told `media-timeout` (it starts a fresh one with `reconnect`,
+        which gets peer_timeout_s again); one that failed or closed and was not replaced
+        removes the participant (reason `timeout`)."""
         await asyncio.sleep(self.hub.config.peer_timeout_s)
         media = session.media
-        if media is not None and media.connection_state in ("disconnected", "failed", "closed"):
+        if not isinstance(media, Participant) or media.closed:
+            return
+        state = media.connection_state
+        if state in ("disconnected", "failed", "closed"):
             await self.remove(session, CloseReason.TIMEOUT)
+        elif state == "connecting" or (state == "new" and media.pending_offer() is not None):
+            logger.info("participant %s: media did not connect (%s)", session.id, state)
+            session.peer_timer = None  # closing arms the clock for the client's `reconnect`
+            await media.close_connection()
+            session.send(
+                error_message(
+                    ErrorCode.MEDIA_TIMEOUT,
+                    "the media connection did not connect in time: start a fresh one (reconnect)",
+                    None,
+                )
+            )
 
     def _on_media_close(self, session: Session, reason: CloseReason) -> None:
         if session.state is not SessionState.CLOSED:

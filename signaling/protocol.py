@@ -39,6 +39,7 @@ class ErrorCode(enum.StrEnum):
     ROOM_FULL = "room-full"
     ALREADY_JOINED = "already-joined"
     BAD_TELEMETRY = "bad-telemetry"
+    MEDIA_TIMEOUT = "media-timeout"  # not a reply (ref null): restart media (`reconnect`)
     INTERNAL = "internal"
 
 

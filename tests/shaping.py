@@ -6,6 +6,7 @@ kernel (this machine's kernel has no netem).
         link.rate(150)          # kbit/s both ways (tc tbf on each end's egress)
         link.loss(40)           # % random loss both ways (nftables netdev ingress, numgen)
         link.outage(True)       # drop everything both ways
+        link.udp_outage(True)   # drop UDP both ways (media cannot connect; the socket can)
         link.move_client()      # the client's address changes (Wi-Fi -> 4G)
         link.clear()
 
@@ -130,6 +131,10 @@ class ShapedLink(CreateClose):
     def outage(self, down: bool) -> None:
         """Drop every packet both ways (True) or let them through again (False)."""
         self._set_rule("drop" if down else None)
+
+    def udp_outage(self, down: bool) -> None:
+        """Drop every UDP packet both ways (ICE and media; TCP, the WebSocket, goes on)."""
+        self._set_rule("meta l4proto udp drop" if down else None)
 
     def clear(self) -> None:
         self.rate(None)

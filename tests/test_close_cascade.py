@@ -71,6 +71,21 @@ async def test_publication_close_closes_its_subscriptions(call: Call) -> None:
     assert ("track-unpublished", (pub.info(),)) in call.events
 
 
+async def test_publication_close_closes_subscriptions_that_never_started(call: Call) -> None:
+    """A subscriber that never answered the offer (its subscriptions never forwarded) loses
+    them with the publication too (issue 11: they used to stay, holding the publisher)."""
+    late = call.room.add_participant("late", role=Role.OBSERVER)  # no client: never answers
+    doctor = call.room.participants["d"]
+    pub = next(p for p in doctor.publications.values() if p.kind == "video")
+    sub = late.subscriptions[pub.track_id]
+    assert sub.forwarder is None and sub not in pub.subscriptions  # not forwarding
+    seen = closes(sub)
+    await pub.close(CloseReason.LEFT)
+    assert seen == [CloseReason.LEFT] and sub.closed
+    assert pub.track_id not in late.subscriptions
+    assert all(s.publication is not pub for s in late._sub_by_transceiver.values())
+
+
 async def test_participant_close_cascades_to_its_tracks_and_the_room(call: Call) -> None:
     doctor = call.room.participants["d"]
     pubs = list(doctor.publications.values())

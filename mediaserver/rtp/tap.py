@@ -49,6 +49,7 @@ class MediaTransport:
     """Byte-level access to one bundled DTLS transport."""
 
     __slots__ = (
+        "__weakref__",  # tests prove a departed participant's transport is freed
         "_batch",
         "_conn",
         "_dtls",

@@ -472,6 +472,8 @@ export class Consultation extends EventTarget {
       case "ended":
         return this._finish("ended", msg.reason ?? "ended");
       case "error":
+        // media-timeout: the server closed a media connection that never connected (issue 11).
+        if (msg.code === "media-timeout") this._enqueue(() => this._restartMedia());
         return this._emitError(msg.code ?? "error", new Error(msg.message ?? ""), msg.ref ?? null);
       default:
         return; // unknown types are ignored: newer servers may add some

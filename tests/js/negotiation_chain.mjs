@@ -7,7 +7,8 @@
 // offer goes out once the connection is up. Firefox, rolling back an offer that crossed a
 // server offer while its transport was connecting, kept a transport that carried no media
 // (compat, firefox patients): the client no longer offers then. Also: a `room` snapshot
-// replays the bandwidth modes a lost socket missed, once.
+// replays the bandwidth modes a lost socket missed, once. The server's `media-timeout` error
+// makes the client start a fresh peer connection and send `reconnect`.
 
 const sent = []; // messages the client sent on the socket
 let socket = null;
@@ -29,7 +30,7 @@ class FakeWebSocket {
       this.reply({ type: "room", participants: [{ id: "p1", role: "patient", tracks: [] }], chat: [] });
     } else if (msg.type === "offer") {
       this.reply({ type: "answer", ref: msg.id, sdp: `answer to ${msg.sdp}` });
-    } else if (msg.type === "candidate" || msg.type === "answer") {
+    } else if (msg.type === "candidate" || msg.type === "answer" || msg.type === "reconnect") {
       this.reply({ type: "ack", ref: msg.id });
     }
   }
@@ -159,6 +160,13 @@ try {
   await tick(100);
   check("a known mode is not replayed", modes.length === 1, modes);
   check("no client errors", errors.length === 0, errors);
+
+  // media-timeout (issue 11): the server closed a connection that never connected; the client
+  // starts a fresh one by itself and sends `reconnect`.
+  socket.reply({ type: "error", code: "media-timeout", message: "did not connect", ref: null });
+  await until("reconnect after media-timeout", () => sent.some((m) => m.type === "reconnect"));
+  check("a fresh peer connection", pcs.length === 2 && pc.signalingState === "closed", pcs.length);
+  check("the error is reported", errors.some((e) => e.code === "media-timeout"), errors);
   console.log(JSON.stringify({ ok: true, checks }));
 } catch (e) {
   console.log(JSON.stringify({ ok: false, checks, error: String(e?.stack ?? e), sent: sent.map((m) => m.type) }));

@@ -4,9 +4,10 @@
 
 A `ConsultClient` with `auto_reconnect=True` (socket resume, media restart, obeys `pause`),
 publishing a tone (`microphone`) and moving bars (`camera`), decoding what it receives. Prints
-one JSON object per line on stdout: `joined`, `admitted`, `mode`, `pause`, `chat` and, every
-half second, `stats` (frames decoded, reconnects, resumes, ICE state). Reads commands from
-stdin, one JSON object per line: `{"cmd": "chat", "text": "..."}`. Logs go to stderr.
+one JSON object per line on stdout: `joined`, `admitted`, `mode`, `pause`, `chat`, `error` (a
+server error, under `message`) and, every half second, `stats` (frames decoded, reconnects,
+resumes, ICE state). Reads commands from stdin, one JSON object per line:
+`{"cmd": "chat", "text": "..."}`. Logs go to stderr.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ class Patient(DecodingPeer):
     def _forward_messages(self) -> None:
         messages = self.client.messages
         for msg in messages[self._seen :]:
-            if msg.get("type") in ("mode", "pause", "chat"):
+            if msg.get("type") in ("mode", "pause", "chat", "error"):
                 report(str(msg["type"]), message=msg)
         self._seen = len(messages)
 
