@@ -13,7 +13,7 @@ from mediaserver.api import CloseReason, Node
 
 from .auth import ResumeTokens
 from .config import ServerConfig
-from .consultation import Consultation, ConsultationOptions
+from .consultation import Consultation, ConsultationOptions, RoomUnavailable
 from .metrics import Metrics
 
 logger = logging.getLogger(__name__)
@@ -27,6 +27,10 @@ class Draining(Exception):
 
 class RoomExists(Exception):
     pass
+
+
+class NodeFull(Exception):
+    """The node's room or participant cap (max_rooms, max_node_participants) is reached."""
 
 
 class Hub:
@@ -68,6 +72,8 @@ class Hub:
             raise ValueError("room id must be 1-64 characters of A-Z a-z 0-9 _ . -")
         if room_id in self.consultations:
             raise RoomExists(room_id)
+        if len(self.consultations) >= self.config.max_rooms:
+            raise NodeFull("node is full (rooms)")
         options = options or ConsultationOptions()
         media_room = self.node.create_room(room_id, options.media_options())
         consultation = Consultation(
@@ -76,6 +82,17 @@ class Hub:
         self.consultations[room_id] = consultation
         logger.info("room %s created%s", room_id, " (auto)" if auto_created else "")
         return consultation
+
+    def participants(self) -> int:
+        return sum(len(c.sessions) for c in self.consultations.values())
+
+    def check_capacity(self, consultation: Consultation) -> None:
+        """Room for one more participant (waiting or not) in `consultation`, or RoomUnavailable
+        (max_room_participants) or NodeFull (max_node_participants)."""
+        if len(consultation.sessions) >= self.config.max_room_participants:
+            raise RoomUnavailable("room is full")
+        if self.participants() >= self.config.max_node_participants:
+            raise NodeFull("node is full (participants)")
 
     def forget(self, consultation: Consultation) -> None:
         if self.consultations.get(consultation.id) is consultation:
