@@ -108,7 +108,7 @@ async def test_a_room_keeps_a_bounded_chat_and_drops_the_oldest(
     room = await patient.wait_for("room")
     assert [m["id"] for m in room["chat"]] == [f"m{i}" for i in range(11, 31)]
     assert room["chat_more"] is False
-    for i in range(10):
+    for _ in range(10):
         await doctor.chat("x" * 3000)  # about 3.1 KB each: the byte bound keeps 3 of them
     kept = server.hub.get("r1").chat  # type: ignore[union-attr]
     assert len(kept) == 3 and kept.bytes <= 10_000
@@ -311,3 +311,25 @@ async def test_a_flooding_socket_does_not_stop_the_loop_between_messages(
     running = False
     await task
     assert turns - before >= 2000  # at least one turn of the loop per message handled
+
+
+def test_consult_js_pages_chat_history() -> None:
+    """consult.js's loadEarlierChat()/chatMore (tests/js/chat_history.mjs: pure client logic
+    with a fake socket serving pages as the node does)."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    node = shutil.which("node")
+    assert node, "node is not installed (make test installs nodejs)"
+    script = root / "tests" / "js" / "chat_history.mjs"
+    client = root / "signaling" / "static" / "consult.js"
+    proc = subprocess.run(
+        [node, str(script), client.as_uri()], capture_output=True, text=True, timeout=60
+    )
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert lines, f"no result from node (exit {proc.returncode}): {proc.stderr[-2000:]}"
+    result = json.loads(lines[-1])
+    assert result["ok"], result
+    assert result["checks"][-1]["what"] == "no client errors"
