@@ -49,6 +49,7 @@ class ServerConfig:
     room_chat_bytes: int = 1 << 20  # ... and its size (JSON bytes)
     chat_page_messages: int = 50  # chat in `room` and in a chat-history page, at most
     chat_page_bytes: int = 32768  # ... and their size (never over max_message_bytes)
+    room_telemetry_bytes: int = 64 << 20  # telemetry a room keeps (JSON bytes; then refused)
     max_rooms: int = 500  # rooms on the node
     max_node_participants: int = 2000  # sessions on the node (waiting ones included)
     max_room_participants: int = 32  # sessions in one room (waiting ones included)
@@ -107,6 +108,7 @@ LIMIT_OPTIONS: tuple[tuple[str, str, type, str], ...] = (
     ("room_chat_bytes", "--room-chat-bytes", int, "chat bytes a room keeps (1048576)"),
     ("chat_page_messages", "--chat-page-messages", int, "chat per room/history reply (50)"),
     ("chat_page_bytes", "--chat-page-bytes", int, "chat bytes per room/history reply (32768)"),
+    ("room_telemetry_bytes", "--room-telemetry-bytes", int, "telemetry bytes a room keeps"),
     ("max_rooms", "--max-rooms", int, "rooms on the node (500)"),
     ("max_node_participants", "--max-node-participants", int, "participants on the node (2000)"),
     ("max_room_participants", "--max-room-participants", int, "participants in a room (32)"),

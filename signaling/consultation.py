@@ -97,7 +97,7 @@ class Consultation:
         self.chat = ChatLog(  # bounded: the oldest go first (limits, issue 11)
             max_messages=config.room_chat_messages, max_bytes=config.room_chat_bytes
         )
-        self.telemetry = TelemetryLog()  # devices: vital signs, kept for the room's life
+        self.telemetry = TelemetryLog(max_bytes=config.room_telemetry_bytes)  # devices: vitals
         self.ended = False
 
     # -- views --------------------------------------------------------------------------------

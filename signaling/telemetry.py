@@ -43,8 +43,9 @@ if TYPE_CHECKING:
 MAX_BATCH = 100
 MAX_ECG_SAMPLES = 1000
 HISTORY_PAGE = 200  # records per telemetry-history reply, at most (and max_message_bytes)
-# A room keeps its telemetry for its life, within a bound: 500 000 records is over 5 hours of
-# a 500 samples/s ECG in 20-sample batches, plus vitals (a few hundred MB at most).
+# A room keeps its telemetry for its life, within bounds: 500 000 records is over 5 hours of
+# a 500 samples/s ECG in 20-sample batches, plus vitals; and room_telemetry_bytes of JSON (64
+# MiB by default: about 3 hours of that ECG), beyond which batches are refused ("full").
 MAX_RECORDS = 500_000
 ECG_LEADS = frozenset({"I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6"})
 # the device clock may run ahead of ours a little, never days
@@ -143,6 +144,8 @@ class TelemetryLog:
 
     records: list[dict[str, Any]] = field(default_factory=list)
     sizes: list[int] = field(default_factory=list)  # JSON bytes of each record
+    max_bytes: int = 64 << 20  # JSON bytes the room keeps (room_telemetry_bytes, issue 11)
+    bytes: int = 0
     device_seq: dict[str, int] = field(default_factory=dict)  # participant -> last batch seq
 
     @property
@@ -181,10 +184,13 @@ class TelemetryLog:
                 raise TelemetryError(f"readings[{i}] is larger than {max_record_bytes} bytes")
             out.append(record)
             sizes.append(size)
+        if self.bytes + sum(sizes) > self.max_bytes:
+            raise TelemetryError("the room's telemetry log is full")
         if device_seq is not None:
             self.device_seq[sender] = device_seq
         self.records.extend(out)
         self.sizes.extend(sizes)
+        self.bytes += sum(sizes)
         return out
 
     def after(

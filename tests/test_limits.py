@@ -202,6 +202,24 @@ async def test_telemetry_history_pages_stay_within_the_message_limit(
     assert seen == list(range(1, 9))
 
 
+async def test_a_room_keeps_a_bounded_telemetry_log(
+    make_server: ServerFactory, clients: Clients
+) -> None:
+    server = await make_server(room_telemetry_bytes=2000)
+    device = await join(server, clients, "device")
+    await device.wait_state("admitted")
+    reading = {"kind": "heart_rate", "value": 72, "unit": "bpm", "t": now_ms()}
+    await device.request("telemetry", seq=1, readings=[reading] * 10)  # about 1.2 KB
+    with pytest.raises(ServerError) as info:
+        await device.request("telemetry", seq=2, readings=[reading] * 10)
+    assert (info.value.code, info.value.message) == (
+        "bad-telemetry",
+        "the room's telemetry log is full",
+    )
+    log = server.hub.get("r1").telemetry  # type: ignore[union-attr]
+    assert len(log) == 10 and log.bytes <= 2000
+
+
 # -- item 2: sockets, rooms and the node -------------------------------------------------------
 
 
