@@ -115,11 +115,14 @@ async def flood(url: str, seconds: float) -> FloodCount:
                     count.sent += 1
             except (ConnectionError, RuntimeError):
                 pass
+            if not ws.closed and time.monotonic() >= deadline:  # ours: not counted
+                await ws.close()
+                reader.cancel()
+                continue
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(reader, 5)
             code = str(ws.close_code)
             count.closes[code] = count.closes.get(code, 0) + 1
-            await ws.close()
     return count
 
 
