@@ -86,10 +86,11 @@ class Hub:
     def participants(self) -> int:
         return sum(len(c.sessions) for c in self.consultations.values())
 
-    def check_capacity(self, consultation: Consultation) -> None:
-        """Room for one more participant (waiting or not) in `consultation`, or RoomUnavailable
-        (max_room_participants) or NodeFull (max_node_participants)."""
-        if len(consultation.sessions) >= self.config.max_room_participants:
+    def check_capacity(self, consultation: Consultation | None) -> None:
+        """Room for one more participant (waiting or not) in `consultation` (None: a room not
+        created yet), or RoomUnavailable (max_room_participants) or NodeFull
+        (max_node_participants)."""
+        if consultation and len(consultation.sessions) >= self.config.max_room_participants:
             raise RoomUnavailable("room is full")
         if self.participants() >= self.config.max_node_participants:
             raise NodeFull("node is full (participants)")

@@ -127,6 +127,7 @@ def _auto_create(hub: Hub, room_id: str) -> Consultation | None:
     """The room created for a first join (dev mode); NodeFull at max_rooms."""
     if not hub.config.rooms_auto_created:
         return None
+    hub.check_capacity(None)  # a full node creates no room its joiner could not enter
     try:
         return hub.create(room_id, auto_created=True)
     except (Draining, RoomExists, ValueError):

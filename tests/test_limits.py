@@ -177,6 +177,15 @@ async def test_telemetry_is_rate_limited_per_participant(
     assert code == "rate-limited"
     await device.ping()
     assert len(server.hub.get("r1").telemetry) == 100  # type: ignore[union-attr]
+    # a device of the HTTP API has its own bucket: 429 once it is spent
+    status, created = await server.api("POST", "/api/v1/rooms/r1/devices", json={})
+    assert status == 201
+    path = f"/api/v1/rooms/r1/devices/{created['id']}/telemetry"
+    status, _ = await server.api("POST", path, json={"seq": 1, "readings": [reading] * 100})
+    assert status == 200
+    status, body = await server.api("POST", path, json={"seq": 2, "readings": [reading]})
+    assert (status, body["error"]) == (429, "rate-limited")
+    assert len(server.hub.get("r1").telemetry) == 200  # type: ignore[union-attr]
 
 
 async def test_telemetry_history_pages_stay_within_the_message_limit(
@@ -287,6 +296,12 @@ async def test_room_and_participant_caps_refuse_with_documented_errors(
     assert len(server.hub.consultations) == 2
     _, node = await server.api("GET", "/api/v1/node")
     assert node["participants"] == 3
+    # a join that would auto-create a room on a node full of participants creates nothing
+    small = await make_server(max_node_participants=1)
+    await join(small, clients, "doctor", room="x")
+    error = await refused(small, clients, small.token("doctor", room="y", sub="d3"))
+    assert (error.code, error.reason) == (4010, "node is full (participants)")
+    assert set(small.hub.consultations) == {"x"}
 
 
 async def test_limit_options_come_from_flags_and_env() -> None:
