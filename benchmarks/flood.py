@@ -3,7 +3,7 @@
 A real node (`python -m signaling run --dev`, uvloop, its own process) serves two rooms. In
 room `flood` a flooder (its own process) sends pings and 4000-character chats as fast as its
 socket takes them, never waiting for a reply; when the node closes it (4009) it joins again at
-once and goes on. In room `probe` one socket sends a ping every `--interval` and waits for its
+once, and again while the node refuses it (the flood penalty): a reconnect storm. In room `probe` one socket sends a ping every `--interval` and waits for its
 pong: the round trip is what a participant of another room sees. Scenarios:
 
 - `idle`: no flood (the baseline);
@@ -41,6 +41,7 @@ from signaling.config import DEV_TOKEN_SECRET
 
 LIMITS_OFF = [
     *("--ws-rate", "1e9", "--ws-burst", "1000000000", "--ws-flood", "1000000000"),
+    *("--flood-penalty", "0.001"),
     *("--chat-rate", "1e9", "--chat-burst", "1000000000"),
 ]
 SCENARIOS: list[tuple[str, bool, list[str]]] = [
@@ -65,11 +66,15 @@ def token(room: str, sub: str) -> str:
 
 
 async def joined(http: aiohttp.ClientSession, url: str, room: str, sub: str) -> Any:
+    """The socket once in the room, or None when the node closed it instead."""
     ws = await http.ws_connect(url, max_msg_size=0)
     await ws.send_str(json.dumps({"type": "join", "id": "j", "v": 1, "token": token(room, sub)}))
     while True:
-        msg = await ws.receive_json(timeout=10)
-        if msg.get("type") == "room":
+        frame = await ws.receive(timeout=10)
+        if frame.type != aiohttp.WSMsgType.TEXT:
+            await ws.close()
+            return None
+        if json.loads(frame.data).get("type") == "room":
             return ws
 
 
@@ -84,6 +89,7 @@ class FloodCount:
     rate_limited: int = 0
     closes: dict[str, int] = field(default_factory=dict)
     joins: int = 0
+    refused_joins: int = 0
 
 
 async def flood(url: str, seconds: float) -> FloodCount:
@@ -107,6 +113,9 @@ async def flood(url: str, seconds: float) -> FloodCount:
     async with aiohttp.ClientSession() as http:
         while time.monotonic() < deadline:
             ws = await joined(http, url, "flood", "flooder")
+            if ws is None:  # the flood penalty: try again at once (a reconnect storm)
+                count.refused_joins += 1
+                continue
             count.joins += 1
             reader = asyncio.create_task(drain(ws))
             try:
@@ -222,7 +231,8 @@ async def main(args: argparse.Namespace) -> None:
             flood_text = (
                 f"{count['sent']} sent ({per_s:.0f}/s), {count['pongs']} pongs, "
                 f"{count['acks']} chat acks, {count['rate_limited']} rate-limited, "
-                f"{count['joins']} joins, closes {count['closes']}"
+                f"{count['joins']} joins ({count['refused_joins']} refused), "
+                f"closes {count['closes']}"
             )
         rows.append(
             [
@@ -259,8 +269,9 @@ Measured {time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}, load average {loa
 
 A node (`python -m signaling run --dev`, its own process) with two rooms. In room `flood` one
 socket (its own process) sends pings and 4000-character chats alternately as fast as its socket
-takes them and never waits for replies; when the node closes it (4009, rate limit) it joins
-again at once. In room `probe` one socket sends a ping every {args.interval * 1000:.0f} ms and
+takes them and never waits for replies; when the node closes it (4009, rate limit) it tries to
+join again at once, and again whenever that join is refused (the flood penalty): a reconnect
+storm. In room `probe` one socket sends a ping every {args.interval * 1000:.0f} ms and
 waits for its pong, for {args.seconds:.0f} s; its round trip is what another room sees.
 `limits off`: `{" ".join(LIMITS_OFF)}`. Target (issue 11): a p99 delay of at most 20 ms
 against `idle`.

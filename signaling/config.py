@@ -45,6 +45,7 @@ class ServerConfig:
     ws_rate: float = 50.0  # messages per second per socket (all types)
     ws_burst: int = 200
     ws_flood: int = 200  # refused messages (refilled at ws_rate/s) before close 4009
+    flood_penalty_s: float = 10.0  # after a 4009, the same user's joins to that room refused
     room_chat_messages: int = 1000  # chat a room keeps (oldest dropped)
     room_chat_bytes: int = 1 << 20  # ... and its size (JSON bytes)
     chat_page_messages: int = 50  # chat in `room` and in a chat-history page, at most
@@ -104,6 +105,7 @@ LIMIT_OPTIONS: tuple[tuple[str, str, type, str], ...] = (
     ("ws_rate", "--ws-rate", float, "WebSocket messages per second per socket (50)"),
     ("ws_burst", "--ws-burst", int, "WebSocket messages at once per socket (200)"),
     ("ws_flood", "--ws-flood", int, "refused messages before a socket is closed 4009 (200)"),
+    ("flood_penalty_s", "--flood-penalty", float, "seconds a flooder may not rejoin (10)"),
     ("room_chat_messages", "--room-chat-messages", int, "chat messages a room keeps (1000)"),
     ("room_chat_bytes", "--room-chat-bytes", int, "chat bytes a room keeps (1048576)"),
     ("chat_page_messages", "--chat-page-messages", int, "chat per room/history reply (50)"),

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import re
 import secrets
+import time
 from collections.abc import Coroutine
 from typing import Any
 
@@ -42,6 +43,7 @@ class Hub:
         self.consultations: dict[str, Consultation] = {}
         self.draining = False
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._penalties: dict[tuple[str, str], float] = {}  # (room, sub) -> until (monotonic)
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run a background task owned by the hub (cancelled on close, errors logged)."""
@@ -94,6 +96,18 @@ class Hub:
             raise RoomUnavailable("room is full")
         if self.participants() >= self.config.max_node_participants:
             raise NodeFull("node is full (participants)")
+
+    def penalize(self, room_id: str, sub: str) -> None:
+        """A user who flooded a socket (close 4009) may not join that room for
+        flood_penalty_s: a reconnect storm costs the node a refusal each, not a join."""
+        now = time.monotonic()
+        for key in [k for k, until in self._penalties.items() if until <= now]:
+            del self._penalties[key]
+        self._penalties[(room_id, sub)] = now + self.config.flood_penalty_s
+
+    def penalized(self, room_id: str, sub: str) -> bool:
+        until = self._penalties.get((room_id, sub))
+        return until is not None and time.monotonic() < until
 
     def forget(self, consultation: Consultation) -> None:
         if self.consultations.get(consultation.id) is consultation:

@@ -95,6 +95,9 @@ async def _handshake(hub: Hub, ws: web.WebSocketResponse) -> Session | None:
         if room is not None and not isinstance(room, str):
             raise TokenError("wrong room")
         claims = verify_token(token, secret=config.token_secret, room=room, check_expiry=False)
+        if hub.penalized(claims.room, claims.sub):  # it flooded a socket (limits, issue 11)
+            await ws.close(code=CloseCode.RATE_LIMITED, message=b"rate limit")  # not logged:
+            return None  # a reconnect storm would flood the log instead
         consultation = hub.get(claims.room)
         if consultation is not None and isinstance(resume, str):
             session = consultation.take_resume(resume, claims.sub)
@@ -473,4 +476,5 @@ async def serve_socket(hub: Hub, ws: web.WebSocketResponse) -> None:
         session.consultation.socket_closed(session, ws)
     if flooded:  # after socket_closed: the session stays for the grace period (resume)
         logger.warning("participant %s flooded its socket: closing it", session.id)
+        hub.penalize(session.consultation.id, session.sub)
         await ws.close(code=CloseCode.RATE_LIMITED, message=b"rate limit")

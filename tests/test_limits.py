@@ -267,8 +267,16 @@ async def test_a_socket_flood_is_closed_and_another_room_keeps_working(
     assert flooder.close_reason == "rate limit"
     assert sent < 100_000
     await other.ping()
-    # the flooder's session stays for the grace period like any dropped socket
+    # the flooder's session stays for the grace period like any dropped socket, but its user
+    # may not come back at once (a reconnect storm costs the node a refusal each)
     assert flooder.participant_id in server.hub.get("a").sessions  # type: ignore[union-attr]
+    again = await refused(server, clients, server.token("doctor", room="a"))
+    assert (again.code, again.reason) == (4009, "rate limit")
+    with pytest.raises(JoinRefused):
+        await flooder.resume()
+    assert flooder.close_code == 4009
+    colleague = await join(server, clients, "doctor", room="a", sub="colleague")
+    await colleague.ping()
 
 
 async def test_room_and_participant_caps_refuse_with_documented_errors(
