@@ -3,13 +3,16 @@
 A real node (`python -m signaling run --dev`, uvloop, its own process) serves two rooms. In
 room `flood` a flooder (its own process) sends pings and 4000-character chats as fast as its
 socket takes them, never waiting for a reply; when the node closes it (4009) it joins again at
-once, and again while the node refuses it (the flood penalty): a reconnect storm. In room `probe` one socket sends a ping every `--interval` and waits for its
-pong: the round trip is what a participant of another room sees. Scenarios:
+once, and again while the node refuses it (the flood penalty): a reconnect storm. In room
+`probe` one socket sends a ping every `--interval` and waits for its pong: the round trip is
+what a participant of another room sees. Scenarios:
 
 - `idle`: no flood (the baseline);
 - `flood`: the flood against the node's default limits;
 - `flood, limits off`: the same flood with every rate and flood limit set out of reach (what
   the node did before the limits: only the one-message-per-loop-turn fairness is left).
+
+Besides the round trips it reports the node's CPU (user + system, /proc) during the probe.
 
 Reports p50/p99/max of the probe's RTT per scenario and the p99 delay against `idle`; the
 target is a p99 delay of at most 20 ms. `--docs` writes the section "Flood: another room's
@@ -44,7 +47,7 @@ LIMITS_OFF = [
     *("--flood-penalty", "0.001"),
     *("--chat-rate", "1e9", "--chat-burst", "1000000000"),
 ]
-SCENARIOS: list[tuple[str, bool, list[str]]] = [
+SCENARIOS: list[tuple[str, bool, list[str]]] = [  # --only NAME picks one
     ("idle", False, []),
     ("flood", True, []),
     ("flood, limits off", True, LIMITS_OFF),
@@ -70,7 +73,7 @@ async def joined(http: aiohttp.ClientSession, url: str, room: str, sub: str) -> 
     ws = await http.ws_connect(url, max_msg_size=0)
     await ws.send_str(json.dumps({"type": "join", "id": "j", "v": 1, "token": token(room, sub)}))
     while True:
-        frame = await ws.receive(timeout=10)
+        frame = await ws.receive(timeout=30)  # a join in the flood penalty is held
         if frame.type != aiohttp.WSMsgType.TEXT:
             await ws.close()
             return None
@@ -159,6 +162,12 @@ async def probe(url: str, seconds: float, interval: float) -> list[float]:
     return rtts
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -198,12 +207,14 @@ async def scenario(flooding: bool, flags: list[str], args: argparse.Namespace) -
                 stdout=subprocess.PIPE,
             )
             await asyncio.sleep(1.0)  # the flood is on before the probe starts
+        cpu0, t0 = cpu_seconds(node.pid), time.monotonic()
         rtts = await probe(url, args.seconds, args.interval)
+        cpu = (cpu_seconds(node.pid) - cpu0) / (time.monotonic() - t0)
         count: dict[str, Any] = {}
         if flooder is not None:
             out, _ = await asyncio.wait_for(flooder.communicate(), 60)
             count = json.loads(out.decode().strip().splitlines()[-1])
-        return {"rtts": rtts, "flood": count}
+        return {"rtts": rtts, "flood": count, "cpu": cpu}
     finally:
         for proc in (flooder, node):
             if proc is not None and proc.returncode is None:
@@ -220,6 +231,8 @@ async def main(args: argparse.Namespace) -> None:
     rows = []
     base_p99 = None
     for name, flooding, flags in SCENARIOS:
+        if args.only and name not in args.only:
+            continue
         result = await scenario(flooding, flags, args)
         rtts = result["rtts"]
         p50, p99 = percentile(rtts, 0.50), percentile(rtts, 0.99)
@@ -242,10 +255,14 @@ async def main(args: argparse.Namespace) -> None:
                 ms(p99),
                 ms(max(rtts)),
                 ms(p99 - base_p99) if flooding else "-",
+                f"{result['cpu'] * 100:.0f}%",
                 flood_text,
             ]
         )
-        print(f"{name}: n={len(rtts)} p50={ms(p50)} p99={ms(p99)} max={ms(max(rtts))} ms")
+        print(
+            f"{name}: n={len(rtts)} p50={ms(p50)} p99={ms(p99)} max={ms(max(rtts))} ms,"
+            f" node CPU {result['cpu'] * 100:.0f}%"
+        )
         print(f"  mean {ms(statistics.fmean(rtts))} ms; flood: {flood_text}", flush=True)
     headers = [
         "scenario",
@@ -254,6 +271,7 @@ async def main(args: argparse.Namespace) -> None:
         "RTT p99 ms",
         "RTT max ms",
         "p99 delay ms",
+        "node CPU",
         "the flooder's socket",
     ]
     text = table(headers, rows)
@@ -270,8 +288,9 @@ Measured {time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}, load average {loa
 A node (`python -m signaling run --dev`, its own process) with two rooms. In room `flood` one
 socket (its own process) sends pings and 4000-character chats alternately as fast as its socket
 takes them and never waits for replies; when the node closes it (4009, rate limit) it tries to
-join again at once, and again whenever that join is refused (the flood penalty): a reconnect
-storm. In room `probe` one socket sends a ping every {args.interval * 1000:.0f} ms and
+join again at once, and again whenever that join is refused (a join in the flood penalty is
+held until it ends, then closed 4009). `node CPU`: the node process's user + system time over
+the probe's time. In room `probe` one socket sends a ping every {args.interval * 1000:.0f} ms and
 waits for its pong, for {args.seconds:.0f} s; its round trip is what another room sees.
 `limits off`: `{" ".join(LIMITS_OFF)}`. Target (issue 11): a p99 delay of at most 20 ms
 against `idle`.
@@ -286,6 +305,7 @@ def cli() -> None:
     parser.add_argument("--seconds", type=float, default=20.0, help="probe time per scenario")
     parser.add_argument("--interval", type=float, default=0.01, help="probe ping interval (s)")
     parser.add_argument("--docs", action="store_true", help="write docs/benchmarks.md")
+    parser.add_argument("--only", action="append", help="run this scenario only (repeatable)")
     parser.add_argument("--flooder", help=argparse.SUPPRESS)  # the flooder process: its URL
     args = parser.parse_args()
     if args.flooder:

@@ -105,9 +105,10 @@ class Hub:
             del self._penalties[key]
         self._penalties[(room_id, sub)] = now + self.config.flood_penalty_s
 
-    def penalized(self, room_id: str, sub: str) -> bool:
+    def penalty_left(self, room_id: str, sub: str) -> float:
+        """Seconds the user's flood penalty in that room still runs (0: none)."""
         until = self._penalties.get((room_id, sub))
-        return until is not None and time.monotonic() < until
+        return 0.0 if until is None else max(0.0, until - time.monotonic())
 
     def forget(self, consultation: Consultation) -> None:
         if self.consultations.get(consultation.id) is consultation:

@@ -95,9 +95,12 @@ async def _handshake(hub: Hub, ws: web.WebSocketResponse) -> Session | None:
         if room is not None and not isinstance(room, str):
             raise TokenError("wrong room")
         claims = verify_token(token, secret=config.token_secret, room=room, check_expiry=False)
-        if hub.penalized(claims.room, claims.sub):  # it flooded a socket (limits, issue 11)
-            await ws.close(code=CloseCode.RATE_LIMITED, message=b"rate limit")  # not logged:
-            return None  # a reconnect storm would flood the log instead
+        penalty = hub.penalty_left(claims.room, claims.sub)
+        if penalty > 0:  # it flooded a socket (limits, issue 11): held, then refused, so a
+            # reconnect storm makes one attempt per penalty; not logged (it would flood the log)
+            await asyncio.sleep(min(penalty, config.join_timeout_s))
+            await ws.close(code=CloseCode.RATE_LIMITED, message=b"rate limit")
+            return None
         consultation = hub.get(claims.room)
         if consultation is not None and isinstance(resume, str):
             session = consultation.take_resume(resume, claims.sub)

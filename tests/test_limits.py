@@ -249,7 +249,7 @@ async def test_a_socket_over_its_rate_gets_errors_and_stays_open(
 async def test_a_socket_flood_is_closed_and_another_room_keeps_working(
     make_server: ServerFactory, clients: Clients
 ) -> None:
-    server = await make_server(ws_rate=50.0, ws_burst=50, ws_flood=100)
+    server = await make_server(ws_rate=50.0, ws_burst=50, ws_flood=100, flood_penalty_s=1.0)
     flooder = await join(server, clients, "doctor", room="a")
     other = await join(server, clients, "doctor", room="b", sub="other")
     ping = json.dumps({"type": "ping", "id": "x"})
@@ -272,9 +272,6 @@ async def test_a_socket_flood_is_closed_and_another_room_keeps_working(
     assert flooder.participant_id in server.hub.get("a").sessions  # type: ignore[union-attr]
     again = await refused(server, clients, server.token("doctor", room="a"))
     assert (again.code, again.reason) == (4009, "rate limit")
-    with pytest.raises(JoinRefused):
-        await flooder.resume()
-    assert flooder.close_code == 4009
     colleague = await join(server, clients, "doctor", room="a", sub="colleague")
     await colleague.ping()
 
