@@ -7,6 +7,7 @@ is logged (participant id only) and answered with error `internal`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -46,6 +47,7 @@ from .session import Session, SessionState
 logger = logging.getLogger(__name__)
 
 Handler = Callable[[Hub, Session, dict[str, Any]], Awaitable[None]]
+FLOOD_CLOSE_S = 1.0  # a flooding socket's close handshake, at most
 
 
 async def _refuse(ws: web.WebSocketResponse, code: CloseCode, reason: str) -> None:
@@ -480,4 +482,9 @@ async def serve_socket(hub: Hub, ws: web.WebSocketResponse) -> None:
     if flooded:  # after socket_closed: the session stays for the grace period (resume)
         logger.warning("participant %s flooded its socket: closing it", session.id)
         hub.penalize(session.consultation.id, session.sub)
-        await ws.close(code=CloseCode.RATE_LIMITED, message=b"rate limit")
+        # The close handshake reads (and parses) whatever the flooder still sends until its
+        # close frame: bounded, then the connection is dropped.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(
+                ws.close(code=CloseCode.RATE_LIMITED, message=b"rate limit"), FLOOD_CLOSE_S
+            )
