@@ -296,6 +296,16 @@ waits for its pong, for {args.seconds:.0f} s; its round trip is what another roo
 against `idle`.
 
 {text}
+
+Reading it: with the limits, each time the flooder is let in it gets `ws_burst` messages
+handled and `ws_flood` refused, then close 4009 (`1006` when it did not finish the close
+handshake within 1 s and the node dropped the connection), then its next join is held for the
+flood penalty (10 s): it spends most of the run waiting, so its messages/s is an average over
+the run, not its sending speed. `limits off` shows what the node does when it handles every
+message: the per-message turn of the event loop (signaling/ws.py, serve_socket) keeps the other
+room's p99 delay small, but the node burns CPU on the flood. The machine is shared with other
+work (load average above): `RTT max` is mostly other processes' scheduling, and repeated runs
+move p99 by a few ms.
 """
         write_section("flood", body)
 
