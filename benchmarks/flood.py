@@ -9,6 +9,8 @@ what a participant of another room sees. Scenarios:
 
 - `idle`: no flood (the baseline);
 - `flood`: the flood against the node's default limits;
+- `flood, no penalty`: the same, with the flood penalty off: the flooder is back in at once
+  after each 4009 (the rate limits and the flood close alone);
 - `flood, limits off`: the same flood with every rate and flood limit set out of reach (what
   the node did before the limits: only the one-message-per-loop-turn fairness is left).
 
@@ -50,6 +52,7 @@ LIMITS_OFF = [
 SCENARIOS: list[tuple[str, bool, list[str]]] = [  # --only NAME picks one
     ("idle", False, []),
     ("flood", True, []),
+    ("flood, no penalty", True, ["--flood-penalty", "0.001"]),
     ("flood, limits off", True, LIMITS_OFF),
 ]
 CHAT_TEXT = "x" * 4000
@@ -301,11 +304,12 @@ Reading it: with the limits, each time the flooder is let in it gets `ws_burst` 
 handled and `ws_flood` refused, then close 4009 (`1006` when it did not finish the close
 handshake within 1 s and the node dropped the connection), then its next join is held for the
 flood penalty (10 s): it spends most of the run waiting, so its messages/s is an average over
-the run, not its sending speed. `limits off` shows what the node does when it handles every
-message: the per-message turn of the event loop (signaling/ws.py, serve_socket) keeps the other
-room's p99 delay small, but the node burns CPU on the flood. The machine is shared with other
-work (load average above): `RTT max` is mostly other processes' scheduling, and repeated runs
-move p99 by a few ms.
+the run, not its sending speed. `no penalty` is a reconnect storm: each 4009 is followed by a
+new join, and the node pays for every join, burst and close. `limits off` shows what the node
+does when it handles every message: the per-message turn of the event loop (signaling/ws.py,
+serve_socket) bounds the other room's delay, but the node burns CPU on the flood. The machine
+is shared with other work (load average above): `RTT max` is mostly other processes'
+scheduling, and repeated runs move p99 by a few ms.
 """
         write_section("flood", body)
 
