@@ -353,6 +353,19 @@ class ConsultClient:
     async def chat(self, text: str) -> dict[str, Any]:
         return await self.request("chat", text=text)
 
+    async def chat_history(
+        self, before: str | None = None, limit: int | None = None
+    ) -> dict[str, Any]:
+        """A page of older chat: `{messages (oldest first), more}`. `before` is the id of the
+        oldest message held (`room` carries the newest page; `chat_more` says if there is
+        more); None gives the newest page."""
+        fields: dict[str, Any] = {}
+        if before is not None:
+            fields["before"] = before
+        if limit is not None:
+            fields["limit"] = limit
+        return await self.request("chat-history", **fields)
+
     async def admit(self, participant: str) -> dict[str, Any]:
         return await self.request("admit", participant=participant)
 

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 from mediaserver.api import IceConfig, IceServer, MediaConfig
 
 from .auth import TokenVerifier
+from .ratelimit import Rate
 
 ENV_PREFIX = "CONSULT_"
 DEV_TOKEN_SECRET = "dev-token-secret-not-for-production"
@@ -63,6 +64,24 @@ class ServerConfig:
     max_reknocks: int = 2  # knocks of one identity after a deny; then refused (4003)
     ended_rooms_kept: int = 100_000  # ended room ids remembered (tokens refused, 4005)
     # -- end access --
+    # -- limits (issue 11; docs/protocol.md "Limits"): what one participant, socket, room and
+    # node may send or hold. Rates are token buckets: `rate` per second, `burst` at once.
+    chat_rate: float = 2.0  # chat messages per second per participant
+    chat_burst: int = 10
+    telemetry_rate: float = 100.0  # telemetry readings per second per participant
+    telemetry_burst: int = 300  # at least one full batch (100 readings)
+    ws_rate: float = 50.0  # messages per second per socket (all types)
+    ws_burst: int = 200
+    ws_flood: int = 200  # refused messages (refilled at ws_rate/s) before close 4009
+    flood_penalty_s: float = 10.0  # after a 4009, the same user's joins to that room refused
+    room_chat_messages: int = 1000  # chat a room keeps (oldest dropped)
+    room_chat_bytes: int = 1 << 20  # ... and its size (JSON bytes)
+    chat_page_messages: int = 50  # chat in `room` and in a chat-history page, at most
+    chat_page_bytes: int = 32768  # ... and their size (never over max_message_bytes)
+    room_telemetry_bytes: int = 64 << 20  # telemetry a room keeps (JSON bytes; then refused)
+    max_rooms: int = 500  # rooms on the node
+    max_node_participants: int = 2000  # sessions on the node (waiting ones included)
+    max_room_participants: int = 32  # sessions in one room (waiting ones included)
 
     def __post_init__(self) -> None:
         if not self.api_key or not (self.token_secret or self.token_public_key):
@@ -70,8 +89,9 @@ class ServerConfig:
         self._check_access()
         if self.auto_create_rooms is None:
             object.__setattr__(self, "auto_create_rooms", self.dev)
-        if self.max_message_bytes < 1024:
-            raise ValueError("max_message_bytes must be at least 1024")
+        if self.max_message_bytes < 4096:
+            raise ValueError("max_message_bytes must be at least 4096")
+        self._check_limits()
         for name in ("resume_grace_s", "peer_timeout_s", "join_timeout_s", "stats_interval_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
@@ -108,6 +128,52 @@ class ServerConfig:
     @property
     def rooms_auto_created(self) -> bool:
         return bool(self.auto_create_rooms)
+
+    def _check_limits(self) -> None:
+        for name in LIMIT_FIELDS:
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive")
+        if self.telemetry_burst < 100:
+            raise ValueError("telemetry_burst must be at least 100 (one full batch)")
+
+    @property
+    def chat_limit(self) -> Rate:
+        return Rate(self.chat_rate, self.chat_burst)
+
+    @property
+    def telemetry_limit(self) -> Rate:
+        return Rate(self.telemetry_rate, self.telemetry_burst)
+
+    @property
+    def ws_limit(self) -> Rate:
+        return Rate(self.ws_rate, self.ws_burst)
+
+    @property
+    def ws_flood_limit(self) -> Rate:
+        """Refused messages a socket may send (refilled at ws_rate) before it is closed."""
+        return Rate(self.ws_rate, self.ws_flood)
+
+
+# Limit options: (field, CLI flag, type, help); the env var is CONSULT_<FIELD IN CAPITALS>.
+LIMIT_OPTIONS: tuple[tuple[str, str, type, str], ...] = (
+    ("chat_rate", "--chat-rate", float, "chat messages per second per participant (2)"),
+    ("chat_burst", "--chat-burst", int, "chat messages at once per participant (10)"),
+    ("telemetry_rate", "--telemetry-rate", float, "telemetry readings/s per participant (100)"),
+    ("telemetry_burst", "--telemetry-burst", int, "telemetry readings at once (300, >= 100)"),
+    ("ws_rate", "--ws-rate", float, "WebSocket messages per second per socket (50)"),
+    ("ws_burst", "--ws-burst", int, "WebSocket messages at once per socket (200)"),
+    ("ws_flood", "--ws-flood", int, "refused messages before a socket is closed 4009 (200)"),
+    ("flood_penalty_s", "--flood-penalty", float, "seconds a flooder may not rejoin (10)"),
+    ("room_chat_messages", "--room-chat-messages", int, "chat messages a room keeps (1000)"),
+    ("room_chat_bytes", "--room-chat-bytes", int, "chat bytes a room keeps (1048576)"),
+    ("chat_page_messages", "--chat-page-messages", int, "chat per room/history reply (50)"),
+    ("chat_page_bytes", "--chat-page-bytes", int, "chat bytes per room/history reply (32768)"),
+    ("room_telemetry_bytes", "--room-telemetry-bytes", int, "telemetry bytes a room keeps"),
+    ("max_rooms", "--max-rooms", int, "rooms on the node (500)"),
+    ("max_node_participants", "--max-node-participants", int, "participants on the node (2000)"),
+    ("max_room_participants", "--max-room-participants", int, "participants in a room (32)"),
+)
+LIMIT_FIELDS = tuple(name for name, *_ in LIMIT_OPTIONS)
 
 
 def parse_port_range(text: str) -> tuple[int, int]:
@@ -256,6 +322,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         help="let dev mode listen on a non-loopback address (CONSULT_DEV_ALLOW_REMOTE)",
     )
     add_access_arguments(parser)
+    _add_limit_arguments(parser)
 
 
 def add_access_arguments(parser: argparse.ArgumentParser) -> None:
@@ -300,6 +367,12 @@ def access_values(args: argparse.Namespace, env: Mapping[str, str]) -> dict[str,
             field_name = "token_max_lifetime_s" if attr == "token_max_lifetime" else attr
             values[field_name] = conv(text)
     return values
+
+
+def _add_limit_arguments(parser: argparse.ArgumentParser) -> None:
+    """Limits (issue 11): --chat-rate ... each also CONSULT_<FIELD NAME IN CAPITALS>."""
+    for name, flag, conv, text in LIMIT_OPTIONS:
+        parser.add_argument(flag, type=conv, dest=name, help=f"{text} (CONSULT_{name.upper()})")
 
 
 def config_from_args(
@@ -369,6 +442,10 @@ def config_from_args(
         if text is not None:
             values[attr] = conv(text)
     values.update(access_values(args, env))
+    for name, _flag, limit_conv, _help in LIMIT_OPTIONS:  # limits (issue 11)
+        text = pick(getattr(args, name, None), name.upper())
+        if text is not None:
+            values[name] = limit_conv(text)
     return ServerConfig(
         api_key=api_key,
         token_secret=token_secret,

@@ -19,8 +19,15 @@ from mediaserver.api import CloseReason, Participant, Role, Room, RoomOptions
 
 from . import safejson, telemetry
 from .auth import TokenClaims
-from .chat import ChatLog, ChatMessage
-from .protocol import PROTOCOL_VERSION, CloseCode, ErrorCode, ProtocolError, error_message
+from .chat import ChatLog, ChatMessage, ChatTooLarge, Page, encoded_size
+from .protocol import (
+    ENVELOPE_BYTES,
+    PROTOCOL_VERSION,
+    CloseCode,
+    ErrorCode,
+    ProtocolError,
+    error_message,
+)
 from .session import Session, SessionState
 from .telemetry import TelemetryLog
 
@@ -42,6 +49,9 @@ CLOSE_CODES: dict[CloseReason, CloseCode] = {
     CloseReason.ENDED: CloseCode.ENDED,
     CloseReason.REPLACED: CloseCode.REPLACED,
 }
+
+
+MAX_NAME_CHARS = 64  # display names are cut to this (they are in every room message)
 
 
 class RoomUnavailable(Exception):
@@ -108,8 +118,11 @@ class Consultation:
         self.created_at = time.time()
         self.sessions: dict[str, Session] = {}
         self.waiting: list[str] = []
-        self.chat = ChatLog()
-        self.telemetry = TelemetryLog()  # devices: vital signs, kept for the room's life
+        config = hub.config
+        self.chat = ChatLog(  # bounded: the oldest go first (limits, issue 11)
+            max_messages=config.room_chat_messages, max_bytes=config.room_chat_bytes
+        )
+        self.telemetry = TelemetryLog(max_bytes=config.room_telemetry_bytes)  # devices: vitals
         self.ended = False
         # Access (issue 11): by the token's `sub`, in memory only and never logged. Entries come
         # only from platform-signed tokens; they last for the room's life.
@@ -140,16 +153,33 @@ class Consultation:
         ]
 
     def room_message(self, session: Session) -> dict[str, Any]:
+        """The room's state; the chat is its most recent page (`chat_more`: older ones are
+        kept, fetched with chat-history), so the message stays within max_message_bytes."""
         msg: dict[str, Any] = {
             "type": "room",
             "room": self.id,
             "participants": [self.describe(s) for s in self.admitted()],
-            "chat": self.chat.history(),
+            "chat": [],
+            "chat_more": False,  # (the longer of its two values, for the size)
             "telemetry": {"last": self.telemetry.last},  # devices: fetch with telemetry-history
         }
         if session.is_doctor:
             msg["waiting"] = self.waiting_list()
+        page = self.chat_page(None, envelope=msg)
+        msg["chat"], msg["chat_more"] = page.messages, page.more
         return msg
+
+    def chat_page(
+        self, before: int | None, *, envelope: dict[str, Any], limit: int | None = None
+    ) -> Page:
+        """A page of chat that fits in `envelope` (the reply, its list still empty) within
+        max_message_bytes and the chat_page_* bounds."""
+        config = self.hub.config
+        count = min(limit or config.chat_page_messages, config.chat_page_messages)
+        hard = config.max_message_bytes - encoded_size(envelope) + 2  # + the empty list
+        return self.chat.page(
+            before=before, limit=count, max_bytes=config.chat_page_bytes, hard_bytes=hard
+        )
 
     def info(self) -> dict[str, Any]:
         """What the HTTP API returns (no display names)."""
@@ -206,9 +236,18 @@ class Consultation:
     def post_chat(self, session: Session, text: str) -> ChatMessage:
         if session.state is not SessionState.ADMITTED:
             raise ProtocolError(ErrorCode.NOT_ADMITTED, "chat is open after admission")
-        message = self.chat.append(
-            sender=session.id, name=session.name, role=session.role.value, text=text
-        )
+        if not session.chat_bucket.take():
+            raise ProtocolError(ErrorCode.RATE_LIMITED, "too many chat messages: slow down")
+        try:
+            message = self.chat.append(
+                sender=session.id,
+                name=session.name,
+                role=session.role.value,
+                text=text,
+                max_size=self.hub.config.max_message_bytes - ENVELOPE_BYTES,
+            )
+        except ChatTooLarge as exc:
+            raise ProtocolError(ErrorCode.TOO_LARGE, str(exc)) from exc
         self.broadcast({"type": "chat", "message": message.as_dict()})
         return message
 
@@ -242,10 +281,11 @@ class Consultation:
         # the one still in its grace period, which would otherwise be offered to it as a peer.
         for old in [s for s in self.sessions.values() if s.owns_sub(claims.sub)]:
             await self.remove(old, CloseReason.REPLACED, end_if_empty=False)
+        self.hub.check_capacity(self)  # RoomUnavailable or NodeFull (limits, issue 11)
         session = Session(
             consultation=self,
             role=claims.role,
-            name=claims.name,
+            name=claims.name[:MAX_NAME_CHARS],
             sub=claims.sub,
             codecs=codecs,
             telemetry=claims.telemetry,
@@ -412,7 +452,10 @@ class Consultation:
             return
         body = msg.get("text")
         if isinstance(body, str) and body and len(body) <= self.hub.config.max_chat_chars:
-            self.post_chat(session, body)
+            try:
+                self.post_chat(session, body)
+            except ProtocolError as exc:  # rate-limited, too-large: told over the WebSocket
+                session.send(exc.to_message())
 
     def _on_channel_telemetry(self, session: Session, msg: dict[str, Any]) -> None:
         """devices: telemetry over the data channel; ack or error over the WebSocket."""
@@ -424,6 +467,9 @@ class Consultation:
             return
         except telemetry.TelemetryError as exc:
             session.send(error_message(ErrorCode.BAD_TELEMETRY, str(exc), ref))
+            return
+        except ProtocolError as exc:  # rate-limited
+            session.send(error_message(exc.code, exc.message, ref))
             return
         session.send({"type": "ack", "ref": ref, "seq": msg.get("seq"), "stored": stored})
 

@@ -22,8 +22,9 @@ from mediaserver.api import CloseReason, Participant, Role, validate_source
 from mediaserver.ingest import IngestError, IngestParticipant, parse_sdp
 
 from . import telemetry
-from .consultation import Consultation
-from .hub import Hub
+from .consultation import Consultation, RoomUnavailable
+from .hub import Hub, NodeFull
+from .protocol import ProtocolError
 from .session import Session, SessionState
 
 logger = logging.getLogger(__name__)
@@ -86,6 +87,11 @@ async def create_device(request: web.Request) -> web.Response:
                     validate_source(m.kind, m.source)
         except (IngestError, ValueError) as exc:
             return _error(400, "bad-sdp", str(exc))
+    try:
+        hub.check_capacity(consultation)  # limits (issue 11)
+    except (RoomUnavailable, NodeFull) as exc:
+        code = "room-full" if isinstance(exc, RoomUnavailable) else "node-full"
+        return _error(429, code, str(exc))
     session = Session(consultation=consultation, role=Role.DEVICE, name=name, sub=sub, codecs=None)
     ingest: IngestParticipant | None = None
     if media:
@@ -156,6 +162,8 @@ async def post_telemetry(request: web.Request) -> web.Response:
         return _error(403, "forbidden", str(exc))
     except telemetry.TelemetryError as exc:
         return _error(400, "bad-telemetry", str(exc))
+    except ProtocolError as exc:  # rate-limited (issue 11)
+        return _error(429, exc.code.value, exc.message)
     return web.json_response({"stored": stored, "seq": body.get("seq")})
 
 

@@ -13,7 +13,7 @@ from mediaserver.api import CloseReason, Role
 from . import safejson
 from .consultation import ConsultationOptions
 from .devices_api import add_device_routes
-from .hub import Draining, Hub, RoomExists
+from .hub import Draining, Hub, NodeFull, RoomExists
 from .metrics import CONTENT_TYPE
 
 logger = logging.getLogger(__name__)
@@ -86,6 +86,8 @@ async def create_room(request: web.Request) -> web.Response:
         return _error(503, "draining", "node is draining: no new rooms")
     except RoomExists:
         return _error(409, "exists", "room exists")
+    except NodeFull as exc:  # max_rooms (issue 11)
+        return _error(429, "node-full", str(exc))
     except ValueError as exc:
         return _error(400, "bad-request", str(exc))
     return web.json_response(consultation.info(), status=201)

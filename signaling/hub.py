@@ -15,7 +15,7 @@ from mediaserver.api import CloseReason, Node
 
 from .auth import CLOCK_LEEWAY_S, ResumeTokens
 from .config import ServerConfig
-from .consultation import Consultation, ConsultationOptions
+from .consultation import Consultation, ConsultationOptions, RoomUnavailable
 from .metrics import Metrics
 
 logger = logging.getLogger(__name__)
@@ -82,6 +82,10 @@ class EndedRooms:
         return len(self._ended)
 
 
+class NodeFull(Exception):
+    """The node's room or participant cap (max_rooms, max_node_participants) is reached."""
+
+
 class Hub:
     def __init__(self, *, config: ServerConfig, node: Node, metrics: Metrics) -> None:
         self.config = config
@@ -95,6 +99,7 @@ class Hub:
         self.consultations: dict[str, Consultation] = {}
         self.draining = False
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._penalties: dict[tuple[str, str], float] = {}  # (room, sub) -> until (monotonic)
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run a background task owned by the hub (cancelled on close, errors logged)."""
@@ -128,6 +133,8 @@ class Hub:
         if auto_created and room_id in self.ended:
             raise RoomEnded(room_id)
         self.ended.discard(room_id)  # the platform creates it again on purpose
+        if len(self.consultations) >= self.config.max_rooms:
+            raise NodeFull("node is full (rooms)")
         options = options or ConsultationOptions()
         media_room = self.node.create_room(room_id, options.media_options())
         consultation = Consultation(
@@ -136,6 +143,31 @@ class Hub:
         self.consultations[room_id] = consultation
         logger.info("room %s created%s", room_id, " (auto)" if auto_created else "")
         return consultation
+
+    def participants(self) -> int:
+        return sum(len(c.sessions) for c in self.consultations.values())
+
+    def check_capacity(self, consultation: Consultation | None) -> None:
+        """Room for one more participant (waiting or not) in `consultation` (None: a room not
+        created yet), or RoomUnavailable (max_room_participants) or NodeFull
+        (max_node_participants)."""
+        if consultation and len(consultation.sessions) >= self.config.max_room_participants:
+            raise RoomUnavailable("room is full")
+        if self.participants() >= self.config.max_node_participants:
+            raise NodeFull("node is full (participants)")
+
+    def penalize(self, room_id: str, sub: str) -> None:
+        """A user who flooded a socket (close 4009) may not join that room for
+        flood_penalty_s: a reconnect storm costs the node a refusal each, not a join."""
+        now = time.monotonic()
+        for key in [k for k, until in self._penalties.items() if until <= now]:
+            del self._penalties[key]
+        self._penalties[(room_id, sub)] = now + self.config.flood_penalty_s
+
+    def penalty_left(self, room_id: str, sub: str) -> float:
+        """Seconds the user's flood penalty in that room still runs (0: none)."""
+        until = self._penalties.get((room_id, sub))
+        return 0.0 if until is None else max(0.0, until - time.monotonic())
 
     def forget(self, consultation: Consultation, *, ended: bool = False) -> None:
         """Drop a consultation; `ended`: it was ended on purpose, its tokens are refused."""

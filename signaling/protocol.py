@@ -11,6 +11,9 @@ from typing import Any
 from . import safejson
 
 PROTOCOL_VERSION = 1
+# Room left in a server message around one chat message or telemetry record (limits, issue
+# 11): an item is refused when it would be over max_message_bytes - ENVELOPE_BYTES.
+ENVELOPE_BYTES = 1024
 
 
 class CloseCode(enum.IntEnum):
@@ -24,6 +27,8 @@ class CloseCode(enum.IntEnum):
     REPLACED = 4006
     ROOM_UNAVAILABLE = 4007
     TIMEOUT = 4008
+    RATE_LIMITED = 4009  # a sustained flood of messages (limits, issue 11)
+    NODE_FULL = 4010  # the node's room or participant cap (limits, issue 11)
 
 
 class ErrorCode(enum.StrEnum):
@@ -40,6 +45,7 @@ class ErrorCode(enum.StrEnum):
     ALREADY_JOINED = "already-joined"
     BAD_TELEMETRY = "bad-telemetry"
     MEDIA_TIMEOUT = "media-timeout"  # not a reply (ref null): restart media (`reconnect`)
+    RATE_LIMITED = "rate-limited"
     INTERNAL = "internal"
 
 
@@ -60,6 +66,7 @@ CLIENT_TYPES = frozenset(
         "ping",
         "telemetry",
         "telemetry-history",
+        "chat-history",
     }
 )
 

@@ -22,6 +22,8 @@ from aiohttp import web
 
 from mediaserver.api import Participant, Role
 
+from .ratelimit import TokenBucket
+
 if TYPE_CHECKING:
     from mediaserver.ingest import IngestParticipant
 
@@ -76,6 +78,9 @@ class Session:
         self._writer: asyncio.Task[None] | None = None
         self.grace_task: asyncio.Task[None] | None = None
         self.peer_timer: asyncio.Task[None] | None = None
+        limits = consultation.hub.config  # what this participant may send (issue 11)
+        self.chat_bucket = TokenBucket(limits.chat_limit)
+        self.telemetry_bucket = TokenBucket(limits.telemetry_limit)
 
     def __repr__(self) -> str:
         return f"Session({self.id}, {self.role.value}, {self.state.value})"
@@ -113,7 +118,15 @@ class Session:
             logger.warning("participant %s does not read its socket: closing it", self.id)
             self.close_socket(4008, "too slow")
             return
-        self._queue.put_nowait(json.dumps(msg, separators=(",", ":")))
+        text = json.dumps(msg, separators=(",", ":"))
+        limit = self.consultation.hub.config.max_message_bytes
+        # ASCII-escaped: characters are bytes. Replies are built within the limit (issue 11);
+        # over it is a bug, dropped and logged. SDP grows with the room and is never dropped.
+        if len(text) > limit and msg.get("type") not in ("offer", "answer"):
+            kind = msg.get("type")
+            logger.error("dropped a %s message of %d bytes to %s", kind, len(text), self.id)
+            return
+        self._queue.put_nowait(text)
 
     def close_socket(self, code: int, reason: str) -> None:
         """Close the attached socket after the messages already queued."""

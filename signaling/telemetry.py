@@ -3,7 +3,8 @@
 A device (or a nurse's app) sends batches of readings; each accepted reading gets the room's
 next sequence number `seq` (1, 2, 3... per room, no gaps), is kept for the room's life and is
 relayed to every admitted participant except devices. A client that lost its socket asks for
-what it missed with `telemetry-history {after: <last seq it has>}`: the log is the single
+what it missed with `telemetry-history {after: <last seq it has>}` (pages bounded in count and
+in bytes: every record knows its JSON size, so a page costs O(page)): the log is the single
 source of truth, live records and replayed ones carry the same `seq`, so a client merges them
 without loss or duplicates. Device batches carry the device's own increasing `seq`: a batch
 re-sent after a reconnect (its ack was lost) is acknowledged again and not stored twice.
@@ -25,6 +26,7 @@ No reading value is ever logged: errors name the field, not the value.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -32,15 +34,18 @@ from typing import TYPE_CHECKING, Any
 
 from mediaserver.api import Role
 
+from .protocol import ENVELOPE_BYTES, ErrorCode, ProtocolError
+
 if TYPE_CHECKING:
     from .consultation import Consultation
     from .session import Session
 
 MAX_BATCH = 100
 MAX_ECG_SAMPLES = 1000
-HISTORY_PAGE = 200
-# A room keeps its telemetry for its life, within a bound: 500 000 records is over 5 hours of
-# a 500 samples/s ECG in 20-sample batches, plus vitals (a few hundred MB at most).
+HISTORY_PAGE = 200  # records per telemetry-history reply, at most (and max_message_bytes)
+# A room keeps its telemetry for its life, within bounds: 500 000 records is over 5 hours of
+# a 500 samples/s ECG in 20-sample batches, plus vitals; and room_telemetry_bytes of JSON (64
+# MiB by default: about 3 hours of that ECG), beyond which batches are refused ("full").
 MAX_RECORDS = 500_000
 ECG_LEADS = frozenset({"I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6"})
 # the device clock may run ahead of ours a little, never days
@@ -150,6 +155,9 @@ class TelemetryLog:
     """The room's telemetry, kept for its life (a list indexed by seq - 1)."""
 
     records: list[dict[str, Any]] = field(default_factory=list)
+    sizes: list[int] = field(default_factory=list)  # JSON bytes of each record
+    max_bytes: int = 64 << 20  # JSON bytes the room keeps (room_telemetry_bytes, issue 11)
+    bytes: int = 0
     device_seq: dict[str, int] = field(default_factory=dict)  # participant -> last batch seq
 
     @property
@@ -163,31 +171,57 @@ class TelemetryLog:
         device_seq: int | None,
         *,
         role: str = Role.DEVICE.value,
+        max_record_bytes: int | None = None,
     ) -> list[dict[str, Any]] | None:
-        """Store a validated batch; None when it is a re-sent batch already stored."""
+        """Store a validated batch; None when it is a re-sent batch already stored.
+
+        TelemetryError when a record's JSON would be over `max_record_bytes` (it could not be
+        sent in one message): nothing of the batch is stored.
+        """
         if device_seq is not None and device_seq <= self.device_seq.get(sender, -1):
             return None
         if len(self.records) + len(readings) > MAX_RECORDS:
             raise TelemetryError("the room's telemetry log is full")
-        if device_seq is not None:
-            self.device_seq[sender] = device_seq
         received = int(time.time() * 1000)
         out = []
-        for reading in readings:
+        sizes = []
+        for i, reading in enumerate(readings):
             record = {
-                "seq": len(self.records) + 1,
+                "seq": len(self.records) + 1 + i,
                 "from": sender,
                 "role": role,  # who produced it: the participant (opaque id) and its role
                 "received": received,
                 **reading,
             }
-            self.records.append(record)
+            size = len(json.dumps(record, separators=(",", ":")))
+            if max_record_bytes is not None and size > max_record_bytes:
+                raise TelemetryError(f"readings[{i}] is larger than {max_record_bytes} bytes")
             out.append(record)
+            sizes.append(size)
+        if self.bytes + sum(sizes) > self.max_bytes:
+            raise TelemetryError("the room's telemetry log is full")
+        if device_seq is not None:
+            self.device_seq[sender] = device_seq
+        self.records.extend(out)
+        self.sizes.extend(sizes)
+        self.bytes += sum(sizes)
         return out
 
-    def after(self, seq: int, limit: int = HISTORY_PAGE) -> list[dict[str, Any]]:
+    def after(
+        self, seq: int, limit: int = HISTORY_PAGE, max_bytes: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Records after `seq`: at most `limit`, and at most `max_bytes` of JSON (brackets and
+        commas included) past the first one, which is always there (pages advance)."""
         start = max(0, seq)
-        return self.records[start : start + limit]
+        end = min(len(self.records), start + limit)
+        if max_bytes is not None:
+            used = 2 + (self.sizes[start] if start < end else 0)
+            stop = start + 1
+            while stop < end and used + 1 + self.sizes[stop] <= max_bytes:
+                used += 1 + self.sizes[stop]
+                stop += 1
+            end = min(end, stop)
+        return self.records[start:end]
 
     def __len__(self) -> int:
         return len(self.records)
@@ -196,7 +230,8 @@ class TelemetryLog:
 def relay(consultation: Consultation, session: Session, batch: object, seq: object) -> int:
     """Validate, store and relay a batch from an admitted participant; returns records stored.
 
-    TelemetryError when the batch is refused (nothing stored, nothing relayed).
+    TelemetryError when the batch is refused (nothing stored, nothing relayed); ProtocolError
+    `rate-limited` over the participant's telemetry rate (telemetry_rate readings/s).
     """
     from .session import SessionState
 
@@ -204,9 +239,17 @@ def relay(consultation: Consultation, session: Session, batch: object, seq: obje
         raise TelemetryError("telemetry is open after admission")
     if not may_send(session):
         raise TelemetryForbidden("only devices, or a token granting telemetry, send vital signs")
+    count = len(batch) if isinstance(batch, list) else 1
+    if not session.telemetry_bucket.take(min(max(count, 1), MAX_BATCH)):
+        raise ProtocolError(ErrorCode.RATE_LIMITED, "too many telemetry readings: slow down")
     readings = validate_batch(batch)
+    max_record_bytes = consultation.hub.config.max_message_bytes - ENVELOPE_BYTES
     records = consultation.telemetry.append_batch(
-        session.id, readings, parse_device_seq(seq), role=session.role.value
+        session.id,
+        readings,
+        parse_device_seq(seq),
+        role=session.role.value,
+        max_record_bytes=max_record_bytes,
     )
     if not records:
         return 0

@@ -7,6 +7,8 @@ is logged (participant id only) and answered with error `internal`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -24,9 +26,11 @@ from mediaserver.api import (
 
 from . import telemetry
 from .auth import TokenError
+from .chat import parse_id
 from .consultation import Barred, Consultation, RoomUnavailable
-from .hub import Draining, Hub, RoomEnded, RoomExists
+from .hub import Draining, Hub, NodeFull, RoomEnded, RoomExists
 from .protocol import (
+    ENVELOPE_BYTES,
     PROTOCOL_VERSION,
     CloseCode,
     ErrorCode,
@@ -38,11 +42,13 @@ from .protocol import (
     require_sdp,
     require_str,
 )
+from .ratelimit import TokenBucket
 from .session import Session, SessionState
 
 logger = logging.getLogger(__name__)
 
 Handler = Callable[[Hub, Session, dict[str, Any]], Awaitable[None]]
+FLOOD_CLOSE_S = 1.0  # a flooding socket's close handshake, at most
 
 
 async def _refuse(ws: web.WebSocketResponse, code: CloseCode, reason: str) -> None:
@@ -92,6 +98,12 @@ async def _handshake(hub: Hub, ws: web.WebSocketResponse) -> Session | None:
         if room is not None and not isinstance(room, str):
             raise TokenError("wrong room")
         claims = hub.tokens.verify(token, room=room, check_expiry=False)
+        penalty = hub.penalty_left(claims.room, claims.sub)
+        if penalty > 0:  # it flooded a socket (limits, issue 11): held, then refused, so a
+            # reconnect storm makes one attempt per penalty; not logged (it would flood the log)
+            await asyncio.sleep(min(penalty, config.join_timeout_s))
+            await ws.close(code=CloseCode.RATE_LIMITED, message=b"rate limit")
+            return None
         consultation = hub.get(claims.room)
         if consultation is not None and isinstance(resume, str):
             session = consultation.take_resume(resume, claims.sub)
@@ -108,12 +120,12 @@ async def _handshake(hub: Hub, ws: web.WebSocketResponse) -> Session | None:
     if consultation is None and claims.room in hub.ended:
         await _refuse(ws, CloseCode.ENDED, "room ended")
         return None
-    if consultation is None:
-        consultation = _auto_create(hub, claims.room)
-        if consultation is None:
-            await _refuse(ws, CloseCode.ROOM_UNAVAILABLE, "unknown room")
-            return None
     try:
+        if consultation is None:
+            consultation = _auto_create(hub, claims.room)
+            if consultation is None:
+                await _refuse(ws, CloseCode.ROOM_UNAVAILABLE, "unknown room")
+                return None
         return await consultation.join(claims, codecs=codecs, ws=ws, ref=msg["id"])
     except RoomUnavailable as exc:
         await _refuse(ws, CloseCode.ROOM_UNAVAILABLE, str(exc))
@@ -121,11 +133,16 @@ async def _handshake(hub: Hub, ws: web.WebSocketResponse) -> Session | None:
     except Barred as exc:
         await _refuse(ws, exc.code, exc.reason)
         return None
+    except NodeFull as exc:
+        await _refuse(ws, CloseCode.NODE_FULL, str(exc))
+        return None
 
 
 def _auto_create(hub: Hub, room_id: str) -> Consultation | None:
+    """The room created for a first join (dev mode); NodeFull at max_rooms."""
     if not hub.config.rooms_auto_created:
         return None
+    hub.check_capacity(None)  # a full node creates no room its joiner could not enter
     try:
         return hub.create(room_id, auto_created=True)
     except (Draining, RoomEnded, RoomExists, ValueError):
@@ -354,10 +371,38 @@ async def on_telemetry_history(hub: Hub, session: Session, msg: dict[str, Any]) 
     if isinstance(after, bool) or not isinstance(after, int) or after < 0:
         raise ProtocolError(ErrorCode.BAD_REQUEST, "after must be an integer >= 0", msg["id"])
     log = session.consultation.telemetry
-    records = log.after(after)
-    session.send(
-        {"type": "telemetry-history", "ref": msg["id"], "records": records, "last": log.last}
-    )
+    reply: dict[str, Any] = {"type": "telemetry-history", "ref": _short_ref(msg), "records": []}
+    reply["last"] = log.last
+    room = hub.config.max_message_bytes - len(json.dumps(reply, separators=(",", ":"))) + 2
+    reply["records"] = log.after(after, max_bytes=room)
+    session.send(reply)
+
+
+def _short_ref(msg: dict[str, Any]) -> str:
+    """The `id` of a request answered with a page, which leaves the page ENVELOPE_BYTES."""
+    ref: str = msg["id"]
+    if len(ref) > ENVELOPE_BYTES // 4:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "id too long for a history request", None)
+    return ref
+
+
+async def on_chat_history(hub: Hub, session: Session, msg: dict[str, Any]) -> None:
+    """A page of the chat before the message `before` (the newest page without it)."""
+    ref = _short_ref(msg)
+    if session.state is not SessionState.ADMITTED:
+        raise ProtocolError(ErrorCode.NOT_ADMITTED, "chat is open after admission", ref)
+    before = None
+    if msg.get("before") is not None:
+        before = parse_id(msg["before"])
+        if before is None:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "before must be a chat id (m<n>)", ref)
+    limit = msg.get("limit")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "limit must be an integer >= 1", ref)
+    reply: dict[str, Any] = {"type": "chat-history", "ref": ref, "messages": [], "more": False}
+    page = session.consultation.chat_page(before, envelope=reply, limit=limit)
+    reply["messages"], reply["more"] = page.messages, page.more
+    session.send(reply)
 
 
 HANDLERS: dict[str, Handler] = {
@@ -376,22 +421,70 @@ HANDLERS: dict[str, Handler] = {
     "reconnect": on_reconnect,
     "telemetry": on_telemetry,
     "telemetry-history": on_telemetry_history,
+    "chat-history": on_chat_history,
 }
 
 
+class SocketLimit:
+    """What one socket may send (issue 11): `ws_rate` messages/s with a `ws_burst`; a message
+    over it is answered `rate-limited` (not handled). Refused messages drain a second bucket
+    (`ws_flood`, refilled at ws_rate): once it is empty the flood is sustained and the socket
+    is closed with 4009. So a socket gets at most twice ws_rate answers per second."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.messages = TokenBucket(hub.config.ws_limit)
+        self.refusals = TokenBucket(hub.config.ws_flood_limit)
+
+    def admit(self) -> bool | None:
+        """True: handle the message; False: refuse it; None: close the socket."""
+        if self.messages.take():
+            return True
+        return False if self.refusals.take() else None
+
+
+def _refusal(raw: str) -> dict[str, Any]:
+    """The `rate-limited` error for a frame not handled (its id, when it has a short one)."""
+    ref = None
+    if len(raw) <= 4096:
+        try:
+            msg = json.loads(raw)
+        except ValueError:
+            msg = None
+        if isinstance(msg, dict) and isinstance(msg.get("id"), str) and len(msg["id"]) <= 256:
+            ref = msg["id"]
+    return error_message(ErrorCode.RATE_LIMITED, "too many messages: slow down", ref)
+
+
 async def serve_socket(hub: Hub, ws: web.WebSocketResponse) -> None:
-    """Run one prepared socket: handshake, then messages until it closes."""
+    """Run one prepared socket: handshake, then messages until it closes.
+
+    One message at a time, and the loop yields after each: a socket whose frames are all
+    buffered does not hold the event loop for the whole buffer (another room waits at most
+    one message).
+    """
     session = await handshake(hub, ws)
     if session is None:
         return
+    limit = SocketLimit(hub)
+    flooded = False
     try:
         async for frame in ws:
-            if frame.type == WSMsgType.TEXT:
-                await dispatch(hub, session, frame.data)
-            elif frame.type == WSMsgType.BINARY:
-                session.send(
-                    error_message(ErrorCode.BAD_REQUEST, "binary frames unsupported", None)
-                )
+            if frame.type in (WSMsgType.TEXT, WSMsgType.BINARY):
+                admitted = limit.admit()
+                if admitted is None:
+                    flooded = True
+                    break
+                if not admitted:
+                    hub.metrics.errors.labels(ErrorCode.RATE_LIMITED.value).inc()
+                    raw = frame.data if frame.type == WSMsgType.TEXT else ""
+                    session.send(_refusal(raw))
+                elif frame.type == WSMsgType.TEXT:
+                    await dispatch(hub, session, frame.data)
+                else:
+                    session.send(
+                        error_message(ErrorCode.BAD_REQUEST, "binary frames unsupported", None)
+                    )
+                await asyncio.sleep(0)
             else:
                 break
     except asyncio.CancelledError:
@@ -400,3 +493,12 @@ async def serve_socket(hub: Hub, ws: web.WebSocketResponse) -> None:
         logger.exception("socket loop of participant %s failed", session.id)
     finally:
         session.consultation.socket_closed(session, ws)
+    if flooded:  # after socket_closed: the session stays for the grace period (resume)
+        logger.warning("participant %s flooded its socket: closing it", session.id)
+        hub.penalize(session.consultation.id, session.sub)
+        # The close handshake reads (and parses) whatever the flooder still sends until its
+        # close frame: bounded, then the connection is dropped.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(
+                ws.close(code=CloseCode.RATE_LIMITED, message=b"rate limit"), FLOOD_CLOSE_S
+            )

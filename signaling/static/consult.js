@@ -127,6 +127,12 @@ function trackLabel(pub) {
   return label;
 }
 
+/** `m42` -> 42 (chat ids are server-assigned and increasing); -1 for anything else. */
+function chatSeq(m) {
+  const match = /^m(\d+)$/.exec(m?.id ?? "");
+  return match ? Number(match[1]) : -1;
+}
+
 function requireId(value, what) {
   if (typeof value !== "string" || value.length === 0 || value.length > 256) {
     throw new TypeError(`${what} must be a non-empty participant id string`);
@@ -203,6 +209,7 @@ export class Consultation extends EventTarget {
     this._participants = new Map();
     this._chat = [];
     this._chatIds = new Set();
+    this._chatMore = false; // the server keeps older chat than this._chat[0] (loadEarlierChat)
     this._knocks = new Map();
     this._modes = new Map();
     this._telemetryInit(); // devices
@@ -243,6 +250,8 @@ export class Consultation extends EventTarget {
   get position() { return this._position; }
   get participants() { return [...this._participants.values()]; }
   get chat() { return [...this._chat]; }
+  /** True when older chat is on the server: fetch it with loadEarlierChat(). */
+  get chatMore() { return this._chatMore; }
   get knocks() { return [...this._knocks.values()]; }
   get modes() { return [...this._modes.values()]; }
   get remoteTracks() { return [...this._remoteTracks.values()]; }
@@ -502,7 +511,7 @@ export class Consultation extends EventTarget {
       for (const p of msg.waiting) if (p?.id) this._knocks.set(p.id, p);
       this._emit("knocks", { knocks: this.knocks });
     }
-    for (const m of msg.chat ?? []) this._addChat(m, true);
+    this._chatOnRoom(msg.chat ?? [], msg.chat_more === true);
     this._modesOnRoom(); // bandwidth modes that changed while the socket was down (issue 5)
     this._telemetryOnRoom(msg.telemetry); // devices: replay what the socket missed
     this._emit("room", { participants: this.participants, chat: this.chat });
@@ -551,6 +560,43 @@ export class Consultation extends EventTarget {
     }
     if (this._knocks.delete(id)) this._emit("knocks", { knocks: this.knocks });
     this._emit("participant-left", { participant: p, reason });
+  }
+
+  _chatOnRoom(recent, more) {
+    // `room` carries the most recent chat only. After a resume whose page does not reach
+    // what we have (a gap), the page replaces our list: older chat comes by loadEarlierChat().
+    const newest = chatSeq(this._chat[this._chat.length - 1]);
+    const gap = this._chat.length > 0 && recent.length > 0 && more && chatSeq(recent[0]) > newest + 1;
+    if (gap) {
+      this._chat = [];
+      this._chatIds.clear();
+    }
+    if (!this._chat.length || gap) this._chatMore = more;
+    for (const m of recent) this._addChat(m, true);
+  }
+
+  /**
+   * Fetch the page of chat before the oldest message held (`chat-history`) and put it in
+   * front of `chat`. Resolves with the messages added (oldest first); `chatMore` says if
+   * there is still more. Each is also emitted as a `chat` event with `earlier: true`.
+   */
+  async loadEarlierChat({ limit } = {}) {
+    this._requireJoined("loadEarlierChat");
+    const oldest = this._chat[0];
+    const req = { type: "chat-history" };
+    if (oldest?.id != null) req.before = oldest.id;
+    if (limit !== undefined) req.limit = limit;
+    const reply = await this._request(req);
+    const added = [];
+    for (const m of reply.messages ?? []) {
+      if (!m || typeof m !== "object" || this._chatIds.has(m.id)) continue;
+      this._chatIds.add(m.id);
+      added.push(m);
+    }
+    this._chat.unshift(...added);
+    this._chatMore = reply.more === true;
+    for (const m of added) this._emit("chat", { message: m, earlier: true });
+    return added;
   }
 
   _addChat(m, announce) {
