@@ -43,7 +43,11 @@ class FallbackConfig:
         estimate below it also sheds video when the link confirms it (some loss, at least
         `good_loss`) and we send more video than the estimate allows.
     min_audio_bps: goodput below which even audio cannot pass: with a loss of `severe_loss` or
-        more, straight to chat-only.
+        more, straight to audio-only from video (one step, whatever the video sources), then
+        chat-only once video stopped.
+    video_cap_bps: the REMB sent to a publisher whose uplink mode sheds its video (it caps the
+        encoder while the `pause` travels); video under 1.5x this counts as stopped (the
+        evidence the second step waits for).
     min_packets: packets a sample must cover for its loss to count.
     down_samples: consecutive congested samples before stepping down (1 = at once);
         a loss at or above `severe_loss` steps down at once.
@@ -63,6 +67,7 @@ class FallbackConfig:
     good_loss: float = 0.03
     min_video_bps: int = 120_000
     min_audio_bps: int = 24_000
+    video_cap_bps: int = 30_000
     min_packets: int = 8
     down_samples: int = 2
     settle_s: float = 1.5
@@ -90,9 +95,10 @@ class LinkSample:
     loss: worst loss among the streams that flowed (0..1); audio_loss: worst among audio
     streams (None when no audio flowed); packets: packets the loss figures cover; goodput_bps:
     payload bits/s delivered; estimate_bps: the receiver's REMB (downlink) or None; sent_bps:
-    payload bits/s sent (downlink); video_bps: its video part (a REMB covers the video streams:
-    one below it means we overshoot the receiver); stalled: nothing at all arrived from the
-    peer (an outage: reconnection's business, not ours).
+    payload bits/s sent (downlink); video_bps: the video the sender put on the link (downlink:
+    what we sent, and a REMB below it means we overshoot the receiver; uplink: what the
+    publisher sent, from its sequence numbers: lost packets included); stalled: nothing at all
+    arrived from the peer (an outage: reconnection's business, not ours).
     """
 
     loss: float = 0.0
@@ -194,6 +200,7 @@ class BandwidthController:
     _last_climb: float = -1e9
     _probe_proven: bool = False  # a probe saw a measured, good sample
     _last_sample: float = 0.0
+    _stalled: bool = False  # the previous sample was an outage's
     time_in_mode: dict[Mode, float] = field(default_factory=dict)
 
     @property
@@ -229,6 +236,15 @@ class BandwidthController:
             return None
         if sample.stalled:
             self._bad = 0
+            self._stalled = True
+            self._settle_until = now + cfg.settle_s
+            return None
+        if self._stalled:
+            # The outage's aftermath: the first sample after it carries the gap, the stale and
+            # retransmitted packets and the reports that straddle the silence. Settle from
+            # here, not from the last silent sample (a stalled link holds its mode).
+            self._stalled = False
+            self._bad = 0
             self._settle_until = now + cfg.settle_s
             return None
         if now < self._settle_until:
@@ -262,7 +278,8 @@ class BandwidthController:
             )
             congested = (measured and sample.loss >= cfg.video_loss) or low_estimate
             if starving:
-                return self._down(now, State(Mode.CHAT_ONLY), "bandwidth")
+                # One step: chat-only is judged once video stopped (its loss may be video's).
+                return self._down(now, State(Mode.AUDIO_ONLY), "bandwidth")
             if congested:
                 self._bad += 1
                 if self._bad >= cfg.down_samples or sample.loss >= cfg.severe_loss:
@@ -270,6 +287,11 @@ class BandwidthController:
                     return self._down(now, step_down(state, n_video, n_audio), reason)
                 return None
         elif state.mode is Mode.AUDIO_ONLY:
+            if sample.video_bps > 1.5 * cfg.video_cap_bps:
+                # The first step has not taken effect yet (the publisher has not obeyed the
+                # `pause` or the cap): this loss is its video's, not evidence against audio.
+                self._bad = 0
+                return None
             congested = measured and audio_loss >= cfg.audio_loss
             if starving:
                 return self._down(now, State(Mode.CHAT_ONLY), "bandwidth")

@@ -58,9 +58,36 @@ def test_congestion_sheds_video_quickly_and_not_on_one_blip() -> None:
     assert changes == [(7.0, Mode.AUDIO_ONLY, "loss")]
 
 
-def test_starved_link_goes_straight_to_chat_only() -> None:
+def test_starved_link_goes_to_audio_only_at_once_then_chat_only() -> None:
     ctl = started()
-    assert run(ctl, [STARVED], t0=3) == [(4.0, Mode.CHAT_ONLY, "bandwidth")]
+    # One step at a time: from video, a starved link could be the video's own doing.
+    assert run(ctl, [STARVED], t0=3) == [(4.0, Mode.AUDIO_ONLY, "bandwidth")]
+    changes = run(ctl, [STARVED] * 3, t0=4)
+    assert [c[1:] for c in changes] == [(Mode.CHAT_ONLY, "bandwidth")]
+
+
+def test_chat_only_waits_for_evidence_that_video_stopped() -> None:
+    ctl = started()
+    run(ctl, [CONGESTED], t0=3)
+    assert ctl.mode is Mode.AUDIO_ONLY
+    # The publisher has not obeyed the `pause` yet: its video still fills the link, and the
+    # audio loss is that video's doing, not a reason to drop audio too.
+    still_video = LinkSample(
+        loss=0.6, audio_loss=0.6, packets=100, goodput_bps=60_000, video_bps=250_000
+    )
+    assert run(ctl, [still_video] * 8, t0=4) == []
+    assert ctl.mode is Mode.AUDIO_ONLY
+    # Video under the cap (stopped), and audio still loses: the link is too short for audio.
+    stopped = LinkSample(loss=0.6, audio_loss=0.6, packets=100, goodput_bps=16_000, video_bps=0)
+    assert [c[1] for c in run(ctl, [stopped] * 2, t0=12)] == [Mode.CHAT_ONLY]
+
+
+def test_the_aftermath_of_an_outage_is_not_congestion() -> None:
+    ctl = started()
+    # The link returns at t=9: the first samples carry the outage's gap, the burst of stale
+    # and retransmitted packets and the reports that straddle the silence.
+    assert run(ctl, [STALLED] * 5 + [LOSSY, LOSSY, GOOD, GOOD], t0=3) == []
+    assert ctl.mode is Mode.VIDEO
 
 
 def test_a_quiet_sender_with_some_loss_is_not_a_starved_link() -> None:
