@@ -105,9 +105,9 @@ def test_shed_video_is_capped_by_remb_and_chat_only_waits_for_it_to_stop() -> No
 def test_video_back_lifts_the_cap() -> None:
     fallback, _modes, _pauses = link()
     publisher = Publisher()
-    for t in range(1, 4):
+    for second in range(1, 4):
         publisher.second(drop_every=3)
-        tick(fallback, publisher, float(t))
+        tick(fallback, publisher, float(second))
     assert fallback.video_cap("camera") is not None
     t = 3.0
     while fallback.up.mode.value != "video":
