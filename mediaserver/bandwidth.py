@@ -10,6 +10,9 @@ Going down is quick (a few samples), going up is slow and proven: after a minimu
 lower mode, the controller *probes* (lets the next level's media flow for `probe_s` while the
 mode stays) and climbs only if the probe's loss stays low. A probe that fails doubles the wait
 before the next one; a climb that falls back soon after doubles the dwell (no flapping).
+The second step down (audio-only -> chat-only) is judged only on samples showing that the
+first one took effect (the sender's video stopped or fell under the cap), and the samples just
+after an outage (stale packets, reports straddling the silence) are not a short link.
 
 Within a mode, sources are shed by priority before the mode changes: with two video sources,
 the lowest-priority one (webcam `camera` before `exam-camera`) stops first; in audio-only with
