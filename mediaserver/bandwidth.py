@@ -204,6 +204,7 @@ class BandwidthController:
     _probe_proven: bool = False  # a probe saw a measured, good sample
     _last_sample: float = 0.0
     _stalled: bool = False  # the previous sample was an outage's
+    _climbing: bool = False  # the last change was a proven climb: the next level may follow soon
     time_in_mode: dict[Mode, float] = field(default_factory=dict)
 
     @property
@@ -307,7 +308,11 @@ class BandwidthController:
             self._bad = 0  # a sample without enough packets neither confirms nor clears
         good = not measured or sample.loss <= cfg.good_loss
         upper = step_up(state, n_video, n_audio)
-        if good and upper != state and now - self.since >= self._dwell and now >= self._next_probe:
+        # After a proven climb (chat-only -> audio-only) the next level is probed once the
+        # settle time ends: the link just proved itself, and the dwell exists against flapping
+        # after a fall (a fall soon after a climb still doubles it, `_down`).
+        dwell = min(self._dwell, cfg.settle_s) if self._climbing else self._dwell
+        if good and upper != state and now - self.since >= dwell and now >= self._next_probe:
             self.probe = upper
             self._probe_proven = False
             self._probe_until = now + cfg.probe_s
@@ -337,10 +342,12 @@ class BandwidthController:
         assert target is not None
         self._probe_failures = 0
         self._last_climb = now
+        self._climbing = True
         return self._set(now, target, "recovered")
 
     def _down(self, now: float, target: State, reason: str) -> Change | None:
         self._bad = 0
+        self._climbing = False
         if now - self._last_climb < 2 * self._dwell + self.config.probe_s:
             # We climbed and fell back soon after: wait longer before the next climb.
             self._dwell = min(self.config.max_backoff_s, self._dwell * 2)

@@ -122,6 +122,17 @@ def test_recovery_probes_then_climbs_within_15_s() -> None:
     assert probed and climbed_at is not None and climbed_at - 4 <= 15
 
 
+def test_climbing_from_chat_only_takes_both_levels_without_a_second_dwell() -> None:
+    ctl = started()
+    run(ctl, [STARVED] * 4, t0=3)
+    assert ctl.mode is Mode.CHAT_ONLY
+    cleared = 7.0 + CFG.min_dwell_s  # the link is good again once the dwell is over
+    changes = run(ctl, [GOOD] * 20, t0=cleared)
+    assert [c[1] for c in changes] == [Mode.AUDIO_ONLY, Mode.VIDEO]
+    # One dwell, then a probe per level: within the 15 s of a restoration.
+    assert changes[-1][0] - cleared <= 2 * (CFG.probe_s + 1) + CFG.settle_s + 2
+
+
 def test_failed_probe_backs_off_and_keeps_the_mode() -> None:
     ctl = started()
     run(ctl, [CONGESTED], t0=3)
