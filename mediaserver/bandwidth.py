@@ -316,7 +316,9 @@ class BandwidthController:
             self.probe = upper
             self._probe_proven = False
             self._probe_until = now + cfg.probe_s
-            self._settle_until = now + min(cfg.settle_s, cfg.probe_s / 2)
+            # No settle: a probe on a link still short costs audio until it is judged, so the
+            # first lossy sample ends it (reports straddling its start count only the losses
+            # that must follow it, `Subscription.count_loss_from_now`).
         return None
 
     def _judge_probe(

@@ -133,6 +133,18 @@ def test_climbing_from_chat_only_takes_both_levels_without_a_second_dwell() -> N
     assert changes[-1][0] - cleared <= 2 * (CFG.probe_s + 1) + CFG.settle_s + 2
 
 
+def test_a_probe_on_a_link_still_short_ends_at_its_first_lossy_sample() -> None:
+    ctl = started()
+    run(ctl, [CONGESTED], t0=3)
+    t = 4.0
+    while ctl.probe is None:
+        t += 1
+        ctl.update(t, GOOD, 1, 1)
+    # Each second of a probe on a short link costs audio: the first bad sample ends it.
+    assert ctl.update(t + 1, LOSSY, 1, 1) is None
+    assert ctl.probe is None and ctl.mode is Mode.AUDIO_ONLY
+
+
 def test_failed_probe_backs_off_and_keeps_the_mode() -> None:
     ctl = started()
     run(ctl, [CONGESTED], t0=3)
