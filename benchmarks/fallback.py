@@ -63,6 +63,7 @@ class Run:
     climb_s: float | None = None
     first_frame_s: float | None = None
     mode_changes: dict[str, int] = field(default_factory=dict)
+    timeline: list[str] = field(default_factory=list)  # mode changes, s since the shaping
 
 
 class Recorder:
@@ -176,11 +177,13 @@ async def climb(call: ShapedCall, rec: Recorder, run: Run) -> bool:
         return False
     run.climb_s = back - t0
     down_video = [t for t, d, m in rec.modes(t0) if d == "downlink" and m == "video"]
-    t_video = down_video[0] if down_video else back
-    frames = rec.video_frames()
-    seen = await wait(lambda: rec.video_frames() > frames, 10)
-    if seen is not None:
-        run.first_frame_s = max(0.0, seen - t_video)
+    t_video = down_video[0] if down_video else t0
+    await wait(lambda: rec.patient[-1][0] > t_video + 10, 11)
+    stats = [(t, int(e["video_frames"])) for t, e in rec.patient if e.get("event") == "stats"]
+    before = [n for t, n in stats if t <= t_video]
+    after = [t for t, n in stats if t > t_video and n > (before[-1] if before else 0)]
+    if after:
+        run.first_frame_s = after[0] - t_video
     return run.climb_s <= CLIMB_S
 
 
@@ -322,9 +325,13 @@ async def one_run(scenario: str) -> Run:
             rec = Recorder(call)
             rec.start()
             await asyncio.sleep(2)  # media settled
-            ok = await RUNNERS[scenario](call, rec, run)
-            climbed = await climb(call, rec, run)
-            run.passed = ok and climbed
+            t0 = time.monotonic()
+            try:
+                ok = await RUNNERS[scenario](call, rec, run)
+                climbed = await climb(call, rec, run)
+                run.passed = ok and climbed
+            finally:
+                run.timeline = [f"{t - t0:.1f} {d} {m}" for t, d, m in rec.modes(t0)]
         except pytest.fail.Exception as exc:  # ShapedCall's waits fail like a test
             run.why = f"set-up: {exc}"
         finally:
@@ -436,12 +443,15 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--scenario", action="append", choices=SCENARIOS)
     parser.add_argument("--no-docs", action="store_true")
+    parser.add_argument("--debug", action="store_true", help="the controllers' samples on stderr")
     args = parser.parse_args()
     ok, why = shaping_available()
     if not ok:
         print(f"cannot shape links here: {why}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.WARNING)
+    logging.basicConfig(level=logging.WARNING, format="%(relativeCreated)d %(message)s")
+    if args.debug:
+        logging.getLogger("mediaserver.fallback").setLevel(logging.DEBUG)
     browser_like_opus()
     load0 = os.getloadavg()[0]
     runs = asyncio.run(main_async(args))

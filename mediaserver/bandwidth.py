@@ -327,7 +327,9 @@ class BandwidthController:
         cfg = self.config
         measured = sample.packets >= cfg.min_packets
         failed = measured and sample.loss > max(cfg.good_loss * 2, cfg.video_loss / 2)
-        if measured and not failed:
+        if measured and not failed and now >= self._probe_until - cfg.probe_s / 2:
+            # Proof only from the probe's second half: its first reports are optimistic (a
+            # token bucket passes its burst, reports lag): a failure counts at once.
             self._probe_proven = True
         if not failed and now < self._probe_until:
             return None

@@ -62,6 +62,7 @@ class LinkFallback:
         self._emit_pause = emit_pause
         self._pub_prior: dict[int, tuple[int, int, int]] = {}  # id -> expected, received, bytes
         self._pub_size: dict[int, float] = {}  # id -> mean payload bytes per packet (video)
+        self._pub_silent: set[int] = set()  # publications that sent nothing last interval
         self._down_stalled = False
         self._sub_prior: dict[int, tuple[int, int, int, int]] = {}  # reports, octets, own loss
         self._paused_sources: list[str] = []
@@ -114,6 +115,14 @@ class LinkFallback:
             de, dr = stats.expected - e0, stats.received - r0
             octets += stats.bytes - b0
             received += max(dr, 0)
+            if dr <= 0 and elapsed >= self._interval / 2:
+                self._pub_silent.add(key)
+            elif key in self._pub_silent:
+                # Its first packets after a silence (a pause, an outage): the sequence gap
+                # includes what was lost before the silence (the tail of a congested period),
+                # not this interval's loss.
+                self._pub_silent.discard(key)
+                continue
             if pub.kind == "video" and de > 0:
                 # What the publisher sent, lost packets included, at the mean size received.
                 if dr > 0:
@@ -129,6 +138,7 @@ class LinkFallback:
         live = {id(p.stats) for p in pubs}
         self._pub_prior = {k: v for k, v in self._pub_prior.items() if k in live}
         self._pub_size = {k: v for k, v in self._pub_size.items() if k in live}
+        self._pub_silent &= live
         stalled = received == 0 and self._stalled(now)
         return LinkSample(
             loss=loss,

@@ -145,6 +145,21 @@ def test_a_probe_on_a_link_still_short_ends_at_its_first_lossy_sample() -> None:
     assert ctl.probe is None and ctl.mode is Mode.AUDIO_ONLY
 
 
+def test_a_probe_is_proven_only_in_its_second_half() -> None:
+    ctl = started()
+    run(ctl, [CONGESTED], t0=3)
+    t = 4.0
+    while ctl.probe is None:
+        t += 1
+        ctl.update(t, GOOD, 1, 1)
+    # A good first report (a token bucket's burst passes), then no report at all.
+    assert ctl.update(t + 0.5, GOOD, 1, 1) is None
+    quiet = LinkSample(packets=0)
+    assert ctl.update(t + 1.6, quiet, 1, 1) is None
+    assert ctl.update(t + CFG.probe_s + 0.1, quiet, 1, 1) is None
+    assert ctl.probe is None and ctl.mode is Mode.AUDIO_ONLY
+
+
 def test_failed_probe_backs_off_and_keeps_the_mode() -> None:
     ctl = started()
     run(ctl, [CONGESTED], t0=3)

@@ -43,7 +43,8 @@ class Publisher:
         self.video = publication("video", "camera", VP8, 0x2222)
         self.seq = {"audio": 0, "video": 0}
 
-    def second(self, *, drop_every: int, video: bool = True) -> None:
+    def second(self, *, drop_every: int, video: bool = True, skip_video: int = 0) -> None:
+        self.seq["video"] += skip_video  # sent and lost before this second
         for kind, pub, count, size in (
             ("audio", self.audio, 50, 100),
             ("video", self.video, 30 if video else 0, 1000),
@@ -116,3 +117,26 @@ def test_video_back_lifts_the_cap() -> None:
         publisher.second(drop_every=0, video="camera" not in fallback.paused_sources())
         tick(fallback, publisher, t)
     assert fallback.video_cap("camera") is None
+
+
+def test_a_publication_resuming_after_a_silence_is_not_charged_the_gap_before_it() -> None:
+    fallback, modes, _pauses = link()
+    publisher = Publisher()
+    t = 0.0
+    for _ in range(3):
+        t += 1
+        publisher.second(drop_every=0)
+        tick(fallback, publisher, t)
+    for _ in range(3):  # its video stops (a pause, a muted camera)
+        t += 1
+        publisher.second(drop_every=0, video=False)
+        tick(fallback, publisher, t)
+    # It resumes; the last 100 packets it sent before stopping were lost (the tail of a
+    # congested period): that gap is not this interval's loss.
+    t += 1
+    publisher.second(drop_every=0, skip_video=100)
+    tick(fallback, publisher, t)
+    t += 1
+    publisher.second(drop_every=0)
+    tick(fallback, publisher, t)
+    assert modes == []
