@@ -193,6 +193,7 @@ class BandwidthController:
     config: FallbackConfig = field(default_factory=FallbackConfig)
     state: State = field(default_factory=State)
     probe: State | None = None  # the higher state being tried, while a probe runs
+    may_probe: bool = True  # the owner clears it while the other direction probes
     since: float = 0.0  # when the current mode began
     _settle_until: float = 0.0
     _bad: int = 0
@@ -306,7 +307,11 @@ class BandwidthController:
                 return None
         if measured:
             self._bad = 0  # a sample without enough packets neither confirms nor clears
-        good = not measured or sample.loss <= cfg.good_loss
+        # A probe starts on a measured good sample: where media flows, silence (reports lost
+        # on a short uplink) is no evidence of a good link. In chat-only nothing flows and
+        # nothing can be measured: there the probe itself is the measurement.
+        good = sample.loss <= cfg.good_loss and (measured or state.mode is Mode.CHAT_ONLY)
+        good = good and self.may_probe
         upper = step_up(state, n_video, n_audio)
         # After a proven climb (chat-only -> audio-only) the next level is probed once the
         # settle time ends: the link just proved itself, and the dwell exists against flapping

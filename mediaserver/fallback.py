@@ -210,8 +210,12 @@ class LinkFallback:
             for sub in subs:
                 sub.count_loss_from_now()
         self._down_stalled = down.stalled
+        # One probe at a time: probing both directions of a short link at once doubles the
+        # cost, and the uplink's way back (a `pause`) would cross a downlink its probe fills.
+        self.down.may_probe = self.up.probe is None
         self._step("downlink", self.down, now, down, [(s.kind, s.publication.source) for s in subs])
         self._apply_downlink(subs)
+        self.up.may_probe = self.down.probe is None
         self._step(
             "uplink",
             self.up,

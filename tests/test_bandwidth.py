@@ -160,6 +160,34 @@ def test_a_probe_is_proven_only_in_its_second_half() -> None:
     assert ctl.probe is None and ctl.mode is Mode.AUDIO_ONLY
 
 
+def test_no_probe_on_silence_where_media_flows() -> None:
+    ctl = started()
+    run(ctl, [CONGESTED], t0=3)
+    # Audio-only on a short uplink: the receiver's reports are lost, nothing is measured.
+    assert run(ctl, [LinkSample(packets=0)] * 20, t0=4) == []
+    assert ctl.probe is None
+    # In chat-only nothing flows: there the probe is the only measurement.
+    ctl = started()
+    run(ctl, [STARVED] * 4, t0=3)
+    assert ctl.mode is Mode.CHAT_ONLY
+    t = 7.0
+    while ctl.probe is None and t < 30:
+        t += 1
+        ctl.update(t, LinkSample(packets=0), 1, 1)
+    assert ctl.probe is not None
+
+
+def test_no_probe_while_the_other_direction_probes() -> None:
+    ctl = started()
+    run(ctl, [CONGESTED], t0=3)
+    ctl.may_probe = False
+    run(ctl, [GOOD] * 20, t0=4)
+    assert ctl.probe is None
+    ctl.may_probe = True
+    run(ctl, [GOOD], t0=24)
+    assert ctl.probe is not None
+
+
 def test_failed_probe_backs_off_and_keeps_the_mode() -> None:
     ctl = started()
     run(ctl, [CONGESTED], t0=3)
@@ -237,7 +265,7 @@ def test_a_probe_that_measured_nothing_does_not_climb() -> None:
         t += 0.5
         assert ctl.update(t, silent, 1, 1) is None
         probed += ctl.probe is not None
-    assert probed > 0 and ctl.mode is Mode.AUDIO_ONLY
+    assert probed == 0 and ctl.mode is Mode.AUDIO_ONLY  # silence starts no probe either
     # Once packets flow and they are good, a probe climbs.
     for _ in range(40):
         t += 0.5
