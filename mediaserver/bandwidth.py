@@ -205,6 +205,7 @@ class BandwidthController:
     _probe_proven: bool = False  # a probe saw a measured, good sample
     _last_sample: float = 0.0
     _stalled: bool = False  # the previous sample was an outage's
+    _video_quiet_since: float | None = None  # since when the sender's video is under the cap
     _climbing: bool = False  # the last change was a proven climb: the next level may follow soon
     time_in_mode: dict[Mode, float] = field(default_factory=dict)
 
@@ -239,6 +240,10 @@ class BandwidthController:
         self._last_sample = now
         if not cfg.enabled:
             return None
+        if sample.video_bps > 1.5 * cfg.video_cap_bps:
+            self._video_quiet_since = None
+        elif self._video_quiet_since is None:
+            self._video_quiet_since = now
         if sample.stalled:
             self._bad = 0
             self._stalled = True
@@ -292,9 +297,12 @@ class BandwidthController:
                     return self._down(now, step_down(state, n_video, n_audio), reason)
                 return None
         elif state.mode is Mode.AUDIO_ONLY:
-            if sample.video_bps > 1.5 * cfg.video_cap_bps:
+            quiet = self._video_quiet_since
+            if quiet is None or now - quiet < cfg.settle_s:
                 # The first step has not taken effect yet (the publisher has not obeyed the
-                # `pause` or the cap): this loss is its video's, not evidence against audio.
+                # `pause` or the cap), or only just: this loss is its video's, not evidence
+                # against audio. One quiet sample is not enough either: on a short uplink an
+                # interval whose video packets were all lost looks like a stopped video.
                 self._bad = 0
                 return None
             congested = measured and audio_loss >= cfg.audio_loss

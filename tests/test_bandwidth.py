@@ -77,9 +77,11 @@ def test_chat_only_waits_for_evidence_that_video_stopped() -> None:
     )
     assert run(ctl, [still_video] * 8, t0=4) == []
     assert ctl.mode is Mode.AUDIO_ONLY
-    # Video under the cap (stopped), and audio still loses: the link is too short for audio.
+    # Video under the cap (stopped, or all its packets lost): not judged until it stayed so
+    # for a settle time; then audio still losing means the link is too short for audio.
     stopped = LinkSample(loss=0.6, audio_loss=0.6, packets=100, goodput_bps=16_000, video_bps=0)
-    assert [c[1] for c in run(ctl, [stopped] * 2, t0=12)] == [Mode.CHAT_ONLY]
+    assert run(ctl, [stopped], t0=12) == []
+    assert [c[1] for c in run(ctl, [stopped] * 2, t0=13)] == [Mode.CHAT_ONLY]
 
 
 def test_the_aftermath_of_an_outage_is_not_congestion() -> None:
