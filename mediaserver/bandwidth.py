@@ -305,7 +305,10 @@ class BandwidthController:
                 # interval whose video packets were all lost looks like a stopped video.
                 self._bad = 0
                 return None
-            congested = measured and audio_loss >= cfg.audio_loss
+            # A link that still delivers twice what audio needs carries audio: its loss is a
+            # burst (a sender catching up after a stall), not a link too short for voice.
+            fits = sample.goodput_bps >= 2 * cfg.min_audio_bps
+            congested = measured and audio_loss >= cfg.audio_loss and not fits
             if starving:
                 return self._down(now, State(Mode.CHAT_ONLY), "bandwidth")
             if congested:

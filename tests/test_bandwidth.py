@@ -18,7 +18,7 @@ from mediaserver.bandwidth import (
 CFG = FallbackConfig()
 GOOD = LinkSample(loss=0.0, audio_loss=0.0, packets=100, goodput_bps=600_000)
 CONGESTED = LinkSample(loss=0.7, audio_loss=0.7, packets=100, goodput_bps=150_000)
-LOSSY = LinkSample(loss=0.4, audio_loss=0.4, packets=100, goodput_bps=400_000)
+LOSSY = LinkSample(loss=0.4, audio_loss=0.4, packets=100, goodput_bps=39_000)
 STARVED = LinkSample(loss=0.9, audio_loss=0.9, packets=100, goodput_bps=15_000)
 STALLED = LinkSample(stalled=True)
 
@@ -82,6 +82,19 @@ def test_chat_only_waits_for_evidence_that_video_stopped() -> None:
     stopped = LinkSample(loss=0.6, audio_loss=0.6, packets=100, goodput_bps=16_000, video_bps=0)
     assert run(ctl, [stopped], t0=12) == []
     assert [c[1] for c in run(ctl, [stopped] * 2, t0=13)] == [Mode.CHAT_ONLY]
+
+
+def test_a_burst_on_a_link_that_carries_audio_keeps_audio_only() -> None:
+    ctl = started()
+    run(ctl, [CONGESTED], t0=3)
+    # 150 kbit/s: the sender's audio comes in a burst (it caught up after a stall): 39% lost,
+    # but the link delivered 106 kbit/s, far more than audio needs.
+    burst = LinkSample(loss=0.39, audio_loss=0.39, packets=139, goodput_bps=106_000)
+    assert run(ctl, [burst, GOOD, burst, burst], t0=5) == []
+    assert ctl.mode is Mode.AUDIO_ONLY
+    # 40% random loss on audio alone: 39 kbit/s delivered, voice does not get through.
+    lossy = LinkSample(loss=0.4, audio_loss=0.4, packets=100, goodput_bps=39_000)
+    assert [c[1] for c in run(ctl, [lossy] * 2, t0=9)] == [Mode.CHAT_ONLY]
 
 
 def test_the_aftermath_of_an_outage_is_not_congestion() -> None:
