@@ -210,12 +210,13 @@ class LinkFallback:
             for sub in subs:
                 sub.count_loss_from_now()
         self._down_stalled = down.stalled
-        # One probe at a time: probing both directions of a short link at once doubles the
-        # cost, and the uplink's way back (a `pause`) would cross a downlink its probe fills.
-        self.down.may_probe = self.up.probe is None
+        # One video probe at a time: probing both directions of a short link at once doubles
+        # the cost, and the uplink's way back (a `pause`) would cross a downlink its probe
+        # fills. Audio probes (back from chat-only) are cheap: both directions may run them.
+        self.down.may_probe = not _probes_video(self.up)
         self._step("downlink", self.down, now, down, [(s.kind, s.publication.source) for s in subs])
         self._apply_downlink(subs)
-        self.up.may_probe = self.down.probe is None
+        self.up.may_probe = not _probes_video(self.down)
         self._step(
             "uplink",
             self.up,
@@ -294,6 +295,11 @@ class LinkFallback:
                 self._counters.mode_seconds[key] = self._counters.mode_seconds.get(key, 0.0) + (
                     seconds - self._reported.get(key, 0.0)
                 )
+
+
+def _probes_video(controller: BandwidthController) -> bool:
+    probe = controller.probe
+    return probe is not None and probe.mode is Mode.VIDEO
 
 
 def initial_modes() -> dict[str, str]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import struct
 
-from mediaserver.bandwidth import FallbackConfig
+from mediaserver.bandwidth import FallbackConfig, Mode, State
 from mediaserver.codecs import CodecInfo
 from mediaserver.events import NodeCounters
 from mediaserver.fallback import LinkFallback
@@ -140,3 +140,15 @@ def test_a_publication_resuming_after_a_silence_is_not_charged_the_gap_before_it
     publisher.second(drop_every=0)
     tick(fallback, publisher, t)
     assert modes == []
+
+
+def test_one_video_probe_at_a_time_audio_probes_together() -> None:
+    fallback, _modes, _pauses = link()
+    publisher = Publisher()
+    publisher.second(drop_every=0)
+    fallback.down.probe = State(Mode.VIDEO)  # the downlink tries video again
+    tick(fallback, publisher, 1.0)
+    assert not fallback.up.may_probe
+    fallback.down.probe = State(Mode.AUDIO_ONLY)  # back from chat-only: audio only, cheap
+    tick(fallback, publisher, 2.0)
+    assert fallback.up.may_probe
