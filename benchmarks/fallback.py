@@ -184,7 +184,10 @@ async def climb(call: ShapedCall, rec: Recorder, run: Run) -> bool:
     after = [t for t, n in stats if t > t_video and n > (before[-1] if before else 0)]
     if after:
         run.first_frame_s = after[0] - t_video
-    return run.climb_s <= CLIMB_S
+    if run.climb_s > CLIMB_S:
+        run.why = run.why or f"back to video only after {run.climb_s:.1f} s"
+        return False
+    return True
 
 
 async def scenario_150k(call: ShapedCall, rec: Recorder, run: Run) -> bool:
