@@ -10,6 +10,9 @@ Going down is quick (a few samples), going up is slow and proven: after a minimu
 lower mode, the controller *probes* (lets the next level's media flow for `probe_s` while the
 mode stays) and climbs only if the probe's loss stays low. A probe that fails doubles the wait
 before the next one; a climb that falls back soon after doubles the dwell (no flapping).
+The second step down (audio-only -> chat-only) is judged only on samples showing that the
+first one took effect (the sender's video stopped or fell under the cap), and the samples just
+after an outage (stale packets, reports straddling the silence) are not a short link.
 
 Within a mode, sources are shed by priority before the mode changes: with two video sources,
 the lowest-priority one (webcam `camera` before `exam-camera`) stops first; in audio-only with
@@ -43,7 +46,11 @@ class FallbackConfig:
         estimate below it also sheds video when the link confirms it (some loss, at least
         `good_loss`) and we send more video than the estimate allows.
     min_audio_bps: goodput below which even audio cannot pass: with a loss of `severe_loss` or
-        more, straight to chat-only.
+        more, straight to audio-only from video (one step, whatever the video sources), then
+        chat-only once video stopped.
+    video_cap_bps: the REMB sent to a publisher whose uplink mode sheds its video (it caps the
+        encoder while the `pause` travels); video under 1.5x this counts as stopped (the
+        evidence the second step waits for).
     min_packets: packets a sample must cover for its loss to count.
     down_samples: consecutive congested samples before stepping down (1 = at once);
         a loss at or above `severe_loss` steps down at once.
@@ -63,6 +70,7 @@ class FallbackConfig:
     good_loss: float = 0.03
     min_video_bps: int = 120_000
     min_audio_bps: int = 24_000
+    video_cap_bps: int = 30_000
     min_packets: int = 8
     down_samples: int = 2
     settle_s: float = 1.5
@@ -90,9 +98,10 @@ class LinkSample:
     loss: worst loss among the streams that flowed (0..1); audio_loss: worst among audio
     streams (None when no audio flowed); packets: packets the loss figures cover; goodput_bps:
     payload bits/s delivered; estimate_bps: the receiver's REMB (downlink) or None; sent_bps:
-    payload bits/s sent (downlink); video_bps: its video part (a REMB covers the video streams:
-    one below it means we overshoot the receiver); stalled: nothing at all arrived from the
-    peer (an outage: reconnection's business, not ours).
+    payload bits/s sent (downlink); video_bps: the video the sender put on the link (downlink:
+    what we sent, and a REMB below it means we overshoot the receiver; uplink: what the
+    publisher sent, from its sequence numbers: lost packets included); stalled: nothing at all
+    arrived from the peer (an outage: reconnection's business, not ours).
     """
 
     loss: float = 0.0
@@ -184,6 +193,7 @@ class BandwidthController:
     config: FallbackConfig = field(default_factory=FallbackConfig)
     state: State = field(default_factory=State)
     probe: State | None = None  # the higher state being tried, while a probe runs
+    may_probe: bool = True  # the owner clears it while the other direction probes
     since: float = 0.0  # when the current mode began
     _settle_until: float = 0.0
     _bad: int = 0
@@ -194,6 +204,9 @@ class BandwidthController:
     _last_climb: float = -1e9
     _probe_proven: bool = False  # a probe saw a measured, good sample
     _last_sample: float = 0.0
+    _stalled: bool = False  # the previous sample was an outage's
+    _video_quiet_since: float | None = None  # since when the sender's video is under the cap
+    _climbing: bool = False  # the last change was a proven climb: the next level may follow soon
     time_in_mode: dict[Mode, float] = field(default_factory=dict)
 
     @property
@@ -227,7 +240,20 @@ class BandwidthController:
         self._last_sample = now
         if not cfg.enabled:
             return None
+        if sample.video_bps > 1.5 * cfg.video_cap_bps:
+            self._video_quiet_since = None
+        elif self._video_quiet_since is None:
+            self._video_quiet_since = now
         if sample.stalled:
+            self._bad = 0
+            self._stalled = True
+            self._settle_until = now + cfg.settle_s
+            return None
+        if self._stalled:
+            # The outage's aftermath: the first sample after it carries the gap, the stale and
+            # retransmitted packets and the reports that straddle the silence. Settle from
+            # here, not from the last silent sample (a stalled link holds its mode).
+            self._stalled = False
             self._bad = 0
             self._settle_until = now + cfg.settle_s
             return None
@@ -262,7 +288,8 @@ class BandwidthController:
             )
             congested = (measured and sample.loss >= cfg.video_loss) or low_estimate
             if starving:
-                return self._down(now, State(Mode.CHAT_ONLY), "bandwidth")
+                # One step: chat-only is judged once video stopped (its loss may be video's).
+                return self._down(now, State(Mode.AUDIO_ONLY), "bandwidth")
             if congested:
                 self._bad += 1
                 if self._bad >= cfg.down_samples or sample.loss >= cfg.severe_loss:
@@ -270,7 +297,18 @@ class BandwidthController:
                     return self._down(now, step_down(state, n_video, n_audio), reason)
                 return None
         elif state.mode is Mode.AUDIO_ONLY:
-            congested = measured and audio_loss >= cfg.audio_loss
+            quiet = self._video_quiet_since
+            if quiet is None or now - quiet < cfg.settle_s:
+                # The first step has not taken effect yet (the publisher has not obeyed the
+                # `pause` or the cap), or only just: this loss is its video's, not evidence
+                # against audio. One quiet sample is not enough either: on a short uplink an
+                # interval whose video packets were all lost looks like a stopped video.
+                self._bad = 0
+                return None
+            # A link that still delivers twice what audio needs carries audio: its loss is a
+            # burst (a sender catching up after a stall), not a link too short for voice.
+            fits = sample.goodput_bps >= 2 * cfg.min_audio_bps
+            congested = measured and audio_loss >= cfg.audio_loss and not fits
             if starving:
                 return self._down(now, State(Mode.CHAT_ONLY), "bandwidth")
             if congested:
@@ -280,13 +318,23 @@ class BandwidthController:
                 return None
         if measured:
             self._bad = 0  # a sample without enough packets neither confirms nor clears
-        good = not measured or sample.loss <= cfg.good_loss
+        # A probe starts on a measured good sample: where media flows, silence (reports lost
+        # on a short uplink) is no evidence of a good link. In chat-only nothing flows and
+        # nothing can be measured: there the probe itself is the measurement.
+        good = sample.loss <= cfg.good_loss and (measured or state.mode is Mode.CHAT_ONLY)
+        good = good and self.may_probe
         upper = step_up(state, n_video, n_audio)
-        if good and upper != state and now - self.since >= self._dwell and now >= self._next_probe:
+        # After a proven climb (chat-only -> audio-only) the next level is probed once the
+        # settle time ends: the link just proved itself, and the dwell exists against flapping
+        # after a fall (a fall soon after a climb still doubles it, `_down`).
+        dwell = min(self._dwell, cfg.settle_s) if self._climbing else self._dwell
+        if good and upper != state and now - self.since >= dwell and now >= self._next_probe:
             self.probe = upper
             self._probe_proven = False
             self._probe_until = now + cfg.probe_s
-            self._settle_until = now + min(cfg.settle_s, cfg.probe_s / 2)
+            # No settle: a probe on a link still short costs audio until it is judged, so the
+            # first lossy sample ends it (reports straddling its start count only the losses
+            # that must follow it, `Subscription.count_loss_from_now`).
         return None
 
     def _judge_probe(
@@ -295,7 +343,9 @@ class BandwidthController:
         cfg = self.config
         measured = sample.packets >= cfg.min_packets
         failed = measured and sample.loss > max(cfg.good_loss * 2, cfg.video_loss / 2)
-        if measured and not failed:
+        if measured and not failed and now >= self._probe_until - cfg.probe_s / 2:
+            # Proof only from the probe's second half: its first reports are optimistic (a
+            # token bucket passes its burst, reports lag): a failure counts at once.
             self._probe_proven = True
         if not failed and now < self._probe_until:
             return None
@@ -312,10 +362,12 @@ class BandwidthController:
         assert target is not None
         self._probe_failures = 0
         self._last_climb = now
+        self._climbing = True
         return self._set(now, target, "recovered")
 
     def _down(self, now: float, target: State, reason: str) -> Change | None:
         self._bad = 0
+        self._climbing = False
         if now - self._last_climb < 2 * self._dwell + self.config.probe_s:
             # We climbed and fell back soon after: wait longer before the next climb.
             self._dwell = min(self.config.max_backoff_s, self._dwell * 2)

@@ -5,14 +5,18 @@ time ends (`due()`, so a second step down does not wait for the next report),
 `LinkFallback.tick()` builds one `LinkSample` per direction, since the previous tick, from what
 the server measured itself:
 - uplink (what the participant sends us): sequence gaps and bytes of its publications over the
-  interval, and whether anything (RTP or RTCP) arrived at all;
+  interval, the video the publisher put on the link (its sequence numbers count the packets it
+  sent, lost ones included: the evidence that a `pause` or the REMB cap took effect), and
+  whether anything (RTP or RTCP) arrived at all;
 - downlink (what we send it): the subscriber's own loss in the receiver reports that arrived in
   the interval for the streams that flowed (`Subscription.own_lost`: the publisher's uplink
   gaps are not charged here), bytes sent, the subscriber's REMB.
 
 Then it applies the controllers' states: downlink sources not allowed stop being forwarded
-(`Subscription.set_paused`); uplink sources not allowed are listed in a "pause" event that the
-control plane sends to the publisher (it stops those senders). A mode change is a "mode" event
+at once (`Subscription.set_paused`: the server's own decision, nothing to cross the short
+link); uplink sources not allowed are listed in a "pause" event that the control plane sends to
+the publisher (it stops those senders), and their video is capped by REMB (`video_cap`, sent at
+once and with every report) while the `pause` travels. A mode change is a "mode" event
 (direction, mode, reason), a metric and `participant.info()["modes"]`.
 """
 
@@ -57,6 +61,9 @@ class LinkFallback:
         self._emit_mode = emit_mode
         self._emit_pause = emit_pause
         self._pub_prior: dict[int, tuple[int, int, int]] = {}  # id -> expected, received, bytes
+        self._pub_size: dict[int, float] = {}  # id -> mean payload bytes per packet (video)
+        self._pub_silent: set[int] = set()  # publications that sent nothing last interval
+        self._down_stalled = False
         self._sub_prior: dict[int, tuple[int, int, int, int]] = {}  # reports, octets, own loss
         self._paused_sources: list[str] = []
         self._down_applied: State | None = None
@@ -82,6 +89,13 @@ class LinkFallback:
         times = [t for t in (self.up.due(), self.down.due()) if t is not None]
         return min(times) if times else None
 
+    def video_cap(self, source: str) -> int | None:
+        """The REMB (bits/s) to send for this video source of the participant, when the uplink
+        mode sheds it (the encoder is capped before and while the `pause` travels)."""
+        if source in self._paused_sources:
+            return self.config.video_cap_bps
+        return None
+
     def _stalled(self, now: float) -> bool:
         """Nothing, not even RTCP, came from the peer for 2.5 report intervals."""
         return now - self.last_rtcp > 2.5 * self._interval
@@ -90,6 +104,7 @@ class LinkFallback:
 
     def _uplink_sample(self, pubs: list[Publication], elapsed: float, now: float) -> LinkSample:
         expected = received = octets = 0
+        video_octets = 0.0
         loss = 0.0
         audio_loss: float | None = None
         for pub in pubs:
@@ -100,6 +115,19 @@ class LinkFallback:
             de, dr = stats.expected - e0, stats.received - r0
             octets += stats.bytes - b0
             received += max(dr, 0)
+            if dr <= 0 and elapsed >= self._interval / 2:
+                self._pub_silent.add(key)
+            elif key in self._pub_silent:
+                # Its first packets after a silence (a pause, an outage): the sequence gap
+                # includes what was lost before the silence (the tail of a congested period),
+                # not this interval's loss.
+                self._pub_silent.discard(key)
+                continue
+            if pub.kind == "video" and de > 0:
+                # What the publisher sent, lost packets included, at the mean size received.
+                if dr > 0:
+                    self._pub_size[key] = (stats.bytes - b0) / dr
+                video_octets += de * self._pub_size.get(key, 1000.0)
             if de <= 0:
                 continue
             expected += de
@@ -109,12 +137,15 @@ class LinkFallback:
                 audio_loss = fraction if audio_loss is None else max(audio_loss, fraction)
         live = {id(p.stats) for p in pubs}
         self._pub_prior = {k: v for k, v in self._pub_prior.items() if k in live}
+        self._pub_size = {k: v for k, v in self._pub_size.items() if k in live}
+        self._pub_silent &= live
         stalled = received == 0 and self._stalled(now)
         return LinkSample(
             loss=loss,
             audio_loss=audio_loss,
             packets=expected,
             goodput_bps=int(octets * 8 / elapsed) if elapsed > 0 else 0,
+            video_bps=int(video_octets * 8 / elapsed) if elapsed > 0 else 0,
             stalled=stalled,
         )
 
@@ -172,14 +203,20 @@ class LinkFallback:
             return
         subs = [s for s in subscriptions if s.forwarder is not None and not s.closed]
         pubs = [p for p in publications if p.stats.started]
-        self._step(
-            "downlink",
-            self.down,
-            now,
-            self._downlink_sample(subs, elapsed, now),
-            [(s.kind, s.publication.source) for s in subs],
-        )
+        down = self._downlink_sample(subs, elapsed, now)
+        if self._down_stalled and not down.stalled:
+            # The link is back: reports that straddle the silence count only the losses that
+            # cannot all be from before it (the controller settles from here too).
+            for sub in subs:
+                sub.count_loss_from_now()
+        self._down_stalled = down.stalled
+        # One video probe at a time: probing both directions of a short link at once doubles
+        # the cost, and the uplink's way back (a `pause`) would cross a downlink its probe
+        # fills. Audio probes (back from chat-only) are cheap: both directions may run them.
+        self.down.may_probe = not _probes_video(self.up)
+        self._step("downlink", self.down, now, down, [(s.kind, s.publication.source) for s in subs])
         self._apply_downlink(subs)
+        self.up.may_probe = not _probes_video(self.down)
         self._step(
             "uplink",
             self.up,
@@ -258,6 +295,11 @@ class LinkFallback:
                 self._counters.mode_seconds[key] = self._counters.mode_seconds.get(key, 0.0) + (
                     seconds - self._reported.get(key, 0.0)
                 )
+
+
+def _probes_video(controller: BandwidthController) -> bool:
+    probe = controller.probe
+    return probe is not None and probe.mode is Mode.VIDEO
 
 
 def initial_modes() -> dict[str, str]:

@@ -661,8 +661,12 @@ class Participant(Emitter, TapHooks):
         self._fallback_tick(now)
 
     def _estimate(self, pub: Publication, loss: float) -> int:
-        """Loss-based rate control (Galene), capped by what its subscribers can take."""
+        """Loss-based rate control (Galene), capped by what its subscribers can take, and by
+        the uplink fallback while it sheds this video (docs/fallback.md)."""
         cfg = self._config
+        cap = self.fallback.video_cap(pub.source)
+        if cap is not None:
+            return cap
         est = pub.estimate_bps or cfg.max_video_bitrate_bps
         if loss > 0.10:
             est = int(est * (1 - 0.5 * loss))
@@ -714,6 +718,13 @@ class Participant(Emitter, TapHooks):
         self.emit("mode", direction, mode, reason)
 
     def _fallback_pause(self, sources: list[str], reason: str) -> None:
+        # The REMB cap goes on the media path at once, before the `pause` crosses the link;
+        # each report repeats it (`_estimate`) while the uplink mode sheds the video.
+        if self.transport is not None and self.pc.connectionState == "connected":
+            for pub in self.publications.values():
+                if pub.kind == "video" and pub.ssrc is not None:
+                    pub.estimate_bps = self._estimate(pub, 0.0)
+                    self._send(rtcp.remb(self.rtcp_ssrc, pub.estimate_bps, [pub.ssrc]))
         self.emit("pause", sources, reason)
 
     async def restart_transport(self) -> None:

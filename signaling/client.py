@@ -33,15 +33,11 @@ from aiortc import (
 from aiortc.mediastreams import MediaStreamTrack
 
 from mediaserver.api import bundle_data_channel
+from mediaserver.rtp.jitter import install as install_skipping_jitter_buffer
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_S = 15.0
-UPLINK_GUARD_LOSS = 0.3  # fraction lost in the server's reports that stops our video
-UPLINK_GUARD_S = 10.0
-# Audio loss counts only in reports made this long after our video stopped: until then the
-# queue our video filled is still draining (and the server may still be deciding).
-AUDIO_GUARD_AFTER_S = 2.0
 TERMINAL_STATES = frozenset({"denied", "kicked", "ended", "left", "closed"})
 
 
@@ -126,10 +122,6 @@ class ConsultClient:
         self._watchdog: asyncio.Task[None] | None = None
         self._recovering: asyncio.Task[None] | None = None
         self._closing = False
-        self.self_paused: dict[str, float] = {}  # source -> until (uplink guard)
-        self._lossy: dict[str, int] = {}
-        self._guard_seen: dict[str, float] = {}  # source -> time of the last report judged
-        self._video_off_at: float | None = None  # wall clock: since when no video is sent
         # -- end --
 
     # -- connection ---------------------------------------------------------------------------
@@ -285,7 +277,6 @@ class ConsultClient:
             self.modes[(str(msg.get("participant")), str(msg.get("direction")))] = msg
         elif kind == "pause":
             self.paused_sources = {str(s) for s in msg.get("sources") or []}
-            self.self_paused.clear()  # the server's word replaces our own guess
             self._apply_pause()
         elif kind == "error" and msg.get("code") == "media-timeout":
             self._on_media_timeout()
@@ -458,6 +449,8 @@ class ConsultClient:
             self._track_meta.update(tracks)
             await pc.setRemoteDescription(RTCSessionDescription(sdp=msg["sdp"], type="offer"))
             for transceiver in pc.getTransceivers():
+                if transceiver.kind == "video":  # a lost packet must not stall decoding
+                    install_skipping_jitter_buffer(transceiver.receiver)
                 meta = tracks.get(transceiver.mid or "")
                 if meta is None or meta.get("direction") != "recvonly":
                     continue
@@ -618,7 +611,6 @@ class ConsultClient:
             pc = self.pc
             if pc is None or self.state != "admitted":
                 continue
-            await self._guard_uplink()
             if self._recovering is not None and not self._recovering.done():
                 continue
             self._hook_inbound(pc)
@@ -634,58 +626,7 @@ class ConsultClient:
     def _apply_pause(self) -> None:
         """Stop (or resume) the senders of the sources the server paused (bandwidth fallback).
 
-        aiortc's sender then drops frames before encoding them (its `_enabled` switch)."""
-        now = time.monotonic()
+        aiortc's sender then drops frames before encoding them (its `_enabled` switch). Like a
+        browser page, the client obeys `pause` and nothing else: no guess of its own."""
         for sender, source in self._sender_sources.items():
-            guarded = self.self_paused.get(source, 0.0) > now
-            sender._enabled = source not in self.paused_sources and not guarded
-
-    async def _guard_uplink(self) -> None:
-        """Stop our video (then audio) ourselves when the server's reports show heavy loss.
-
-        The server's `pause` travels over the same (possibly saturated) link and may be late;
-        a browser's congestion control would have cut its rate already, aiortc's VP8 never
-        goes under 250 kbit/s. The guess lasts `UPLINK_GUARD_S` or until the server's next
-        `pause`. Each receiver report counts once, and audio's only when made
-        `AUDIO_GUARD_AFTER_S` after our video stopped (before, its loss is our video's)."""
-        changed = False
-        now = time.monotonic()
-        senders = sorted(self._sender_sources.items(), key=lambda item: item[0].kind != "video")
-        if any(s.kind == "video" and s._enabled for s, _ in senders):
-            self._video_off_at = None
-        elif self._video_off_at is None:
-            self._video_off_at = time.time()
-        for sender, source in senders:
-            if source in self.paused_sources:
-                continue
-            video_on = any(s.kind == "video" and s._enabled for s, _ in senders if s is not sender)
-            if sender.kind == "audio" and video_on:
-                continue  # video goes first
-            if self.self_paused.get(source, 0.0) > now:
-                continue
-            if source in self.self_paused:
-                del self.self_paused[source]
-                changed = True
-            lost = stamp = None
-            with contextlib.suppress(Exception):
-                for stats in (await sender.getStats()).values():
-                    if getattr(stats, "type", "") == "remote-inbound-rtp":
-                        lost = float(stats.fractionLost)
-                        stamp = stats.timestamp.timestamp()
-            if lost is None or stamp is None or stamp == self._guard_seen.get(source):
-                continue  # no report, or one already judged: each report counts once
-            self._guard_seen[source] = stamp
-            off = self._video_off_at
-            if sender.kind == "audio" and (off is None or stamp < off + AUDIO_GUARD_AFTER_S):
-                continue  # this loss may still be our video's
-            if lost > 1:
-                lost /= 256
-            bad = lost >= UPLINK_GUARD_LOSS
-            self._lossy[source] = self._lossy.get(source, 0) + 1 if bad else 0
-            if self._lossy[source] >= 2:
-                self._lossy[source] = 0
-                self.self_paused[source] = now + UPLINK_GUARD_S
-                logger.info("heavy uplink loss (%.2f): pausing %s ourselves", lost, source)
-                changed = True
-        if changed:
-            self._apply_pause()
+            sender._enabled = source not in self.paused_sources

@@ -18,7 +18,7 @@ from mediaserver.bandwidth import (
 CFG = FallbackConfig()
 GOOD = LinkSample(loss=0.0, audio_loss=0.0, packets=100, goodput_bps=600_000)
 CONGESTED = LinkSample(loss=0.7, audio_loss=0.7, packets=100, goodput_bps=150_000)
-LOSSY = LinkSample(loss=0.4, audio_loss=0.4, packets=100, goodput_bps=400_000)
+LOSSY = LinkSample(loss=0.4, audio_loss=0.4, packets=100, goodput_bps=39_000)
 STARVED = LinkSample(loss=0.9, audio_loss=0.9, packets=100, goodput_bps=15_000)
 STALLED = LinkSample(stalled=True)
 
@@ -58,9 +58,51 @@ def test_congestion_sheds_video_quickly_and_not_on_one_blip() -> None:
     assert changes == [(7.0, Mode.AUDIO_ONLY, "loss")]
 
 
-def test_starved_link_goes_straight_to_chat_only() -> None:
+def test_starved_link_goes_to_audio_only_at_once_then_chat_only() -> None:
     ctl = started()
-    assert run(ctl, [STARVED], t0=3) == [(4.0, Mode.CHAT_ONLY, "bandwidth")]
+    # One step at a time: from video, a starved link could be the video's own doing.
+    assert run(ctl, [STARVED], t0=3) == [(4.0, Mode.AUDIO_ONLY, "bandwidth")]
+    changes = run(ctl, [STARVED] * 3, t0=4)
+    assert [c[1:] for c in changes] == [(Mode.CHAT_ONLY, "bandwidth")]
+
+
+def test_chat_only_waits_for_evidence_that_video_stopped() -> None:
+    ctl = started()
+    run(ctl, [CONGESTED], t0=3)
+    assert ctl.mode is Mode.AUDIO_ONLY
+    # The publisher has not obeyed the `pause` yet: its video still fills the link, and the
+    # audio loss is that video's doing, not a reason to drop audio too.
+    still_video = LinkSample(
+        loss=0.6, audio_loss=0.6, packets=100, goodput_bps=60_000, video_bps=250_000
+    )
+    assert run(ctl, [still_video] * 8, t0=4) == []
+    assert ctl.mode is Mode.AUDIO_ONLY
+    # Video under the cap (stopped, or all its packets lost): not judged until it stayed so
+    # for a settle time; then audio still losing means the link is too short for audio.
+    stopped = LinkSample(loss=0.6, audio_loss=0.6, packets=100, goodput_bps=16_000, video_bps=0)
+    assert run(ctl, [stopped], t0=12) == []
+    assert [c[1] for c in run(ctl, [stopped] * 2, t0=13)] == [Mode.CHAT_ONLY]
+
+
+def test_a_burst_on_a_link_that_carries_audio_keeps_audio_only() -> None:
+    ctl = started()
+    run(ctl, [CONGESTED], t0=3)
+    # 150 kbit/s: the sender's audio comes in a burst (it caught up after a stall): 39% lost,
+    # but the link delivered 106 kbit/s, far more than audio needs.
+    burst = LinkSample(loss=0.39, audio_loss=0.39, packets=139, goodput_bps=106_000)
+    assert run(ctl, [burst, GOOD, burst, burst], t0=5) == []
+    assert ctl.mode is Mode.AUDIO_ONLY
+    # 40% random loss on audio alone: 39 kbit/s delivered, voice does not get through.
+    lossy = LinkSample(loss=0.4, audio_loss=0.4, packets=100, goodput_bps=39_000)
+    assert [c[1] for c in run(ctl, [lossy] * 2, t0=9)] == [Mode.CHAT_ONLY]
+
+
+def test_the_aftermath_of_an_outage_is_not_congestion() -> None:
+    ctl = started()
+    # The link returns at t=9: the first samples carry the outage's gap, the burst of stale
+    # and retransmitted packets and the reports that straddle the silence.
+    assert run(ctl, [STALLED] * 5 + [LOSSY, LOSSY, GOOD, GOOD], t0=3) == []
+    assert ctl.mode is Mode.VIDEO
 
 
 def test_a_quiet_sender_with_some_loss_is_not_a_starved_link() -> None:
@@ -93,6 +135,72 @@ def test_recovery_probes_then_climbs_within_15_s() -> None:
             assert change.mode is Mode.VIDEO and change.reason == "recovered"
             break
     assert probed and climbed_at is not None and climbed_at - 4 <= 15
+
+
+def test_climbing_from_chat_only_takes_both_levels_without_a_second_dwell() -> None:
+    ctl = started()
+    run(ctl, [STARVED] * 4, t0=3)
+    assert ctl.mode is Mode.CHAT_ONLY
+    cleared = 7.0 + CFG.min_dwell_s  # the link is good again once the dwell is over
+    changes = run(ctl, [GOOD] * 20, t0=cleared)
+    assert [c[1] for c in changes] == [Mode.AUDIO_ONLY, Mode.VIDEO]
+    # One dwell, then a probe per level: within the 15 s of a restoration.
+    assert changes[-1][0] - cleared <= 2 * (CFG.probe_s + 1) + CFG.settle_s + 2
+
+
+def test_a_probe_on_a_link_still_short_ends_at_its_first_lossy_sample() -> None:
+    ctl = started()
+    run(ctl, [CONGESTED], t0=3)
+    t = 4.0
+    while ctl.probe is None:
+        t += 1
+        ctl.update(t, GOOD, 1, 1)
+    # Each second of a probe on a short link costs audio: the first bad sample ends it.
+    assert ctl.update(t + 1, LOSSY, 1, 1) is None
+    assert ctl.probe is None and ctl.mode is Mode.AUDIO_ONLY
+
+
+def test_a_probe_is_proven_only_in_its_second_half() -> None:
+    ctl = started()
+    run(ctl, [CONGESTED], t0=3)
+    t = 4.0
+    while ctl.probe is None:
+        t += 1
+        ctl.update(t, GOOD, 1, 1)
+    # A good first report (a token bucket's burst passes), then no report at all.
+    assert ctl.update(t + 0.5, GOOD, 1, 1) is None
+    quiet = LinkSample(packets=0)
+    assert ctl.update(t + 1.6, quiet, 1, 1) is None
+    assert ctl.update(t + CFG.probe_s + 0.1, quiet, 1, 1) is None
+    assert ctl.probe is None and ctl.mode is Mode.AUDIO_ONLY
+
+
+def test_no_probe_on_silence_where_media_flows() -> None:
+    ctl = started()
+    run(ctl, [CONGESTED], t0=3)
+    # Audio-only on a short uplink: the receiver's reports are lost, nothing is measured.
+    assert run(ctl, [LinkSample(packets=0)] * 20, t0=4) == []
+    assert ctl.probe is None
+    # In chat-only nothing flows: there the probe is the only measurement.
+    ctl = started()
+    run(ctl, [STARVED] * 4, t0=3)
+    assert ctl.mode is Mode.CHAT_ONLY
+    t = 7.0
+    while ctl.probe is None and t < 30:
+        t += 1
+        ctl.update(t, LinkSample(packets=0), 1, 1)
+    assert ctl.probe is not None
+
+
+def test_no_probe_while_the_other_direction_probes() -> None:
+    ctl = started()
+    run(ctl, [CONGESTED], t0=3)
+    ctl.may_probe = False
+    run(ctl, [GOOD] * 20, t0=4)
+    assert ctl.probe is None
+    ctl.may_probe = True
+    run(ctl, [GOOD], t0=24)
+    assert ctl.probe is not None
 
 
 def test_failed_probe_backs_off_and_keeps_the_mode() -> None:
@@ -172,7 +280,7 @@ def test_a_probe_that_measured_nothing_does_not_climb() -> None:
         t += 0.5
         assert ctl.update(t, silent, 1, 1) is None
         probed += ctl.probe is not None
-    assert probed > 0 and ctl.mode is Mode.AUDIO_ONLY
+    assert probed == 0 and ctl.mode is Mode.AUDIO_ONLY  # silence starts no probe either
     # Once packets flow and they are good, a probe climbs.
     for _ in range(40):
         t += 0.5

@@ -54,7 +54,10 @@ async def test_modes_reach_everyone_the_api_and_the_metrics(
     # Drive the patient's downlink controller with a starved sample, as the RTCP loop does.
     fallback = media.fallback
     fallback.down.start(0.0)
-    change = fallback.down.update(100.0, LinkSample(loss=0.9, packets=50, goodput_bps=5000), 1, 0)
+    starved = LinkSample(loss=0.9, packets=50, goodput_bps=5000)
+    change = fallback.down.update(100.0, starved, 1, 0)
+    assert change is not None and change.mode is Mode.AUDIO_ONLY  # one step at a time
+    change = fallback.down.update(102.0, starved, 1, 0)  # settled, no video: still starved
     assert change is not None and change.mode is Mode.CHAT_ONLY
     fallback._step("downlink", fallback.down, 100.0, LinkSample(), [])  # no change: no event
     media._fallback_mode("downlink", change.mode.value, change.reason)

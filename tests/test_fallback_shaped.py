@@ -332,7 +332,7 @@ async def test_20_kbps_gives_chat_only_and_chat_still_flows(call: ShapedCall) ->
     call.link.rate(20)
     # The uplink is measured by the server itself and reacts first; the downlink waits for the
     # patient's receiver reports, which cross the (saturated) uplink.
-    first = await call.wait_mode(None, "chat-only", since, t0, 5.0)
+    first = await call.wait_mode(None, "chat-only", since, t0, 10.0)
     assert first["reason"] in ("bandwidth", "loss")
     await call.wait_mode("downlink", "chat-only", since, t0, 15.0)
     await call.wait_mode("uplink", "chat-only", since, t0, 15.0)
@@ -357,8 +357,9 @@ async def test_40_percent_loss_gives_chat_only(call: ShapedCall) -> None:
     call.link.loss(40)
     # As at 20 kbps: whichever direction the server measures first, then the downlink too.
     # Two steps (video -> audio-only -> chat-only); the second is sampled as soon as the
-    # settle time ends (`LinkFallback.due`), not at the next report.
-    await call.wait_mode(None, "chat-only", since, t0, 5.0)
+    # settle time ends (`LinkFallback.due`), not at the next report; chat-only waits until the
+    # sender's video stayed off for a settle time (issue 20's bound: 10 s).
+    await call.wait_mode(None, "chat-only", since, t0, 10.0)
     await call.wait_mode("downlink", "chat-only", since, t0, 15.0)
     await call.chat_reaches_patient("Typing instead", 20, "chat delivered through 40% loss")
 
