@@ -5,7 +5,8 @@ sendonly transceiver a closed one left (same kind and codec) instead of adding o
 doctor's peer connection holds no more transceivers than it ever carried at once, the reused
 m-line keeps its mid and SSRC, the numbering continues (libsrtp refuses nothing) and the
 doctor's client decodes the new patient's video and audio on it. A real node, real aiortc
-clients (ConsultClient). The browser side is in tests/test_recycle_browser.py.
+clients (ConsultClient). Then the same in Chromium: the demo page (consult.js) shows the next
+patient's video on the m-line the first one left.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import asyncio
 import fractions
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -21,9 +24,13 @@ from aiortc import MediaStreamTrack
 from aiortc.mediastreams import AudioStreamTrack, VideoStreamTrack
 from av import AudioFrame, VideoFrame
 
+from signaling.auth import encode_token
 from signaling.client import ConsultClient
+from tests.netns import netns  # noqa: F401  (a fixture)
 
 from .conftest import Server
+from .test_browser import Call, browser, call  # noqa: F401  (fixtures)
+from .test_browser import _until as _page_until
 from .test_lifecycle import ROOM, _doctor, _media, _until
 
 Clients = Callable[[Server], ConsultClient]
@@ -145,6 +152,106 @@ async def test_churning_patients_reuse_the_doctors_m_lines(
         await _until(lambda: not media.subscriptions, what="the doctor's subscriptions closed")
     assert media.transport is not None and media.transport.encrypt_errors == 0
     assert not media._sub_by_transceiver and not media._sub_by_ssrc
+
+
+# -- Chromium ---------------------------------------------------------------------------------
+
+# Video frames decoded on one mid (inbound-rtp), and what the page shows for it.
+MID_JS = """async (mid) => {
+  let frames = 0;
+  (await consultation.getStats()).forEach((r) => {
+    if (r.type !== 'inbound-rtp' || r.kind !== 'video' || r.mid !== mid) return;
+    frames += r.framesDecoded || 0;
+  });
+  const tr = consultation.peerConnection.getTransceivers().find((t) => t.mid === mid);
+  const tile = document.querySelector(`figure[data-key="remote:${mid}"]`);
+  const video = tile && tile.querySelector('video');
+  const shown = consultation.remoteTracks.find((t) => t.mid === mid);
+  return {
+    frames, direction: tr && tr.currentDirection,
+    participant: shown ? shown.participant : null,
+    live: Boolean(shown && shown.track.readyState === 'live' && !shown.track.muted),
+    caption: tile ? tile.querySelector('figcaption').textContent : null,
+    width: video ? video.videoWidth : 0,
+    transceivers: consultation.peerConnection.getTransceivers().length,
+  };
+}"""
+
+
+def _patient_token(c: Call, n: int) -> str:
+    name = f"Patient {n}"
+    return encode_token(secret=c.secret, room=c.room, sub=f"u-p{n}", role="patient", name=name)
+
+
+async def _admit_patient(c: Call, page: Any, n: int) -> str:
+    """Patient n (tests/peers/aiortc_peer.py) joins, is admitted, publishes; its video mid."""
+    c.peer_out = c.tmp / f"peer{n}.out"
+    c.peer_err = c.tmp / f"peer{n}.err"
+    c.start_peer(_patient_token(c, n))
+    knock = "document.querySelectorAll('#knocks button.admit').length === 1"
+    await _page_until("the patient's knock", lambda: c.page_true(knock), 30, c.diag)
+    await page.click("#knocks button.admit")
+    video = (
+        "consultation.remoteTracks.find((t) => t.kind === 'video'"
+        " && consultation.participants.find((p) => p.id === t.participant)?.name"
+        f" === 'Patient {n}')"
+    )
+    await _page_until(f"patient {n}'s video", lambda: c.page_true(f"!!({video})"), 30, c.diag)
+    return str(await page.evaluate(f"({video}).mid"))
+
+
+async def _shows_video(c: Call, page: Any, mid: str, n: int) -> dict[str, Any]:
+    """The page decodes and shows patient n's video on `mid`."""
+    first = await page.evaluate(MID_JS, mid)
+
+    async def shown() -> bool:
+        now = await page.evaluate(MID_JS, mid)
+        decoding = now["frames"] > first["frames"] + 10 or 10 < now["frames"] < first["frames"]
+        return bool(
+            decoding and now["live"] and now["width"] > 0 and f"Patient {n}" in now["caption"]
+        )
+
+    await _page_until(f"patient {n}'s video shown on mid {mid}", shown, 40, c.diag)
+    return dict(await page.evaluate(MID_JS, mid))
+
+
+async def test_browser_shows_the_next_patient_on_a_reused_m_line(
+    call: Call,  # noqa: F811
+    browser: Any,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """A patient leaves (the doctor removes them) and another joins: the doctor's page gets
+    the new patient's video on the m-line the first one had (the same mid, inactive in
+    between), shows it in its tile and decodes it; its connection does not grow."""
+    page = await call.open_page(browser, call.token("doctor", "Dr Test"))
+    admitted = "window.consultation && consultation.state === 'admitted'"
+    await _page_until("the doctor's admission", lambda: call.page_true(admitted), 20, call.diag)
+    peers = []
+    try:
+        mid = await _admit_patient(call, page, 1)
+        peers.append(call.peer)
+        before = await _shows_video(call, page, mid, 1)
+        first = before["participant"]
+        await page.evaluate(f"consultation.kick({first!r})")
+        await _page_until(
+            "the first patient's m-line to go inactive",
+            lambda: call.page_true(
+                "consultation.peerConnection.getTransceivers()"
+                f".find((t) => t.mid === {mid!r}).currentDirection === 'inactive'"
+            ),
+            30,
+            call.diag,
+        )
+        again = await _admit_patient(call, page, 2)
+        peers.append(call.peer)
+        assert again == mid, f"patient 2's video came on mid {again}, not the reused {mid}"
+        after = await _shows_video(call, page, mid, 2)
+        assert after["participant"] != first and after["direction"] == "recvonly"
+        assert after["transceivers"] == before["transceivers"], (before, after)
+        assert not call.page_errors(), call.page_errors()
+    finally:
+        for peer in peers:
+            peer.terminate()
 
 
 pytestmark = pytest.mark.timeout(600)
