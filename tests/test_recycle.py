@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import fractions
+import struct
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +25,8 @@ from aiortc import MediaStreamTrack
 from aiortc.mediastreams import AudioStreamTrack, VideoStreamTrack
 from av import AudioFrame, VideoFrame
 
+from mediaserver.forwarder import MIN_TS_GAP_S, ExtensionIds, Forwarder
+from mediaserver.publication import payload_offset
 from signaling.auth import encode_token
 from signaling.client import ConsultClient
 from tests.netns import netns  # noqa: F401  (a fixture)
@@ -39,6 +42,56 @@ CYCLES = 20
 COLOURS = [(200, 40, 40), (40, 40, 200)]  # BGR: blue, red
 TONES = [400.0, 1000.0]  # Hz
 TONE_RATE = 8000
+
+
+def _forwarder(first: tuple[int, int] | None = None, rtx_seq: int | None = None) -> Forwarder:
+    return Forwarder(
+        ssrc=0xABCDEF01,
+        payload_type=96,
+        mid="3",
+        ext=ExtensionIds(),
+        gate_on_keyframe=True,
+        rtx_ssrc=0x22222222,
+        rtx_payload_type=97,
+        first_seq=first[0] if first else None,
+        first_ts=first[1] if first else None,
+        first_rtx_seq=rtx_seq,
+    )
+
+
+def _rtp(seq: int, ts: int) -> bytes:
+    return struct.pack("!BBHII", 0x80, 100, seq, ts, 0x11111111) + b"frame"
+
+
+def _out(fwd: Forwarder, seq: int, ts: int) -> tuple[int, int]:
+    data = _rtp(seq, ts)
+    out = fwd.rewrite(data, payload_offset(data), seq, ts, True, b"\0\0\0", -1)
+    assert out is not None
+    return struct.unpack_from("!HI", out, 2)
+
+
+def test_a_recycled_sender_numbers_on_after_the_last_subscription() -> None:
+    """Unit (pure logic): the next Forwarder on the same sender continues its sequence
+    (across the 16-bit wrap), its timestamps jump by the time passed (at least a frame) and
+    its RTX sequence goes on."""
+    t0 = 0xFFFFFF00
+    last = (t0 + 3000) & 0xFFFFFFFF  # past the 32-bit wrap
+    old = _forwarder((0xFFFE, t0))
+    assert _out(old, 7000, 1000) == (0xFFFE, t0)
+    assert _out(old, 7001, 4000) == (0xFFFF, last)
+    rtx_before = old.retransmission(_rtp(7001, 4000), 12, b"\0\0\0")
+    resume = old.continuation(100.0)
+    assert (resume.seq, resume.ts) == (0xFFFF, last)
+    frame = int(MIN_TS_GAP_S * 90000)
+    assert resume.first(90000, 100.0) == (0, last + frame)  # no time passed: a frame anyway
+    first = resume.first(90000, 102.0)
+    assert first == (0, last + 180000)
+    new = _forwarder(first, resume.rtx_seq)
+    assert _out(new, 123, 555) == first  # another source, other numbers
+    assert _out(new, 124, 555 + 3000) == (1, last + 183000)
+    rtx_after = new.retransmission(_rtp(124, 3555), 12, b"\0\0\0")
+    before = struct.unpack_from("!H", rtx_before, 2)[0]
+    assert struct.unpack_from("!H", rtx_after, 2)[0] == (before + 1) & 0xFFFF
 
 
 class ColourTrack(VideoStreamTrack):
