@@ -207,6 +207,50 @@ async def test_churning_patients_reuse_the_doctors_m_lines(
     assert not media._sub_by_transceiver and not media._sub_by_ssrc
 
 
+async def test_a_subscription_recycles_an_m_line_whose_inactive_offer_is_unanswered(
+    server: Server, clients: Clients
+) -> None:
+    """Patient A leaves while the doctor's answers are late: the offer that sets A's m-lines
+    inactive is still unanswered when patient B publishes. B's subscriptions take A's
+    transceivers back at once (sendonly again before inactive was ever negotiated); once the
+    doctor answers, it decodes B's colour and tone on A's mids."""
+    doctor = await _doctor(server, clients)
+    media = _media(server, doctor.participant_id)
+    first = clients(server)
+    await first.connect(server.token("patient", room=ROOM, sub="u-first"))
+    await first.publish(ToneTrack(TONES[0]), ColourTrack(COLOURS[0]))
+    a = first.participant_id or ""
+    await asyncio.wait_for(_sees_video(await doctor.wait_track(a, "video", timeout_s=60), 0), 60)
+    senders = set(media._sub_by_transceiver)
+    mids = {str(t.mid) for t in senders}
+    offers = len(doctor.received("offer"))
+    doctor.auto_answer = False
+    await first.leave()
+    await first.close()
+    await _until(lambda: not media.subscriptions, what="A's subscriptions closed")
+    await _until(lambda: media.pending_offer() is not None, what="the offer setting inactive")
+    assert len(doctor.received("offer")) == offers + 1
+    held = doctor.received("offer")[-1]
+    assert not any(m.get("participant") == a for m in held["tracks"].values())
+
+    second = clients(server)
+    await second.connect(server.token("patient", room=ROOM, sub="u-second"))
+    await second.publish(ToneTrack(TONES[1]), ColourTrack(COLOURS[1]))
+    b = second.participant_id or ""
+    await _until(lambda: len(media.subscriptions) == 2, what="B's subscriptions")
+    assert set(media._sub_by_transceiver) == senders  # taken back before any answer
+    doctor.auto_answer = True
+    await doctor._answer_offer(held)
+    video = await doctor.wait_track(b, "video", timeout_s=60)
+    audio = await doctor.wait_track(b, "audio", timeout_s=60)
+    await asyncio.wait_for(_sees_video(video, 1), 60)
+    await asyncio.wait_for(_hears_tone(audio, TONES[1]), 60)
+    assert {str(s.mid) for s in media.subscriptions.values()} == mids
+    assert len(media.pc.getTransceivers()) == 4
+    assert (a, "camera") not in doctor.remote_tracks  # the track is filed under B only
+    assert media.transport is not None and media.transport.encrypt_errors == 0
+
+
 # -- Chromium ---------------------------------------------------------------------------------
 
 # Video frames decoded on one mid (inbound-rtp), and what the page shows for it.
