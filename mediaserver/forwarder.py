@@ -4,7 +4,8 @@ It rewrites SSRC, payload type, sequence number and timestamp, writes the subscr
 header extensions (mid, abs-send-time, audio level: ids differ per browser and per offer),
 gates the start of a video subscription on a keyframe, keeps outbound sequence numbers
 continuous across a source switch (libsrtp rejects a sequence more than 1024 behind), and
-maps NACKed sequence numbers back to the source's.
+maps NACKed sequence numbers back to the source's. A recycled sender (a new subscription on
+an m-line a closed one left) continues that sender's numbering (`Continuation`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ _pack_into = struct.pack_into
 MAX_BEHIND = 512  # later than this behind the newest packet: dropped
 MAX_JUMP = 3000  # a forward jump larger than this is a restarted sequence, not loss
 MAX_STALE = 64  # this many "too old" packets in a row: the sequence restarted lower
+MIN_TS_GAP_S = 0.02  # a recycled sender's timestamps jump at least this far (one frame)
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +37,28 @@ class ExtensionIds:
             abs_send_time=ids.get("http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time", 0),
             audio_level=ids.get("urn:ietf:params:rtp-hdrext:ssrc-audio-level", 0),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class Continuation:
+    """Where one sender's outbound numbering stopped (its SSRC outlives a subscription).
+
+    A sender of the subscriber's peer connection keeps its SSRC when a new subscription
+    reuses its m-line: the new Forwarder numbers on after the last packet (libsrtp refuses a
+    sequence that goes back more than its window; the receiver would see a restarted
+    source), its timestamps jump by the time that passed (at least a frame) so the receiver's
+    jitter buffer neither waits for nor drops what follows, and its RTX sequence continues.
+    """
+
+    seq: int  # the last sequence number sent
+    ts: int  # the last timestamp sent
+    rtx_seq: int  # the next RTX sequence number
+    at: float  # monotonic time it stopped
+
+    def first(self, clock_rate: int, now: float) -> tuple[int, int]:
+        """The next subscription's first sequence number and timestamp."""
+        gap = max(now - self.at, MIN_TS_GAP_S)
+        return (self.seq + 1) & 0xFFFF, (self.ts + int(gap * clock_rate)) & 0xFFFFFFFF
 
 
 def _template(
@@ -95,6 +119,7 @@ class Forwarder:
         rtx_payload_type: int = 0,
         first_seq: int | None = None,
         first_ts: int | None = None,
+        first_rtx_seq: int | None = None,
     ) -> None:
         self._template, self._ast_at, self._lvl_at = _template(ssrc, payload_type, mid, ext)
         self._pt = payload_type
@@ -102,7 +127,7 @@ class Forwarder:
         self._rtx_template = (
             _template(rtx_ssrc, rtx_payload_type, mid, ext)[0] if rtx_payload_type else b""
         )
-        self._rtx_seq = random.randrange(0x10000)
+        self._rtx_seq = random.randrange(0x10000) if first_rtx_seq is None else first_rtx_seq
         self._gate = gate_on_keyframe
         self._started = False
         self._young = True
@@ -113,7 +138,6 @@ class Forwarder:
         self.last_ts = random.randrange(1 << 32) if first_ts is None else first_ts
         self._pending_ts_gap: int | None = 0
         self._stale = 0
-        self._stale = 0
 
     @property
     def started(self) -> bool:
@@ -122,6 +146,10 @@ class Forwarder:
     @property
     def ts_offset(self) -> int:
         return self._ts_offset
+
+    def continuation(self, now: float) -> Continuation:
+        """Where this sender's numbering stops (the subscription closes; the sender stays)."""
+        return Continuation(self.last_seq, self.last_ts, self._rtx_seq, now)
 
     def switch_source(self, ts_gap: int) -> None:
         """The next forwarded packet (a keyframe for video) continues after the last one."""

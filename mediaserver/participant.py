@@ -13,6 +13,7 @@ import logging
 import random
 import secrets
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from aiortc import RTCSessionDescription
@@ -32,7 +33,7 @@ from .devices import SPEECH_OPUS_FMTP, apply_opus_fmtp, capture_warnings, mid_or
 from .emitter import Emitter
 from .events import CloseReason, LinkStats, Role, TrackMeta
 from .fallback import LinkFallback
-from .forwarder import ExtensionIds
+from .forwarder import Continuation, ExtensionIds
 from .publication import Publication, extension_value
 from .rtp import rtcp
 from .rtp.bundle import declared, drop_rejected_from_bundle, harmonize
@@ -40,6 +41,7 @@ from .rtp.tap import (
     MediaTransport,
     ServerPeerConnection,
     TapHooks,
+    recycle_sender,
     sender_ssrcs,
     set_codec_preferences,
 )
@@ -52,6 +54,20 @@ logger = logging.getLogger(__name__)
 
 MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
 OPUS_FMTP = SPEECH_OPUS_FMTP
+
+
+@dataclass(slots=True)
+class SenderSlot:
+    """A sendonly transceiver of ours: what codec it was set up for, and where its sender's
+    numbering stopped when its last subscription closed (the next one continues there)."""
+
+    codecs: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...]
+    resume: Continuation | None = None
+
+
+def codec_fit(codecs: list[Any]) -> tuple[tuple[str, tuple[tuple[str, Any], ...]], ...]:
+    """What a transceiver's codec preferences must equal for a subscription to reuse it."""
+    return tuple((c.mimeType.lower(), tuple(sorted(c.parameters.items()))) for c in codecs)
 
 
 class NegotiationError(ValueError):
@@ -120,6 +136,9 @@ class Participant(Emitter, TapHooks):
         self._rtx_by_ssrc: dict[int, Publication] = {}
         self._sub_by_ssrc: dict[int, Subscription] = {}
         self._sub_by_transceiver: dict[RTCRtpTransceiver, Subscription] = {}
+        # Every sendonly transceiver of this peer connection; a free one (inactive, no
+        # subscription) is recycled by the next subscription of its kind and codec.
+        self._senders: dict[RTCRtpTransceiver, SenderSlot] = {}
         self._requested: dict[RTCRtpTransceiver, TrackMeta] = {}
         self._track_meta: dict[str, TrackMeta] = {}
         self._mid_ext_id = 0
@@ -252,13 +271,35 @@ class Participant(Emitter, TapHooks):
         self._schedule_offer()
 
     def _add_sender(self, sub: Subscription) -> None:
-        """The sendonly transceiver that carries a subscription (offered with the next offer)."""
-        transceiver = self.pc.addTransceiver(sub.kind, direction="sendonly")
+        """The sendonly transceiver that carries a subscription (offered with the next offer).
+
+        A free one of the same kind and codec is recycled (its mid, sender and SSRC stay; the
+        numbering continues: `SenderSlot.resume`), else one is added: the peer connection
+        holds no more senders than it ever carried subscriptions at once."""
         codec = sub.publication.codec
-        set_codec_preferences(
-            transceiver, capabilities(sub.kind, codec.mime_type, codec.parameters)
-        )
+        codecs = capabilities(sub.kind, codec.mime_type, codec.parameters)
+        fit = codec_fit(codecs)
+        transceiver = self._free_sender(sub.kind, fit)
+        if transceiver is not None:
+            recycle_sender(transceiver, codecs)
+        else:
+            transceiver = self.pc.addTransceiver(sub.kind, direction="sendonly")
+            set_codec_preferences(transceiver, codecs)
+            self._senders[transceiver] = SenderSlot(fit)
         self._sub_by_transceiver[transceiver] = sub
+
+    def _free_sender(self, kind: str, fit: tuple[Any, ...]) -> RTCRtpTransceiver | None:
+        """The first (lowest m-line) inactive sender of this kind and codec with no subscription."""
+        carrying = self._sub_by_transceiver
+        for transceiver, slot in self._senders.items():
+            if (
+                transceiver.kind == kind
+                and slot.codecs == fit
+                and transceiver.direction == "inactive"
+                and transceiver not in carrying
+            ):
+                return transceiver
+        return None
 
     def send_data(self, text: str) -> bool:
         if self.channel.readyState != "open":
@@ -400,6 +441,9 @@ class Participant(Emitter, TapHooks):
         if transceiver is None:
             return
         self._sub_by_transceiver.pop(transceiver, None)
+        slot = self._senders.get(transceiver)
+        if slot is not None and sub.forwarder is not None:  # it sent (or was set to): go on
+            slot.resume = sub.forwarder.continuation(time.monotonic())
         for ssrc in (sub.ssrc, sub.rtx_ssrc):
             if self._sub_by_ssrc.get(ssrc) is sub:
                 del self._sub_by_ssrc[ssrc]
@@ -473,6 +517,7 @@ class Participant(Emitter, TapHooks):
         codecs, ext = self._declared(parameters)
         codec = codec_info(codecs)
         ssrc, rtx_ssrc = sender_ssrcs(transceiver)
+        slot = self._senders.get(transceiver)
         sub.start(
             mid=str(parameters.muxId),
             ssrc=ssrc,
@@ -480,6 +525,7 @@ class Participant(Emitter, TapHooks):
             payload_type=codec.payload_type,
             rtx_payload_type=codec.rtx_payload_type,
             ext=ExtensionIds.from_uris(ext),
+            resume=slot.resume if slot is not None else None,
         )
         self._sub_by_ssrc[ssrc] = sub
         if sub.rtx_ssrc:
@@ -756,6 +802,7 @@ class Participant(Emitter, TapHooks):
             self.pc.on("connectionstatechange", self._on_connection_state)
             self._sub_by_ssrc.clear()
             self._sub_by_transceiver.clear()
+            self._senders.clear()  # the old connection's senders (and their SSRCs) are gone
             for sub in list(self.subscriptions.values()):  # those made while closed too
                 sub.transport_lost()
                 self._add_sender(sub)

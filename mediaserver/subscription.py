@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from .emitter import Emitter
 from .events import CloseReason, NodeCounters
-from .forwarder import ExtensionIds, Forwarder
+from .forwarder import Continuation, ExtensionIds, Forwarder
 from .publication import Publication, payload_offset
 from .rtp import rtcp
 
@@ -70,11 +70,19 @@ class Subscription(Emitter):
         payload_type: int,
         rtx_payload_type: int,
         ext: ExtensionIds,
+        resume: Continuation | None = None,
     ) -> None:
-        """The subscriber's sender is negotiated: start forwarding (from a keyframe)."""
+        """The subscriber's sender is negotiated: start forwarding (from a keyframe).
+
+        `resume`: the sender carried another subscription before (a recycled m-line): its
+        numbering continues from there (`Continuation`)."""
         self.mid = mid
         self.ssrc = ssrc
         self.rtx_ssrc = rtx_ssrc if rtx_payload_type else 0
+        first_seq = first_ts = first_rtx_seq = None
+        if resume is not None:
+            first_seq, first_ts = resume.first(self.publication.codec.clock_rate, time.monotonic())
+            first_rtx_seq = resume.rtx_seq
         self.forwarder = Forwarder(
             ssrc=ssrc,
             payload_type=payload_type,
@@ -83,6 +91,9 @@ class Subscription(Emitter):
             gate_on_keyframe=self.kind == "video",
             rtx_ssrc=rtx_ssrc,
             rtx_payload_type=rtx_payload_type,
+            first_seq=first_seq,
+            first_ts=first_ts,
+            first_rtx_seq=first_rtx_seq,
         )
         self.highest_reported = None
         self._upstream_at_report = None

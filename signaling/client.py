@@ -28,6 +28,7 @@ from aiortc import (
     RTCDataChannel,
     RTCIceServer,
     RTCPeerConnection,
+    RTCRtpTransceiver,
     RTCSessionDescription,
 )
 from aiortc.mediastreams import MediaStreamTrack
@@ -451,6 +452,8 @@ class ConsultClient:
             for transceiver in pc.getTransceivers():
                 if transceiver.kind == "video":  # a lost packet must not stall decoding
                     install_skipping_jitter_buffer(transceiver.receiver)
+                if transceiver.receiver.track is not None:  # a recycled m-line: a new source
+                    self._label_track(transceiver, transceiver.receiver.track)
                 meta = tracks.get(transceiver.mid or "")
                 if meta is None or meta.get("direction") != "recvonly":
                     continue
@@ -474,11 +477,25 @@ class ConsultClient:
         assert self.pc is not None
         for transceiver in self.pc.getTransceivers():
             if transceiver.receiver.track is track:
-                meta = self._track_meta.get(transceiver.mid or "")
-                if meta is not None and meta.get("participant"):
-                    key = (str(meta["participant"]), str(meta.get("source") or track.kind))
-                    self.remote_tracks[key] = track
+                self._label_track(transceiver, track)
         self._spawn(self._notify())
+
+    def _label_track(self, transceiver: RTCRtpTransceiver, track: MediaStreamTrack) -> None:
+        """File a received track under the participant and source its mid carries now.
+
+        The server recycles the m-line of a closed subscription for a new one (the same mid,
+        another participant's source): aiortc fires no `track` again for it (its receiver
+        keeps its track), so each server offer files the track anew, under the new source
+        only."""
+        meta = self._track_meta.get(transceiver.mid or "")
+        if meta is None or not meta.get("participant") or meta.get("direction") == "recvonly":
+            return
+        key = (str(meta["participant"]), str(meta.get("source") or track.kind))
+        if self.remote_tracks.get(key) is track:
+            return
+        for stale in [k for k, t in self.remote_tracks.items() if t is track]:
+            del self.remote_tracks[stale]
+        self.remote_tracks[key] = track
 
     async def _notify(self) -> None:
         async with self._changed:

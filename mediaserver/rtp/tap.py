@@ -384,3 +384,17 @@ def sender_ssrcs(transceiver: RTCRtpTransceiver) -> tuple[int, int]:
 def set_codec_preferences(transceiver: RTCRtpTransceiver, codecs: list[Any]) -> None:
     """Preferences that also apply to a transceiver created by a remote offer."""
     transceiver._preferred_codecs = codecs
+
+
+def recycle_sender(transceiver: RTCRtpTransceiver, codecs: list[Any]) -> None:
+    """Send on an inactive transceiver again (a new subscription on a recycled m-line).
+
+    aiortc 1.16 never reuses a transceiver by itself. This one keeps its mid, its sender and
+    that sender's SSRCs; it is sendonly from our next offer on, with these codec preferences,
+    and its sender reports `sender_started` again once that offer is answered (aiortc calls
+    `send` after every description; ours starts nothing of aiortc's, so there is no task of a
+    track-less sender to cancel), with the parameters then negotiated.
+    """
+    transceiver.direction = "sendonly"
+    set_codec_preferences(transceiver, codecs)
+    transceiver._tap_sending = False  # type: ignore[attr-defined]
