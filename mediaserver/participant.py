@@ -13,6 +13,7 @@ import logging
 import random
 import secrets
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -697,6 +698,8 @@ class Participant(Emitter, TapHooks):
                 rtts.append(sub.rtt)
             if sub.remb_bps is not None:
                 remb = sub.remb_bps if remb is None else min(remb, sub.remb_bps)
+        _keep_only(received, map(id, self.publications.values()))  # departed tracks' go
+        _keep_only(sent, map(id, self.subscriptions.values()))
         rtt_ms = sum(rtts) / len(rtts) * 1000 if rtts else None
         up.loss, up.jitter_ms, up.rtt_ms = up_loss, up_jitter, rtt_ms
         up.bitrate_bps = int(up_bytes * 8 / elapsed) if elapsed > 0 else 0
@@ -943,3 +946,10 @@ class Participant(Emitter, TapHooks):
             )
 
     # -- end room codec switch --
+
+
+def _keep_only(counters: dict[int, int], keys: Iterable[int]) -> None:
+    """Drop the counters of objects no longer there (their id() may be given to new ones)."""
+    live = set(keys)
+    for key in [k for k in counters if k not in live]:
+        del counters[key]
