@@ -1,6 +1,7 @@
 // Unit test of consult.js's negotiation chain (pure logic: the socket and the peer connection
 // are fakes that record what the client does). Run by tests/test_client_negotiation.py with
-// Node; prints one JSON line {ok, checks, error}.
+// Node, given the URL of a copy of consult.js named .mjs (an ES module for every Node, 18 too);
+// prints one JSON line {ok, checks, error}.
 //
 // Checked: a renegotiation (negotiationneeded after the first exchange) waits while the peer
 // connection is still connecting, the server's offers are answered meanwhile, and the held
