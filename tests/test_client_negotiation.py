@@ -9,6 +9,7 @@ consult.js is an ES module served as `.js` with no package.json: Node 18 (Debian
 such a file as CommonJS (`SyntaxError: Unexpected token 'export'`); newer Nodes guess it is a
 module from its syntax. The test imports a copy named `.mjs`, a module for every Node, and runs
 Node without that guess where it has one, so a newer Node loads modules as Debian's does.
+Node 18 also lacks the global CustomEvent (the client's events): the script defines it there.
 """
 
 from __future__ import annotations

@@ -10,6 +10,15 @@
 // (compat, firefox patients): the client no longer offers then. Also: a `room` snapshot
 // replays the bandwidth modes a lost socket missed, once.
 
+// Every browser has CustomEvent, the client's events; Node has it from 19 on (Debian 12's
+// Node 18 only behind a flag): the same, where it lacks it.
+globalThis.CustomEvent ??= class CustomEvent extends Event {
+  constructor(type, init = {}) {
+    super(type, init);
+    this.detail = init.detail ?? null;
+  }
+};
+
 const sent = []; // messages the client sent on the socket
 let socket = null;
 
