@@ -3,37 +3,59 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
-# Debian packages the tests need (binary -> package).
-DEB_TEST := chromium:chromium iproute2:ip nftables:nft firefox-esr:firefox-esr nodejs:node npm:npm
+# What is installed in the venv: the node alone (`make run`), then the dev extras (`make test`).
+NODE_STAMP := $(VENV)/.installed-node
+DEV_STAMP := $(VENV)/.installed-dev
+# Debian packages: PACKAGE, or PACKAGE:PROGRAM where a program on the PATH (one installed
+# another way, Node from another source) will do. A package is there when dpkg-query says so:
+# a library such as libatomic1 ships no program to look for.
+# The node: Python and its venv module.
+DEB_NODE := python3:python3 python3-venv
+# The tests: browsers, network namespaces and shaping, Node for the compat driver and the
+# client's unit test, libatomic1 for Playwright's driver (a Node binary linked against it).
+DEB_TEST := chromium:chromium iproute2:ip nftables:nft firefox-esr:firefox-esr nodejs:node \
+  npm:npm libatomic1
 APT_ENV := DEBIAN_FRONTEND=noninteractive
 
-.PHONY: run test lint typecheck pytest deps-deb venv bench clean compat-driver janus loadtest-compare
+# $(call apt-missing,ENTRIES): apt-get install the packages of ENTRIES that are missing.
+define apt-missing
+@missing=""; for entry in $(1); do pkg=$${entry%%:*}; prog=$${entry#*:}; \
+  [ "$$(dpkg-query -W -f='$${Status}' $$pkg 2>/dev/null)" = "install ok installed" ] && continue; \
+  [ "$$prog" != "$$entry" ] && command -v $$prog >/dev/null 2>&1 && continue; \
+  missing="$$missing $$pkg"; done; \
+if [ -n "$$missing" ]; then echo "apt-get install$$missing"; \
+  apt-get update -q && $(APT_ENV) apt-get install -yq --no-install-recommends $$missing; fi
+endef
 
-$(STAMP): pyproject.toml
-	@command -v python3 >/dev/null || { apt-get update -q && $(APT_ENV) apt-get install -yq python3 python3-venv; }
-	@test -x $(PY) || python3 -m venv $(VENV) || { apt-get update -q && $(APT_ENV) apt-get install -yq python3-venv && python3 -m venv $(VENV); }
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
-	@touch $(STAMP)
+.PHONY: run test lint typecheck pytest deps-node deps-deb venv bench clean compat-driver janus loadtest-compare
 
-venv: $(STAMP)
+deps-node:
+	$(call apt-missing,$(DEB_NODE))
 
 # Install the Debian packages the tests use, only where missing.
 deps-deb:
-	@missing=""; for pair in $(DEB_TEST); do pkg=$${pair%%:*}; bin=$${pair##*:}; \
-	  command -v $$bin >/dev/null 2>&1 || missing="$$missing $$pkg"; done; \
-	if [ -n "$$missing" ]; then echo "apt-get install$$missing"; \
-	  apt-get update -q && $(APT_ENV) apt-get install -yq --no-install-recommends $$missing; fi
+	$(call apt-missing,$(DEB_TEST))
 
-run: $(STAMP)
+$(NODE_STAMP): pyproject.toml | deps-node
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e .
+	@touch $@
+
+$(DEV_STAMP): $(NODE_STAMP)
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+venv: $(DEV_STAMP)
+
+run: $(NODE_STAMP)
 	$(PY) -m signaling run --dev
 
-lint: $(STAMP)
+lint: $(DEV_STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-typecheck: $(STAMP)
+typecheck: $(DEV_STAMP)
 	$(VENV)/bin/mypy
 
 # puppeteer-core for `compat` (compat/driver); it drives Debian's browsers, never downloads one.
@@ -44,19 +66,19 @@ $(DRIVER)/node_modules/.installed: $(DRIVER)/package-lock.json | deps-deb
 
 compat-driver: $(DRIVER)/node_modules/.installed
 
-pytest: $(STAMP) deps-deb compat-driver
+pytest: $(DEV_STAMP) deps-deb compat-driver
 	$(PY) -m pytest -q -p no:cacheprovider
 
 test: lint typecheck pytest
 
-bench: $(STAMP)
+bench: $(DEV_STAMP)
 	$(PY) -m benchmarks.forwarding
 
 # Load test against Janus (Debian's package; not needed by `make test`).
 janus:
 	@command -v janus >/dev/null || { apt-get update -q && $(APT_ENV) apt-get install -yq --no-install-recommends janus; }
 
-loadtest-compare: $(STAMP) deps-deb janus
+loadtest-compare: $(DEV_STAMP) deps-deb janus
 	$(VENV)/bin/loadtest compare --docs
 
 clean:

@@ -349,6 +349,26 @@ class BatchSender:
             pass  # a full socket buffer drops what is left of this tick, as a network would
 
 
+def stop_event_loop_reading(transport: asyncio.BaseTransport) -> socket.socket | None:
+    """Stop the stock event loop reading a datagram transport's socket, and return the socket
+    (None, reading on, where the loop is not asyncio's selector loop: uvloop, a proactor).
+
+    The loop's reader is removed directly, as `pause_reading` does where a datagram transport
+    has it: Python 3.11.2 (Debian 12's) has it only on stream transports, its datagram
+    transports raise NotImplementedError. The transport still sends, and closing it is as
+    before (close removes a reader that is already gone without complaint)."""
+    loop = getattr(transport, "_loop", None)
+    sock = transport.get_extra_info("socket")
+    sock = getattr(sock, "_sock", sock)  # asyncio's TransportSocket wraps the real one
+    if not isinstance(loop, asyncio.selector_events.BaseSelectorEventLoop):
+        return None
+    if not isinstance(sock, socket.socket):
+        return None
+    # The public remove_reader refuses a transport's socket; this is what pause_reading calls.
+    loop._remove_reader(sock.fileno())  # type: ignore[attr-defined]
+    return sock
+
+
 class SocketDrain:
     """A peer's media socket read by the pacer: every queued datagram, once a tick.
 
@@ -819,21 +839,19 @@ class SyntheticPeer(TapHooks):
     def detach_socket(self) -> SocketDrain | None:
         """Take the connected pair's socket away from the event loop: the pacer drains it once
         a tick (`SocketDrain`), so a received packet costs no event-loop wake-up. Needs the
-        stock asyncio loop (its datagram transports can pause reading; uvloop's cannot)."""
+        stock asyncio loop (`stop_event_loop_reading`; uvloop's transports cannot stop)."""
         if self.transport is None:
             return None
         pair = self.transport._conn._nominated.get(1)
         transport = getattr(getattr(pair, "protocol", None), "transport", None)
-        if transport is None or not hasattr(transport, "pause_reading"):
+        if transport is None:
             return None
-        sock = transport.get_extra_info("socket")
-        sock = getattr(sock, "_sock", sock)
-        if not isinstance(sock, socket.socket):
+        sock = stop_event_loop_reading(transport)
+        if sock is None:
             return None
         sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         with contextlib.suppress(OSError):  # a kernel without UDP_GRO: one datagram a call
             sock.setsockopt(SOL_UDP, UDP_GRO, 1)
-        transport.pause_reading()
         drain = SocketDrain(sock, self, transport.get_protocol())
         tx = self.transport.dtls._tx_srtp
         if tx is not None and self.senders:

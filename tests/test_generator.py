@@ -173,3 +173,46 @@ def test_batch_sender_sends_equal_sized_runs_in_gso_batches_and_keeps_order() ->
     finally:
         rx.close()
         tx.close()
+
+
+async def test_the_event_loop_stops_reading_a_socket_the_pacer_drains() -> None:
+    """Debian 12's Python 3.11.2 has no `pause_reading` on datagram transports (it raised
+    NotImplementedError, so no load-test consultation joined): the stock loop stops reading
+    the socket all the same, a datagram waits there for the pacer's drain, and the transport
+    still sends."""
+    import asyncio
+    import select
+    import socket
+
+    from loadtest.generator import stop_event_loop_reading
+
+    loop = asyncio.get_running_loop()
+    got: list[bytes] = []
+    arrived = asyncio.Event()
+
+    class Protocol(asyncio.DatagramProtocol):
+        def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+            got.append(data)
+            arrived.set()
+
+    transport, _ = await loop.create_datagram_endpoint(Protocol, local_addr=("127.0.0.1", 0))
+    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        peer.bind(("127.0.0.1", 0))
+        peer.settimeout(10)
+        address = transport.get_extra_info("sockname")
+        peer.sendto(b"read by the loop", address)
+        await asyncio.wait_for(arrived.wait(), 10)
+        sock = stop_event_loop_reading(transport)
+        assert sock is not None
+        peer.sendto(b"left for the drain", address)
+        assert select.select([sock], [], [], 10)[0] == [sock]  # it is there, readable
+        for _ in range(5):  # loop iterations: each would have run the reader
+            await asyncio.sleep(0)
+        assert got == [b"read by the loop"]
+        assert sock.recv(100) == b"left for the drain"
+        transport.sendto(b"still sends", peer.getsockname())
+        assert peer.recv(100) == b"still sends"
+    finally:
+        transport.close()
+        peer.close()

@@ -1,6 +1,7 @@
 // Unit test of consult.js's negotiation chain (pure logic: the socket and the peer connection
 // are fakes that record what the client does). Run by tests/test_client_negotiation.py with
-// Node; prints one JSON line {ok, checks, error}.
+// Node, given the URL of a copy of consult.js named .mjs (an ES module for every Node, 18 too);
+// prints one JSON line {ok, checks, error}.
 //
 // Checked: a renegotiation (negotiationneeded after the first exchange) waits while the peer
 // connection is still connecting, the server's offers are answered meanwhile, and the held
@@ -9,6 +10,15 @@
 // (compat, firefox patients): the client no longer offers then. Also: a `room` snapshot
 // replays the bandwidth modes a lost socket missed, once. The server's `media-timeout` error
 // makes the client start a fresh peer connection and send `reconnect`.
+
+// Every browser has CustomEvent, the client's events; Node has it from 19 on (Debian 12's
+// Node 18 only behind a flag): the same, where it lacks it.
+globalThis.CustomEvent ??= class CustomEvent extends Event {
+  constructor(type, init = {}) {
+    super(type, init);
+    this.detail = init.detail ?? null;
+  }
+};
 
 const sent = []; // messages the client sent on the socket
 let socket = null;
