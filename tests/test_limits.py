@@ -8,6 +8,7 @@ import json
 import random
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,6 +16,7 @@ import pytest
 from signaling.client import ConsultClient, JoinRefused, ServerError
 from signaling.ratelimit import Rate, TokenBucket
 
+from .client_js import run_client_script
 from .conftest import Server, ServerFactory
 
 Clients = Callable[[Server], ConsultClient]
@@ -351,23 +353,9 @@ async def test_a_flooding_socket_does_not_stop_the_loop_between_messages(
     assert turns - before >= 2000  # at least one turn of the loop per message handled
 
 
-def test_consult_js_pages_chat_history() -> None:
+def test_consult_js_pages_chat_history(tmp_path: Path) -> None:
     """consult.js's loadEarlierChat()/chatMore (tests/js/chat_history.mjs: pure client logic
     with a fake socket serving pages as the node does)."""
-    import shutil
-    import subprocess
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
-    node = shutil.which("node")
-    assert node, "node is not installed (make test installs nodejs)"
-    script = root / "tests" / "js" / "chat_history.mjs"
-    client = root / "signaling" / "static" / "consult.js"
-    proc = subprocess.run(
-        [node, str(script), client.as_uri()], capture_output=True, text=True, timeout=60
-    )
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    assert lines, f"no result from node (exit {proc.returncode}): {proc.stderr[-2000:]}"
-    result = json.loads(lines[-1])
+    result = run_client_script("chat_history.mjs", tmp_path)
     assert result["ok"], result
     assert result["checks"][-1]["what"] == "no client errors"

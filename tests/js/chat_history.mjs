@@ -7,6 +7,8 @@
 // older page in front (oldest first, no duplicates, `chat` events with `earlier: true`) until
 // `chatMore` is false; a resume whose page leaves a gap replaces the list.
 
+import "./node18.mjs";
+
 const sent = [];
 let socket = null;
 const ALL = Array.from({ length: 120 }, (_, i) => ({ id: `m${i + 1}`, from: "p2", name: "N", role: "doctor", text: `t${i + 1}`, ts: i }));

@@ -11,14 +11,7 @@
 // replays the bandwidth modes a lost socket missed, once. The server's `media-timeout` error
 // makes the client start a fresh peer connection and send `reconnect`.
 
-// Every browser has CustomEvent, the client's events; Node has it from 19 on (Debian 12's
-// Node 18 only behind a flag): the same, where it lacks it.
-globalThis.CustomEvent ??= class CustomEvent extends Event {
-  constructor(type, init = {}) {
-    super(type, init);
-    this.detail = init.detail ?? null;
-  }
-};
+import "./node18.mjs";
 
 const sent = []; // messages the client sent on the socket
 let socket = null;
