@@ -24,7 +24,7 @@ from mediaserver.api import (
     validate_source,
 )
 
-from . import telemetry
+from . import safejson, telemetry
 from .auth import TokenError
 from .chat import parse_id
 from .consultation import Barred, Consultation, RoomUnavailable
@@ -447,8 +447,8 @@ def _refusal(raw: str) -> dict[str, Any]:
     ref = None
     if len(raw) <= 4096:
         try:
-            msg = json.loads(raw)
-        except ValueError:
+            msg = safejson.loads(raw)
+        except safejson.BadJson:
             msg = None
         if isinstance(msg, dict) and isinstance(msg.get("id"), str) and len(msg["id"]) <= 256:
             ref = msg["id"]

@@ -248,6 +248,22 @@ async def test_a_socket_over_its_rate_gets_errors_and_stays_open(
     assert doctor.ws is not None and not doctor.ws.closed
 
 
+async def test_a_deeply_nested_frame_over_the_rate_is_refused_and_the_socket_stays(
+    make_server: ServerFactory, clients: Clients
+) -> None:
+    """A refused frame is parsed only for its id: nesting must not raise out of the loop."""
+    server = await make_server(ws_rate=0.01, ws_burst=1, ws_flood=50)
+    doctor = await join(server, clients, "doctor")
+    await doctor.send({"type": "ping", "id": "p0"})
+    assert doctor.ws is not None
+    await doctor.ws.send_str("[" * 2000 + "]" * 2000)
+    await doctor.send({"type": "ping", "id": "p1"})
+    await doctor.wait_for("error", lambda m: m["ref"] == "p1")
+    refused = [m for m in doctor.received("error") if m["code"] == "rate-limited"]
+    assert [m["ref"] for m in refused] == [None, "p1"]
+    assert not doctor.ws.closed
+
+
 async def test_a_socket_flood_is_closed_and_another_room_keeps_working(
     make_server: ServerFactory, clients: Clients
 ) -> None:
