@@ -141,6 +141,10 @@ class Fixture:
 
     @property
     def video_codecs(self) -> list[str]:
+        """What the browser declares at join: the fixture's `declares` line (what its
+        getCapabilities lists, e.g. Firefox 140: H264 that its SDP lacks), else its SDP's."""
+        if self.meta.get("declares"):
+            return [c.upper() for c in self.meta["declares"].split()]
         names = set()
         for m in parse(self.sdp).media:
             if m.kind == "video":
