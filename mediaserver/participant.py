@@ -156,6 +156,7 @@ class Participant(Emitter, TapHooks):
         # -- end bandwidth fallback --
         self._codec_switch: dict[RTCRtpTransceiver, Publication] = {}  # codec-late (issue 3)
         self._codec_switch_to: dict[RTCRtpTransceiver, str] = {}  # applied at our next offer
+        self._closing: set[asyncio.Task[None]] = set()  # subscriptions in a codec it lacks
         self._sdp_lock = asyncio.Lock()
         self._needs_offer = False
         self._answered = asyncio.Event()
@@ -485,8 +486,12 @@ class Participant(Emitter, TapHooks):
         codec = codec_info(codecs)
         if codec.name != sub.publication.codec.name:
             # It answered the VP8 fallback (codecs.subscription_capabilities): it cannot
-            # receive the publication's codec after all. Nothing is forwarded on this m-line;
-            # the room switches the publisher to a codec every member decodes.
+            # receive the publication's codec after all. This subscription ends (its m-line
+            # goes inactive); the room switches the publisher to a codec every member decodes
+            # and this participant subscribes to that replacement.
+            task = asyncio.get_running_loop().create_task(sub.close(CloseReason.LEFT))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
             self._cannot_decode({sub.publication.codec.name})
             return
         ssrc, rtx_ssrc = sender_ssrcs(transceiver)
