@@ -161,36 +161,51 @@ def fetch(package: str, version: str, cache: Path | None = None) -> Fetched:
         if folder.exists():
             shutil.rmtree(folder)  # an earlier fetch broke off: start again
         folder.mkdir(parents=True)
-        with tempfile.TemporaryDirectory(prefix="compat-debs-") as tmp:
-            debs = _download([f"{p}={version}" for p in (package, *companions)], Path(tmp))
-            depends: set[str] = set()
-            for deb in debs:
-                _unpack(deb, folder / "root")
-                depends |= set(_depends(deb))
-            absent = sorted(
-                d for d in depends - {package, *companions} if installed_version(d) is None
-            )
-            if absent:  # runtime libraries this machine lacks, from Debian's archive too
-                deps = Path(tmp) / "deps"
-                deps.mkdir()
-                for deb in _download(absent, deps):
-                    _unpack(deb, folder / "deps")
-        if not binary.is_file():
-            raise FetchError(f"{package} {version}: no {rel} in the package")
-        deps_dirs = (folder / "deps" / "usr/lib/x86_64-linux-gnu", folder / "deps" / "lib")
-        libdirs = [d for d in deps_dirs if d.is_dir()]
-        if libdirs:
-            wrapper = folder / "run.sh"
-            path = ":".join(str(d) for d in libdirs)
-            keep = "${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-            wrapper.write_text(
-                f'#!/bin/sh\nexport LD_LIBRARY_PATH="{path}{keep}"\nexec "{binary}" "$@"\n'
-            )
-            wrapper.chmod(0o755)
-        done.write_text(version + "\n")
+        try:
+            _unpack_all(package, version, companions, folder, binary, rel)
+        except (FetchError, OSError, subprocess.SubprocessError) as exc:
+            shutil.rmtree(folder, ignore_errors=True)  # nothing half-unpacked is left
+            raise exc if isinstance(exc, FetchError) else FetchError(str(exc)) from exc
     libdirs = [p for p in (folder / "deps" / "usr/lib/x86_64-linux-gnu",) if p.is_dir()]
     lacking = missing_libraries(binary, libdirs)
     lacking = [lib for lib in lacking if not (binary.parent / lib).exists()]
     if lacking:
         raise FetchError(f"{package} {version} lacks libraries: {', '.join(lacking)}")
     return Fetched(executable=binary_of(package, version, cache), folder=folder)
+
+
+def _unpack_all(
+    package: str,
+    version: str,
+    companions: tuple[str, ...],
+    folder: Path,
+    binary: Path,
+    rel: str,
+) -> None:
+    """Download PACKAGE=VERSION (and its companions, and dependencies this machine lacks)
+    and unpack them into `folder`; `.complete` marks a finished fetch."""
+    with tempfile.TemporaryDirectory(prefix="compat-debs-") as tmp:
+        debs = _download([f"{p}={version}" for p in (package, *companions)], Path(tmp))
+        depends: set[str] = set()
+        for deb in debs:
+            _unpack(deb, folder / "root")
+            depends |= set(_depends(deb))
+        absent = sorted(d for d in depends - {package, *companions} if installed_version(d) is None)
+        if absent:  # runtime libraries this machine lacks, from Debian's archive too
+            deps = Path(tmp) / "deps"
+            deps.mkdir()
+            for deb in _download(absent, deps):
+                _unpack(deb, folder / "deps")
+    if not binary.is_file():
+        raise FetchError(f"{package} {version}: no {rel} in the package")
+    deps_dirs = (folder / "deps" / "usr/lib/x86_64-linux-gnu", folder / "deps" / "lib")
+    libdirs = [d for d in deps_dirs if d.is_dir()]
+    if libdirs:
+        wrapper = folder / "run.sh"
+        path = ":".join(str(d) for d in libdirs)
+        keep = "${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+        wrapper.write_text(
+            f'#!/bin/sh\nexport LD_LIBRARY_PATH="{path}{keep}"\nexec "{binary}" "$@"\n'
+        )
+        wrapper.chmod(0o755)
+    (folder / ".complete").write_text(version + "\n")
