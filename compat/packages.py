@@ -90,6 +90,18 @@ def archive_versions(package: str) -> list[str]:
     return versions
 
 
+def _update_lists() -> None:
+    """`apt-get update` (Debian's archive only knows what it serves once its lists are here)."""
+    try:
+        subprocess.run(
+            ["apt-get", "-q", "-o", "DPkg::Lock::Timeout=600", "update"],
+            capture_output=True,
+            timeout=APT_TIMEOUT_S,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise FetchError(f"apt-get update: {exc}") from exc
+
+
 def _download(names: list[str], into: Path) -> list[Path]:
     """`apt-get download` each NAME=VERSION into a folder; the .deb files."""
     try:
@@ -184,6 +196,8 @@ def _unpack_all(
 ) -> None:
     """Download PACKAGE=VERSION (and its companions, and dependencies this machine lacks)
     and unpack them into `folder`; `.complete` marks a finished fetch."""
+    if not archive_versions(package):
+        _update_lists()  # a machine whose apt lists were never fetched (or were cleaned)
     with tempfile.TemporaryDirectory(prefix="compat-debs-") as tmp:
         debs = _download([f"{p}={version}" for p in (package, *companions)], Path(tmp))
         depends: set[str] = set()
