@@ -28,7 +28,7 @@ if [ -n "$$missing" ]; then echo "apt-get install$$missing"; \
   apt-get update -q && $(APT_ENV) apt-get install -yq --no-install-recommends $$missing; fi
 endef
 
-.PHONY: run test lint typecheck pytest deps-node deps-deb venv bench clean compat-driver janus loadtest-compare
+.PHONY: run test lint typecheck pytest deps-node deps-deb venv bench clean compat-driver compat-browsers janus loadtest-compare
 
 deps-node:
 	$(call apt-missing,$(DEB_NODE))
@@ -67,7 +67,12 @@ $(DRIVER)/node_modules/.installed: $(DRIVER)/package-lock.json | deps-deb
 
 compat-driver: $(DRIVER)/node_modules/.installed
 
-pytest: $(DEV_STAMP) deps-deb compat-driver
+# The older browser versions of compat/versions.json (apt-get download + dpkg -x into a cache
+# folder, never installed); `compat run` fetches them itself too, and fails only their cells.
+compat-browsers: $(DEV_STAMP)
+	-$(PY) -m compat browsers --fetch firefox140
+
+pytest: $(DEV_STAMP) deps-deb compat-driver compat-browsers
 	$(PY) -m pytest -q -p no:cacheprovider
 
 test: lint typecheck pytest

@@ -4,6 +4,7 @@
     compat run --full               # every pair and every scenario
     compat run --pairs chromium-aiortc --scenarios media chat-data
     compat list                     # pairs and scenarios
+    compat browsers [--fetch]       # browser versions: available, fetched, fetchable
 
 `run` needs root: it creates a loopback-only network namespace, runs everything inside
 (`compat inner`, a child process) and removes the namespace with whatever is left in it,
@@ -28,6 +29,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SDP = ROOT / "tests" / "fixtures" / "sdp"
 CI_PAIRS = ["chromium-firefox"]
+# The reduced matrix adds the older Firefox ESR (it declares H264 its SDP lacks, issue 12) for
+# the codec cells only.
+CI_EXTRA = {"chromium-firefox140": ["codec", "codec-late"]}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -60,24 +64,32 @@ def _parser() -> argparse.ArgumentParser:
         help="kill the whole run after this many seconds (default: 600, --full 2400)",
     )
     sub.add_parser("list", help="list pairs and scenarios")
+    br = sub.add_parser("browsers", help="browser versions: available, fetched, fetchable")
+    br.add_argument("--browsers", type=Path, metavar="JSON", help="extra browser config")
+    br.add_argument("--fetch", nargs="*", metavar="NAME", help="fetch these (default: all)")
     inner = sub.add_parser("inner", help=argparse.SUPPRESS)
     inner.add_argument("options")
     return p
 
 
 def _resolve(args: argparse.Namespace) -> dict[str, Any]:
-    from compat.browsers import default_pairs, load_browsers, parse_pair
+    from compat.browsers import full_pairs, load_browsers, parse_pair
     from compat.scenarios import BY_NAME, SCENARIOS
 
     browsers = load_browsers(args.browsers)
+    pair_scenarios: dict[str, list[str]] = {}
     if args.no_browsers:
         pairs: list[tuple[str, str]] = []
     elif args.pairs:
         pairs = [parse_pair(p, set(browsers)) for p in args.pairs]
     elif args.full:
-        pairs = default_pairs(list(browsers))
+        pairs = full_pairs(browsers)
     else:
         pairs = [parse_pair(p, set(browsers)) for p in CI_PAIRS]
+        for label, only in CI_EXTRA.items():
+            pairs.append(parse_pair(label, set(browsers)))
+            if not args.scenarios:
+                pair_scenarios[label] = only
     if args.scenarios:
         unknown = [s for s in args.scenarios if s not in BY_NAME]
         if unknown:
@@ -85,8 +97,13 @@ def _resolve(args: argparse.Namespace) -> dict[str, Any]:
         names = [s.name for s in SCENARIOS if s.name in args.scenarios]
     else:
         names = [s.name for s in SCENARIOS if args.full or s.core]
+    fetch_errors = _fetch(
+        [browsers[n] for n in dict.fromkeys(x for p in pairs for x in p) if n in browsers]
+    )
     return {
         "pairs": [list(p) for p in pairs],
+        "pair_scenarios": pair_scenarios,
+        "fetch_errors": fetch_errors,
         "scenarios": names,
         "browsers": str(args.browsers) if args.browsers else None,
         "report_dir": str(args.report_dir.resolve()),
@@ -94,6 +111,57 @@ def _resolve(args: argparse.Namespace) -> dict[str, Any]:
         "jobs": args.jobs,
         "mode": "full" if args.full else "reduced",
     }
+
+
+def _fetch(specs: list[Any]) -> dict[str, str]:
+    """Fetch the browser versions a run needs (outside the namespace: it has no network);
+    name -> why it is not available, for those that failed."""
+    from compat import packages
+
+    errors: dict[str, str] = {}
+    for spec in specs:
+        if not spec.fetched:
+            continue
+        t0 = time.monotonic()
+        try:
+            packages.fetch(spec.package, spec.version)
+        except packages.FetchError as exc:
+            errors[spec.name] = f"cannot fetch {spec.package} {spec.version}: {exc}"
+            print(f"compat: {spec.name}: {errors[spec.name]}", file=sys.stderr, flush=True)
+        else:
+            took = time.monotonic() - t0
+            print(f"compat: {spec.name} = {spec.package} {spec.version} ({took:.0f}s)", flush=True)
+    return errors
+
+
+def _browsers(args: argparse.Namespace) -> int:
+    from compat import packages
+    from compat.browsers import load_browsers
+
+    try:
+        specs = load_browsers(args.browsers)
+    except ValueError as exc:
+        print(f"compat: {exc}", file=sys.stderr)
+        return 2
+    errors: dict[str, str] = {}
+    if args.fetch is not None:
+        unknown = [n for n in args.fetch if n not in specs]
+        if unknown:
+            print(f"compat: unknown browsers {unknown}; known: {sorted(specs)}", file=sys.stderr)
+            return 2
+        errors = _fetch([specs[n] for n in (args.fetch or specs)])
+    print("browsers (name, engine, version, state, binary):")
+    for spec in sorted(specs.values(), key=lambda s: (s.engine, s.name)):
+        state = errors.get(spec.name) or spec.missing() or "available"
+        print(f"  {spec.name:<14} {spec.engine:<8} {spec.version or '?':<28} {state}")
+        print(f"  {'':<14} {spec.executable}")
+    print("fetchable from Debian's archive (apt-cache madison; add one to compat/versions.json):")
+    for package in packages.LAYOUT:
+        have = packages.installed_version(package)
+        for version in packages.archive_versions(package):
+            mark = " (installed)" if version == have else ""
+            print(f"  {package:<12} {version}{mark}")
+    return 1 if errors else 0
 
 
 def _inner(blob: str) -> int:
@@ -109,6 +177,8 @@ def _inner(blob: str) -> int:
     o = json.loads(blob)
     opts = RunOptions(
         pairs=[(a, b) for a, b in o["pairs"]],
+        pair_scenarios={k: [BY_NAME[n] for n in v] for k, v in o["pair_scenarios"].items()},
+        fetch_errors=o["fetch_errors"],
         scenarios=[BY_NAME[n] for n in o["scenarios"]],
         browsers=load_browsers(Path(o["browsers"]) if o["browsers"] else None),
         report_dir=Path(o["report_dir"]),
@@ -195,13 +265,15 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _list() -> int:
-    from compat.browsers import default_pairs, load_browsers
+    from compat.browsers import full_pairs, load_browsers
     from compat.scenarios import SCENARIOS
 
+    print("pairs (--full):", " ".join("-".join(p) for p in full_pairs(load_browsers(None))))
     print(
-        "pairs (--full):", " ".join("-".join(p) for p in default_pairs(list(load_browsers(None))))
+        "CI pairs:",
+        " ".join(CI_PAIRS),
+        " ".join(f"{k} ({' '.join(v)})" for k, v in CI_EXTRA.items()),
     )
-    print("CI pairs:", " ".join(CI_PAIRS))
     for s in SCENARIOS:
         print(f"  {s.name:<12} {'core' if s.core else 'full'}  {s.doc}")
     return 0
@@ -213,4 +285,6 @@ def main(argv: list[str] | None = None) -> int:
         return _inner(args.options)
     if args.cmd == "list":
         return _list()
+    if args.cmd == "browsers":
+        return _browsers(args)
     return _run(args)

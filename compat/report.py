@@ -15,6 +15,31 @@ def passed(result: dict[str, Any]) -> bool:
     return cells_ok and sdp_ok and not result.get("errors")
 
 
+def by_version(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The cells grouped by the engine and version of the browsers in them (a cell counts for
+    both of its browsers), engine then version order."""
+    groups: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for c in result.get("cells", []):
+        for side in (c.get("browsers") or {}).values():
+            if side.get("engine") == "aiortc":
+                continue
+            key = (side.get("engine", ""), side.get("version", ""), side.get("name", ""))
+            g = groups.setdefault(
+                key,
+                {"engine": key[0], "version": key[1], "name": key[2], "cells": 0, "failed": []},
+            )
+            g["cells"] += 1
+            if c["status"] != "pass":
+                g["failed"].append(f"{c['pair']}/{c['scenario']}")
+    for name, why in (result.get("fetch_errors") or {}).items():
+        info = (result.get("catalogue") or {}).get(name, {})
+        key = (info.get("engine", ""), info.get("version", ""), name)
+        groups.setdefault(
+            key, {"engine": key[0], "version": key[1], "name": name, "cells": 0, "failed": []}
+        )["error"] = why
+    return [groups[k] for k in sorted(groups)]
+
+
 def matrix_text(result: dict[str, Any]) -> str:
     pairs = result.get("pairs", [])
     names = [s["name"] for s in result.get("scenarios", [])]
@@ -41,7 +66,14 @@ def matrix_text(result: dict[str, Any]) -> str:
             mark = "PASS" if s["status"] == "pass" else "FAIL"
             lines.append(f"  {mark}  {s['fixture']:<28} {s.get('room_codec', ''):<5} -> {video}")
     for b, info in sorted(result.get("browsers", {}).items()):
-        lines.append(f"{b}: {info.get('version')} ({info.get('executable')})")
+        pkg = f" [{info['package']} {info['package_version']}]" if info.get("package") else ""
+        lines.append(f"{b}: {info.get('version')}{pkg} ({info.get('executable')})")
+    for g in by_version(result):
+        ok = g["cells"] - len(g["failed"])
+        err = f" ({g['error']})" if g.get("error") else ""
+        lines.append(
+            f"  {g['engine']:<8} {g['version'] or '?':<28} {g['name']:<12} {ok}/{g['cells']}{err}"
+        )
     for e in result.get("errors", []):
         lines.append(f"ERROR: {e}")
     total = len(result.get("cells", []))
@@ -109,6 +141,19 @@ def html_report(result: dict[str, Any]) -> str:
         parts.append(
             f"<tr><td>{_esc(name)}</td><td>{_esc(info.get('version'))}</td>"
             f"<td>{_esc(info.get('userAgent'))}</td><td>{_esc(info.get('executable'))}</td></tr>"
+        )
+    parts.append("</table>")
+    parts.append(
+        "<h2>By engine and version</h2><table><tr><th>engine</th><th>version</th>"
+        "<th>browser</th><th>cells passed</th><th>failed cells</th></tr>"
+    )
+    for g in by_version(result):
+        ok = g["cells"] - len(g["failed"])
+        cls = "pass" if not g["failed"] and not g.get("error") else "fail"
+        failed = ", ".join(g["failed"]) + (f" {g['error']}" if g.get("error") else "")
+        parts.append(
+            f"<tr class='{cls}'><td>{_esc(g['engine'])}</td><td>{_esc(g['version'])}</td>"
+            f"<td>{_esc(g['name'])}</td><td>{ok}/{g['cells']}</td><td>{_esc(failed)}</td></tr>"
         )
     parts.append("</table>")
     for e in result.get("errors", []):

@@ -43,6 +43,8 @@ class RunOptions:
     sdp_dir: Path | None
     jobs: int = 1
     mode: str = "reduced"
+    pair_scenarios: dict[str, list[sc.Scenario]] = field(default_factory=dict)
+    fetch_errors: dict[str, str] = field(default_factory=dict)  # browser -> why unavailable
 
 
 @dataclass
@@ -221,7 +223,7 @@ class PairRun:
             if name == AIORTC:
                 continue
             spec = self.ctx.opts.browsers[name]
-            if why := spec.missing():
+            if why := self.ctx.opts.fetch_errors.get(name) or spec.missing():
                 raise DriverError(f"{name}: {why}")
             ident = f"{self.label}-{side}"
             try:
@@ -229,7 +231,13 @@ class PairRun:
             except DriverError as exc:
                 raise DriverError(f"{name} failed to launch: {exc}") from exc
             self.browser_ids[side] = ident
-            self.ctx.versions[name] = {**info, "executable": spec.executable, "engine": spec.engine}
+            self.ctx.versions[name] = {
+                **info,
+                "executable": spec.executable,
+                "engine": spec.engine,
+                "package_version": spec.version,
+                "package": spec.package,
+            }
 
     async def new_call(self, room_options: dict[str, Any] | None = None) -> sc.Call:
         self.ctx.calls += 1
@@ -356,9 +364,8 @@ class PairRun:
             await self.launch()
         except (DriverError, OSError) as exc:
             ev = {"browsers": {self.a_name: self.a_name, self.b_name: self.b_name}}
-            self.cells = [
-                cell(self.label, s.name, "fail", 0, str(exc), dict(ev)) for s in self.scenarios
-            ]
+            for s in self.scenarios:
+                self.report(cell(self.label, s.name, "fail", 0, str(exc), dict(ev)))
             await self.close_browsers()
             return self.cells
         try:
@@ -387,7 +394,21 @@ class PairRun:
             await self.close_browsers()
         return self.cells
 
+    def versions(self) -> dict[str, dict[str, str]]:
+        """Each side's browser: engine and version (the Debian version, else the browser's)."""
+        out = {}
+        for side, name in (("a", self.a_name), ("b", self.b_name)):
+            spec = self.ctx.opts.browsers.get(name)
+            seen = self.ctx.versions.get(name, {}).get("version", "")
+            out[side] = {
+                "name": name,
+                "engine": spec.engine if spec else AIORTC,
+                "version": (spec.version if spec else "") or seen,
+            }
+        return out
+
     def report(self, result: dict[str, Any]) -> None:
+        result["browsers"] = self.versions()
         self.cells.append(result)
         mark = "ok  " if result["status"] == "pass" else "FAIL"
         err = f"  {result['error'][:300]}" if result["error"] else ""
@@ -414,6 +435,8 @@ async def run_matrix(opts: RunOptions) -> dict[str, Any]:
         "mode": opts.mode,
         "started": started,
         "pairs": [f"{a}-{b}" for a, b in opts.pairs],
+        "catalogue": {n: s.describe() for n, s in opts.browsers.items()},
+        "fetch_errors": opts.fetch_errors,
         "scenarios": [{"name": s.name, "doc": s.doc, "core": s.core} for s in opts.scenarios],
         "cells": [],
         "sdp": [],
@@ -445,7 +468,9 @@ async def run_matrix(opts: RunOptions) -> dict[str, Any]:
 
                 async def one(pair: tuple[str, str]) -> list[dict[str, Any]]:
                     async with sem:
-                        return await PairRun(ctx, pair, opts.scenarios).run()
+                        label = f"{pair[0]}-{pair[1]}"
+                        only = opts.pair_scenarios.get(label, opts.scenarios)
+                        return await PairRun(ctx, pair, only).run()
 
                 for cells in await asyncio.gather(*(one(p) for p in opts.pairs)):
                     result["cells"] += cells

@@ -490,15 +490,23 @@ async def end(call: Call, ev: dict[str, Any]) -> None:
         raise Failed(f"patient closed with {call.last['b'].get('closeReason')!r}, not 'ended'")
 
 
+def _sdp_codecs(s: dict[str, Any]) -> list[str]:
+    codecs = s.get("sdpVideoCodecs")
+    return list(codecs) if isinstance(codecs, list) else list(s.get("videoCodecs") or [])
+
+
 async def _codec(call: Call, ev: dict[str, Any], late: bool) -> None:
     await join_admit(call, {}, a_publish=late)
     if not late:
         assert isinstance(call.a, BrowserPeer)
         await call.a.publish_av()
     sa, sb = await call.st("a"), await call.st("b")
-    both = all("video/H264" in s.get("videoCodecs", []) for s in (sa, sb))
+    # H264 only where both browsers put it in their SDP: what getCapabilities() lists
+    # (declared at join) may be more (Firefox 140 without its OpenH264 plugin).
+    both = all("video/H264" in _sdp_codecs(s) for s in (sa, sb))
     expected = "H264" if both else "VP8"
     ev["declared"] = {"a": sa.get("videoCodecs"), "b": sb.get("videoCodecs")}
+    ev["in_sdp"] = {"a": _sdp_codecs(sa), "b": _sdp_codecs(sb)}
     ev["expected"] = expected
     await _media(call, ev, expected)
 

@@ -41,6 +41,21 @@ def capabilities(
     return chosen
 
 
+def subscription_capabilities(codec: CodecInfo, kind: str) -> list[RTCRtpCodecCapability]:
+    """What a subscription's m-line offers: the publication's codec first, and VP8 after it
+    for video (every browser decodes VP8, RFC 7742). A browser that declared a codec it cannot
+    negotiate (Firefox 140 without its OpenH264 plugin lists H264 in getCapabilities) then
+    answers VP8 instead of rejecting the m-line (port 0, which aiortc cannot take); the node
+    learns it from that answer and the room settles on VP8 (Participant.sender_started)."""
+    chosen = capabilities(kind, codec.mime_type, codec.parameters)
+    if kind == "video" and codec.name != "VP8":
+        vp8 = [c for c in RTCRtpSender.getCapabilities(kind).codecs if c.mimeType == "video/VP8"]
+        rtx = [i for i, c in enumerate(chosen) if c.mimeType.lower() == "video/rtx"]
+        at = rtx[0] if rtx else len(chosen)
+        chosen[at:at] = vp8
+    return chosen
+
+
 def codec_info(codecs: list[RTCRtpCodecParameters]) -> CodecInfo:
     main = next(c for c in codecs if not is_rtx(c))
     rtx = next(

@@ -29,7 +29,7 @@ from aiortc.rtcrtpparameters import (
 from aiortc.rtcrtptransceiver import RTCRtpTransceiver
 from aiortc.sdp import candidate_from_sdp
 
-from .codecs import capabilities, codec_info
+from .codecs import capabilities, codec_info, subscription_capabilities
 from .devices import SPEECH_OPUS_FMTP, apply_opus_fmtp, capture_warnings, mid_order
 from .emitter import Emitter
 from .events import CloseReason, LinkStats, Role, TrackMeta
@@ -99,6 +99,23 @@ def validate_sdp(text: str) -> None:
             raise NegotiationError("DTLS fingerprint is missing")
 
 
+def offered_video_codecs(text: str) -> frozenset[str] | None:
+    """The codec names (upper case) of an SDP's video m-lines that are not rejected (port 0
+    without a=bundle-only), or None when it has none: it tells nothing about video then."""
+    names: set[str] = set()
+    seen = False
+    for section in text.replace("\r\n", "\n").split("\nm=")[1:]:
+        lines = section.split("\n")
+        head = lines[0].split()
+        if head[:1] != ["video"] or (head[1:2] == ["0"] and "a=bundle-only" not in lines):
+            continue
+        seen = True
+        for line in lines:
+            if line.startswith("a=rtpmap:") and " " in line:
+                names.add(line.split(" ", 1)[1].split("/")[0].strip().upper())
+    return frozenset(names) if seen else None
+
+
 def strip_mdns_candidates(text: str) -> str:
     """Drop candidates named by mDNS (`<uuid>.local`).
 
@@ -114,8 +131,8 @@ def strip_mdns_candidates(text: str) -> str:
 
 class Participant(Emitter, TapHooks):
     """Events: "offer" (sdp, tracks), "data" (text), "publication" (Publication),
-    "connectionstatechange" (state), "mode" (direction, mode, reason), "pause" (sources,
-    reason), "close" (reason)."""
+    "connectionstatechange" (state), "codecs" (the video codecs it can negotiate), "mode"
+    (direction, mode, reason), "pause" (sources, reason), "close" (reason)."""
 
     def __init__(
         self, participant_id: str, *, role: Role, room: Room, video_codecs: frozenset[str]
@@ -159,6 +176,7 @@ class Participant(Emitter, TapHooks):
         # -- end bandwidth fallback --
         self._codec_switch: dict[RTCRtpTransceiver, Publication] = {}  # codec-late (issue 3)
         self._codec_switch_to: dict[RTCRtpTransceiver, str] = {}  # applied at our next offer
+        self._closing: set[asyncio.Task[None]] = set()  # subscriptions in a codec it lacks
         self._sdp_lock = asyncio.Lock()
         self._needs_offer = False
         self._answered = asyncio.Event()
@@ -187,6 +205,9 @@ class Participant(Emitter, TapHooks):
             if self.pc.signalingState != "stable":
                 return None
             validate_sdp(sdp)
+            if (offered := offered_video_codecs(sdp)) is not None:
+                # before aiortc applies the offer: its new m-lines get the room's codec
+                self._cannot_decode(self.video_codecs - offered)
             self._track_meta.update(tracks)
             try:
                 await self.pc.setRemoteDescription(
@@ -278,7 +299,7 @@ class Participant(Emitter, TapHooks):
         numbering continues: `SenderSlot.resume`), else one is added: the peer connection
         holds no more senders than it ever carried subscriptions at once."""
         codec = sub.publication.codec
-        codecs = capabilities(sub.kind, codec.mime_type, codec.parameters)
+        codecs = subscription_capabilities(codec, sub.kind)  # and VP8 after H264
         fit = codec_fit(codecs)
         transceiver = self._free_sender(sub.kind, fit)
         if transceiver is not None:
@@ -517,6 +538,16 @@ class Participant(Emitter, TapHooks):
             return
         codecs, ext = self._declared(parameters)
         codec = codec_info(codecs)
+        if codec.name != sub.publication.codec.name:
+            # It answered the VP8 fallback (codecs.subscription_capabilities): it cannot
+            # receive the publication's codec after all. This subscription ends (its m-line
+            # goes inactive); the room switches the publisher to a codec every member decodes
+            # and this participant subscribes to that replacement.
+            task = asyncio.get_running_loop().create_task(sub.close(CloseReason.LEFT))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+            self._cannot_decode({sub.publication.codec.name})
+            return
         ssrc, rtx_ssrc = sender_ssrcs(transceiver)
         slot = self._senders.get(transceiver)
         sub.start(
@@ -531,6 +562,21 @@ class Participant(Emitter, TapHooks):
         self._sub_by_ssrc[ssrc] = sub
         if sub.rtx_ssrc:
             self._sub_by_ssrc[sub.rtx_ssrc] = sub
+
+    def _cannot_decode(self, names: set[str] | frozenset[str]) -> None:
+        """Its SDP shows it cannot negotiate these video codecs, whatever it declared at join
+        (Firefox 140 declares H264 without its OpenH264 plugin): the room settles again."""
+        remaining = self.video_codecs - names
+        if not remaining or remaining == self.video_codecs:
+            return
+        logger.info(
+            "participant %s cannot negotiate %s: video codecs %s",
+            self.id,
+            sorted(names & self.video_codecs),
+            sorted(remaining),
+        )
+        self.video_codecs = remaining
+        self.emit("codecs", remaining)
 
     def _declared(
         self, parameters: RTCRtpReceiveParameters | RTCRtpSendParameters

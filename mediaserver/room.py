@@ -87,6 +87,7 @@ class Room(Emitter):
         )
         self.participants[participant_id] = participant
         participant.on("publication", self._on_publication)
+        participant.on("codecs", lambda _codecs: self._settle_video_codec())
         participant.once("close", lambda reason: self._participant_closed(participant_id, reason))
         self._settle_video_codec()  # codec-late (issue 3)
         for other in self.participants.values():

@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from compat import sdp
-from compat.browsers import default_pairs, load_browsers, parse_pair
+from compat import packages, sdp
+from compat.browsers import default_pairs, full_pairs, load_browsers, parse_pair
 from loadtest.netns import netns_available
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,8 +53,17 @@ def test_reduced_matrix(tmp_path: Path) -> None:
     assert res.returncode == 0, log
     assert "ALL GREEN" in res.stdout, log
     report: dict[str, Any] = json.loads((out / "report.json").read_text())
-    cells = report["cells"]
-    assert {c["pair"] for c in cells} == {"chromium-firefox"}
+    older = [c for c in report["cells"] if c["pair"] == "chromium-firefox140"]
+    cells = [c for c in report["cells"] if c["pair"] == "chromium-firefox"]
+    assert {c["pair"] for c in report["cells"]} == {"chromium-firefox", "chromium-firefox140"}
+    # The older Firefox ESR (fetched by compat from Debian's archive) in the H264 room: it
+    # declares H264 (getCapabilities) that its SDP lacks; both settle on VP8 (issue 12).
+    assert sorted(c["scenario"] for c in older) == ["codec", "codec-late"], log
+    assert all(c["status"] == "pass" for c in older), log
+    for c in older:
+        assert c["browsers"]["b"]["version"].startswith("140."), c["browsers"]
+        assert c["evidence"]["expected"] == "VP8", c["evidence"]
+        assert c["evidence"]["codecs"]["b"]["video"] == "VP8", c["evidence"]
     names = {c["scenario"] for c in cells}
     assert {
         "join-admit",
@@ -81,7 +90,8 @@ def test_reduced_matrix(tmp_path: Path) -> None:
     video = [s for s in media["samples"] if s["source"] == "camera"]
     assert all(s["later"]["width"] and s["later"]["height"] for s in video), video
     assert len(media["screenshots"]) == 2
-    assert set(report["browsers"]) == {"chromium", "firefox"}
+    assert set(report["browsers"]) == {"chromium", "firefox", "firefox140"}
+    assert cells[0]["browsers"]["a"]["engine"] == "chrome", cells[0]["browsers"]
     assert all(b["version"] for b in report["browsers"].values())
     # The SDP suite: every fixture, in a VP8 and an H264 room.
     fixtures = {p.stem for p in FIXTURES.glob("*.sdp")}
@@ -91,6 +101,7 @@ def test_reduced_matrix(tmp_path: Path) -> None:
     html = (out / "report.html").read_text()
     assert "data:image/png;base64," in html
     assert "<link" not in html and "<script" not in html  # self-contained
+    assert "By engine and version" in html and "140.12.0esr" in html
     assert (out / "node.log").stat().st_size > 0
 
 
@@ -108,6 +119,12 @@ def test_browser_that_cannot_launch_fails_its_cells(tmp_path: Path) -> None:
                 "browsers": [
                     {"name": "missing", "engine": "chrome", "executable": "/nonexistent/chrome"},
                     {"name": "crashing", "engine": "firefox", "executable": str(crash)},
+                    {
+                        "name": "nosuchversion",
+                        "engine": "firefox",
+                        "package": "firefox-esr",
+                        "version": "1.0-nonexistent",
+                    },
                 ]
             }
         )
@@ -115,6 +132,7 @@ def test_browser_that_cannot_launch_fails_its_cells(tmp_path: Path) -> None:
     out = tmp_path / "report"
     before = set(_namespaces())
     args = ["--browsers", str(config), "--pairs", "missing-chromium", "crashing-aiortc"]
+    args += ["nosuchversion-aiortc"]
     args += ["--scenarios", "join-admit", "media", "--no-sdp", "--report-dir", str(out)]
     res = _compat(args, timeout=280)
     log = f"--- stdout\n{res.stdout[-4000:]}\n--- stderr\n{res.stderr[-4000:]}"
@@ -122,11 +140,16 @@ def test_browser_that_cannot_launch_fails_its_cells(tmp_path: Path) -> None:
     report = json.loads((out / "report.json").read_text())
     by = {(c["pair"], c["scenario"]): c for c in report["cells"]}
     assert set(by) == {
-        (p, s) for p in ("missing-chromium", "crashing-aiortc") for s in ("join-admit", "media")
+        (p, s)
+        for p in ("missing-chromium", "crashing-aiortc", "nosuchversion-aiortc")
+        for s in ("join-admit", "media")
     }
     assert all(c["status"] == "fail" for c in by.values())
     assert "/nonexistent/chrome is not installed" in by[("missing-chromium", "media")]["error"]
     assert "crashing failed to launch" in by[("crashing-aiortc", "join-admit")]["error"]
+    # A version Debian's archive does not have: its cells fail with apt's reason.
+    err = by[("nosuchversion-aiortc", "media")]["error"]
+    assert "cannot fetch firefox-esr 1.0-nonexistent" in err and "not found" in err, err
     assert "FAIL" in res.stdout and "FAILURES" in res.stdout
     # Nothing left behind: no new namespace of ours, no process of the fake browser.
     assert set(_namespaces()) <= before, _namespaces()
@@ -152,6 +175,14 @@ def test_browser_config_and_pairs() -> None:
         ("firefox", "aiortc"),
     ]
     assert parse_pair("firefox-aiortc", set(specs)) == ("firefox", "aiortc")
+    # The versions of compat/versions.json: each against the other engine's current browser.
+    assert specs["firefox140"].package == "firefox-esr"
+    assert specs["firefox140"].version.startswith("140.")
+    assert specs["chromium150"].engine == "chrome"
+    full = full_pairs(specs)
+    assert full[:5] == default_pairs(["chromium", "firefox"])
+    assert ("chromium", "firefox140") in full and ("chromium150", "firefox") in full
+    assert len(full) == 7
     with pytest.raises(ValueError, match="bad pair"):
         parse_pair("safari-chromium", set(specs))
 
@@ -163,6 +194,11 @@ def test_bad_browser_config_is_refused(tmp_path: Path) -> None:
         ({"browsers": [{"name": "a-b", "engine": "chrome", "executable": "/x"}]}, "name"),
         ({"browsers": [{"name": "x", "engine": "chrome"}]}, "executable"),
         ({"nope": 1}, "expected"),
+        ({"browsers": [{"name": "x", "engine": "chrome", "package": "opera"}]}, "package"),
+        (
+            {"browsers": [{"name": "x", "engine": "chrome", "package": "chromium", "version": 1}]},
+            "package",
+        ),
     ):
         cfg.write_text(json.dumps(bad))
         with pytest.raises(ValueError, match=why):
@@ -177,7 +213,9 @@ def test_every_fixture_cites_its_source() -> None:
     names = {f.name for f in fixtures}
     assert {"safari-macos-sendrecv", "safari-ios-recv", "android-chrome63-recvonly"} <= names
     for f in fixtures:
-        assert f.meta["source"].startswith("https://github.com/"), f.name
+        # A public file at a fixed commit, or an offer recorded here from a fetched browser.
+        source = f.meta["source"]
+        assert source.startswith("https://") or source.startswith("recorded by `compat run`")
         assert f.meta.get("browser"), f.name
         assert f.sdp.startswith("v=0\r\n") and "m=video" in f.sdp, f.name
 
@@ -235,3 +273,8 @@ def test_sdp_checker_accepts_a_valid_answer_and_flags_broken_ones() -> None:
         .replace("a=rtpmap:101 rtx/90000\r\na=fmtp:101 apt=100\r\n", "")
     )  # fmt: skip
     assert "packetization-mode 0" in problems_of(h264, "H264")
+
+
+def test_unknown_package_is_refused() -> None:
+    with pytest.raises(packages.FetchError, match="unknown package"):
+        packages.fetch("opera", "1.0")

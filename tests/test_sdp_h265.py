@@ -1,0 +1,63 @@
+"""The node never answers H265 (it forwards VP8 and H264 only), even when a browser offers it
+first, as Safari 17+ does once H265 is on (its offers list H265/90000 between H264 and VP8)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from compat import sdp as compat_sdp
+from signaling.client import ConsultClient
+
+from .conftest import Server
+
+SAFARI = Path(__file__).parent / "fixtures" / "sdp" / "safari-macos-kvs-recvonly.sdp"
+
+
+def _h265_first(offer: str) -> str:
+    """The recorded Safari offer with H265 (and its RTX) put first on the video m-line, the
+    way Safari lists it with H265 enabled."""
+    offer = offer.replace(
+        "m=video 9 UDP/TLS/RTP/SAVPF 96 ", "m=video 9 UDP/TLS/RTP/SAVPF 110 111 96 ", 1
+    )
+    h265 = (
+        "a=rtpmap:110 H265/90000\r\na=rtcp-fb:110 nack\r\na=rtcp-fb:110 nack pli\r\n"
+        "a=fmtp:110 level-id=93;profile-id=1;tier-flag=0;tx-mode=SRST\r\n"
+        "a=rtpmap:111 rtx/90000\r\na=fmtp:111 apt=110\r\n"
+    )
+    return offer.replace("a=rtpmap:96 H264/90000\r\n", h265 + "a=rtpmap:96 H264/90000\r\n", 1)
+
+
+async def test_h265_offered_first_is_never_chosen(server: Server) -> None:
+    offer = _h265_first(compat_sdp.load_fixture(SAFARI).sdp)
+    assert offer.index("H265/90000") < offer.index("H264/90000")
+    for room, codec in (("plain", "VP8"), ("h264room", "H264")):
+        if codec == "H264":
+            status, _ = await server.api(
+                "POST", "/api/v1/rooms", json={"id": room, "video_codec": "H264"}
+            )
+            assert status == 201
+        client = ConsultClient(server.url, codecs=["H264", "VP8", "H265"], auto_answer=False)
+        try:
+            await client.connect(server.token("doctor", room=room))
+            reply = await client.request("offer", timeout_s=30, sdp=offer, tracks={})
+            answer = reply["sdp"]
+            problems, picked = compat_sdp.check_answer(offer, answer, codec)
+            assert problems == [], problems
+            assert picked["0"]["codec"] == codec
+            assert "H265" not in answer
+        finally:
+            await client.close()
+
+
+def test_checker_flags_an_h265_answer() -> None:
+    offer = _h265_first(compat_sdp.load_fixture(SAFARI).sdp)
+    answer = (
+        "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n"
+        "m=video 9 UDP/TLS/RTP/SAVPF 110\r\na=mid:0\r\na=sendonly\r\na=rtcp-mux\r\n"
+        "a=ice-ufrag:abcd\r\na=ice-pwd:abcdefghijklmnopqrstuv\r\n"
+        "a=fingerprint:sha-256 AA:BB\r\na=setup:active\r\na=rtpmap:110 H265/90000\r\n"
+        "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:1\r\na=recvonly\r\na=rtpmap:111 opus/48000/2\r\n"
+        "m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=mid:2\r\n"
+    )
+    problems, _ = compat_sdp.check_answer(offer, answer, "VP8")
+    assert any("picked H265" in p for p in problems), problems
