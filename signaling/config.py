@@ -63,6 +63,9 @@ class ServerConfig:
     max_reknocks: int = 2  # knocks of one identity after a deny; then refused (4003)
     ended_rooms_kept: int = 100_000  # ended room ids remembered (tokens refused, 4005)
     # -- end access --
+    # -- consultation pages (issue 18, docs/client.md "The consultation pages") --
+    pages: bool = False  # serve /consult/patient and /consult/doctor outside dev mode
+    # -- end pages --
 
     def __post_init__(self) -> None:
         if not self.api_key or not (self.token_secret or self.token_public_key):
@@ -256,6 +259,17 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         help="let dev mode listen on a non-loopback address (CONSULT_DEV_ALLOW_REMOTE)",
     )
     add_access_arguments(parser)
+    add_pages_arguments(parser)
+
+
+def add_pages_arguments(parser: argparse.ArgumentParser) -> None:
+    """The consultation pages (issue 18): on in dev mode, else only with --pages."""
+    parser.add_argument(
+        "--pages",
+        action="store_true",
+        default=None,
+        help="serve /consult/patient and /consult/doctor outside dev mode (CONSULT_PAGES)",
+    )
 
 
 def add_access_arguments(parser: argparse.ArgumentParser) -> None:
@@ -369,6 +383,9 @@ def config_from_args(
         if text is not None:
             values[attr] = conv(text)
     values.update(access_values(args, env))
+    pages_text = pick(getattr(args, "pages", None), "PAGES")
+    if pages_text is not None:
+        values["pages"] = _bool(pages_text)
     return ServerConfig(
         api_key=api_key,
         token_secret=token_secret,
