@@ -31,10 +31,11 @@ import aiohttp
 import pytest
 
 from compat.browsers import DEFAULT_BROWSERS, BrowserSpec
-from compat.driver import Driver, driver_missing
+from compat.driver import Driver, DriverError, driver_missing
+from signaling.auth import encode_token
 from signaling.config import add_run_arguments, config_from_args, random_secret
 
-from .conftest import Server, ServerFactory
+from .conftest import SECRET, Server, ServerFactory
 from .test_stethoscope_browser import pulse, sound, wav  # noqa: F401  (fixtures)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -137,7 +138,9 @@ def test_declarations_match_consult_js() -> None:
     cls = dts[dts.index("export declare class Consultation") :]
     typed = set(re.findall(r"^  (?:readonly )?([a-zA-Z]\w*)[(<:]", cls, re.M))
     typed -= {"constructor", "addEventListener", "removeEventListener"}
-    assert members == typed, f"in consult.js only: {members - typed}, in .d.ts only: {typed - members}"
+    assert members == typed, (
+        f"in consult.js only: {members - typed}, in .d.ts only: {typed - members}"
+    )
 
     events = set(re.findall(r'_emit\("([a-z-]+)"', js))
     emap = dts[dts.index("interface ConsultationEventMap") :]
@@ -156,15 +159,31 @@ def test_declarations_compile_with_tsc(tmp_path: Path) -> None:
         'import { Consultation, CloseCode } from "./consult";\n'
         'const c = new Consultation({ token: "a.b.c" });\n'
         'c.addEventListener("mode", (e) => { const m: string = e.detail.mode; void m; });\n'
-        'c.addEventListener("knock", (e) => { const n: string = e.detail.participant.name; void n; });\n'
+        'c.addEventListener("knock", (e) => {\n'
+        "  const n: string = e.detail.participant.name; void n;\n"
+        "});\n"
         "const ended: 4005 = CloseCode.ENDED; void ended;\n"
         'c.publish(null as unknown as MediaStreamTrack, { source: "stethoscope" });\n'
     )
     res = subprocess.run(
-        ["node", str(tsc), "--noEmit", "--strict", "--lib", "es2022,dom", "--target", "es2022",
-         "--moduleResolution", "node", str(usage)],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [
+            "node",
+            str(tsc),
+            "--noEmit",
+            "--strict",
+            "--lib",
+            "es2022,dom",
+            "--target",
+            "es2022",
+            "--moduleResolution",
+            "node",
+            str(usage),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.returncode == 0, res.stdout + res.stderr
 
 
@@ -176,14 +195,21 @@ LAYOUTS = {
 }
 
 OVERFLOW_JS = "return document.documentElement.scrollWidth - window.innerWidth;"
-VIDEO_JS = "return document.getElementById('remote-video').videoWidth > 0;"
+VIDEO_JS = "return $('remote-video').videoWidth > 0;"
 INBOUND_AUDIO_JS = """
 let n = 0;
 (await consultPage.consult.getStats()).forEach((r) => {
   if (r.type === 'inbound-rtp' && r.kind === 'audio') n += r.packetsReceived || 0; });
 return n;"""
+DEVICES_JS = """
+const { openDeviceAudio } = await import('/client/consult.js');
+const c = consultPage.consult;
+await c.sendTelemetry([{kind: 'spo2', value: 97, unit: '%', t: Date.now()},
+                       {kind: 'heart_rate', value: 72, unit: 'bpm', t: Date.now()}]);
+const pub = c.publish(await openDeviceAudio(), {source: 'stethoscope'});
+await pub.ready;"""
 DISABLED_JS = """
-return Object.fromEntries(IDS.map((id) => [id, document.getElementById(id).disabled]));"""
+return Object.fromEntries(IDS.map((id) => [id, $(id).disabled]));"""
 
 
 @pytest.fixture
@@ -210,21 +236,28 @@ async def pages_server(make_server: ServerFactory) -> Server:
 class Run:
     """One engine's consultation: the driver, the pages opened, what to report on failure."""
 
-    def __init__(self, driver: Driver, server: Server, name: str) -> None:
+    def __init__(self, driver: Driver, server: Server, name: str, room: str) -> None:
         self.driver = driver
         self.server = server
         self.name = name
+        self.room = room
         self.browser = f"pages-{name}"
         self.pages: list[str] = []
 
     async def open(self, page: str, path: str, viewport: dict[str, int]) -> None:
         await self.driver.call(
-            "open", 90, browser=self.browser, page=page, url=self.server.url + path,
+            "open",
+            90,
+            browser=self.browser,
+            page=page,
+            url=self.server.url + path,
             viewport=viewport,
-        )  # fmt: skip
+        )
         self.pages.append(page)
+        await self.until("the page translated", page, "return window.consultPage?.language;")
 
     async def js(self, page: str, body: str, timeout: float = 60) -> Any:
+        body = f"const $ = (id) => document.getElementById(id);\n{body}"
         return (await self.driver.call("eval", timeout, page=page, body=body))["value"]
 
     async def click(self, page: str, selector: str) -> None:
@@ -238,7 +271,10 @@ class Run:
                     page,
                     "return {view: consultPage.view, state: consultPage.consult?.state,"
                     " conn: consultPage.consult?.connectionState, title: document.title,"
-                    " meter: {...document.getElementById('mic-level')?.dataset}};",
+                    " meter: {...$('mic-level')?.dataset},"
+                    " remote: consultPage.consult?.remoteTracks.map((x) => x.source),"
+                    " published: consultPage.consult?.publications.map((x) => x.source),"
+                    " devices: $('devices')?.innerHTML.slice(0, 400)};",
                     10,
                 )
                 lines = (await self.driver.call("console", 10, page=page))["lines"]
@@ -254,10 +290,15 @@ class Run:
             if value:
                 return value
             await asyncio.sleep(0.5)
-        raise AssertionError(f"{self.name}: timed out after {within:.0f}s: {what}\n{await self.diag()}")
+        raise AssertionError(
+            f"{self.name}: timed out after {within:.0f}s: {what}\n{await self.diag()}"
+        )
 
     async def screenshot(self, page: str, label: str) -> Path:
-        png = (await self.driver.call("screenshot", 60, page=page))["png"]
+        try:
+            png = (await self.driver.call("screenshot", 60, page=page))["png"]
+        except DriverError:  # a background tab's capture can stall on a loaded machine: once more
+            png = (await self.driver.call("screenshot", 120, page=page))["png"]
         REPORT.mkdir(parents=True, exist_ok=True)
         path = REPORT / f"{self.name}-{label}.png"
         path.write_bytes(base64.b64decode(png))
@@ -283,10 +324,15 @@ def _spec(name: str) -> BrowserSpec:
     # The level meters and the beep need a running AudioContext: a person's first click or key
     # starts it (consult-ui.js); the driver's clicks are not user gestures, so the policy is off.
     if spec.engine == "chrome":
-        return BrowserSpec(spec.name, spec.engine, spec.executable,
-                           args=("--autoplay-policy=no-user-gesture-required",))  # fmt: skip
-    return BrowserSpec(spec.name, spec.engine, spec.executable,
-                       prefs={"media.autoplay.block-webaudio": False})  # fmt: skip
+        return BrowserSpec(
+            spec.name,
+            spec.engine,
+            spec.executable,
+            args=("--autoplay-policy=no-user-gesture-required",),
+        )
+    return BrowserSpec(
+        spec.name, spec.engine, spec.executable, prefs={"media.autoplay.block-webaudio": False}
+    )
 
 
 @pytest.mark.timeout(420)
@@ -300,12 +346,21 @@ async def test_a_whole_consultation_on_both_pages(
     patient_view, patient_lang, doctor_view, doctor_lang = LAYOUTS[name]
     room = f"pages-{name}"
     doctor_token = server.token("doctor", room=room, sub="dr", name="Dr Martin")
-    patient_token = server.token("patient", room=room, sub="pt", name="Jeanne Dupont")
-    run = Run(driver, server, name)
+    patient_token = encode_token(  # with the `telemetry` claim: the patient's kit sends vitals
+        secret=SECRET,
+        room=room,
+        sub="pt",
+        role="patient",
+        name="Jeanne Dupont",
+        ttl_s=600,
+        claims={"telemetry": True},
+    )
+    run = Run(driver, server, name, room)
     await driver.launch(run.browser, _spec(name), timeout=90)
     try:
-        await _consultation(run, patient_token, doctor_token, patient_view, patient_lang,
-                            doctor_view, doctor_lang)  # fmt: skip
+        await _consultation(
+            run, patient_token, doctor_token, patient_view, patient_lang, doctor_view, doctor_lang
+        )
     finally:
         await driver.call("close", 30, browser=run.browser)
 
@@ -328,30 +383,40 @@ async def _consultation(
     # Pre-call check: camera preview, microphone level, device lists, network test.
     await run.open(p, f"/consult/patient?token={patient_token}&lang={patient_lang}", patient_view)
     assert await run.js(p, "return document.documentElement.lang;") == patient_lang
-    await run.until("the pre-call preview", p,
-                    "return document.getElementById('preview').videoWidth > 0;")  # fmt: skip
-    await run.until("the network test", p,
-                    "return document.getElementById('net-check').dataset.state === 'good';")  # fmt: skip
-    await run.until("the microphone level", p,
-                    "return Number(document.getElementById('mic-level').value) > 0;")  # fmt: skip
-    devices = await run.js(p, "return [document.querySelectorAll('#camera-select option').length,"
-                              " document.querySelectorAll('#mic-select option').length];")  # fmt: skip
+    await run.until("the pre-call preview", p, "return $('preview').videoWidth > 0;")
+    await run.until("the network test", p, "return $('net-check').dataset.state === 'good';")
+    await run.until("the microphone level", p, "return Number($('mic-level').value) > 0;")
+    devices = await run.js(
+        p,
+        "return [document.querySelectorAll('#camera-select option').length,"
+        " document.querySelectorAll('#mic-select option').length];",
+    )
     assert devices[0] >= 1 and devices[1] >= 1, devices
     await run.screenshot(p, f"patient-precall-{patient_view['width']}")
 
     # Knock: the doctor hears it (the sound event) and sees it in the title.
-    await run.js(d, "window.__sounds = []; addEventListener('consult-sound',"
-                    " (e) => window.__sounds.push(e.detail.kind));")  # fmt: skip
+    await run.js(
+        d,
+        "window.__sounds = []; addEventListener('consult-sound',"
+        " (e) => window.__sounds.push(e.detail.kind));",
+    )
     await run.click(p, "#knock")
     await run.until("the waiting room", p, "return consultPage.view === 'waiting';")
-    await run.until("the position in the queue", p,
-                    "return document.getElementById('waiting-position').textContent.includes('1');")  # fmt: skip
+    await run.until(
+        "the position in the queue", p, "return $('waiting-position').textContent.includes('1');"
+    )
     await run.until("the knock's sound", d, "return window.__sounds.includes('knock');")
     assert (await run.js(d, "return document.title;")).startswith("(1) ")
-    await run.until("the waiting time", d,
-                    "return document.querySelector('#knocks li .since').textContent.length > 0;")  # fmt: skip
-    await run.until("the knock in the live region", d,
-                    "return document.getElementById('knock-live').textContent.includes('Jeanne Dupont');")  # fmt: skip
+    await run.until(
+        "the waiting time",
+        d,
+        "return document.querySelector('#knocks li .since').textContent.length > 0;",
+    )
+    await run.until(
+        "the knock in the live region",
+        d,
+        "return $('knock-live').textContent.includes('Jeanne Dupont');",
+    )
     await run.screenshot(p, f"patient-waiting-{patient_view['width']}")
     await run.screenshot(d, f"doctor-knock-{doctor_view['width']}")
 
@@ -363,30 +428,119 @@ async def _consultation(
         await run.until(f"video on the {page}'s page", page, VIDEO_JS, 90)
     for page in (p, d):
         first = await run.js(page, INBOUND_AUDIO_JS)
-        await run.until(f"audio arriving on the {page}'s page", page,
-                        f"const first = {first};\n{INBOUND_AUDIO_JS.replace('return n;', 'return n > first + 20;')}")  # fmt: skip
+        await run.until(
+            f"audio arriving on the {page}'s page",
+            page,
+            INBOUND_AUDIO_JS.replace("return n;", f"return n > {first} + 20;"),
+        )
     for page in (p, d):
-        await run.until(f"the {page}'s connection shown as good", page,
-                        "return document.getElementById('quality').dataset.quality === 'good';")  # fmt: skip
-    await run.until("the patient's link on the doctor's page", d,
-                    "return document.getElementById('patient-quality').dataset.quality === 'good';")  # fmt: skip
+        await run.until(
+            f"the {page}'s connection shown as good",
+            page,
+            "return $('quality').dataset.quality === 'good';",
+        )
+    await run.until(
+        "the patient's link on the doctor's page",
+        d,
+        "return $('patient-quality').dataset.quality === 'good';",
+    )
+
+    # The patient's devices on the doctor's page: vital signs with units, a stethoscope tile
+    # with its level meter and volume.
+    await run.js(p, DEVICES_JS)
+    await run.until("the vital signs on the doctor's page", d, "return $('vitals').textContent;")
+    vitals = await run.js(
+        d,
+        "return [...$('vitals').children].map((x) => [x.dataset.kind,"
+        " x.querySelector('dd').firstChild.textContent,"
+        " x.querySelector('.unit').textContent]).sort();",
+    )
+    assert [v[:2] for v in vitals] == [["heart_rate", "72"], ["spo2", "97"]], vitals
+    assert vitals[1][2] == "%" and vitals[0][2] in ("beats/min", "batt./min"), vitals
+    await run.until(
+        "the stethoscope's tile",
+        d,
+        "return !!document.querySelector('.device[data-source=stethoscope] meter')"
+        " && !!document.querySelector('.device[data-source=stethoscope] input[type=range]');",
+    )
+    await run.until(
+        "the stethoscope's level",
+        d,
+        "return Number(document.querySelector('.device[data-source=stethoscope] meter')"
+        ".value) > 0;",
+        60,
+    )
+    await run.screenshot(d, f"doctor-devices-{doctor_view['width']}")
 
     # Mute: the microphone track stops, the button says so.
     await run.click(p, "#mute")
-    muted = await run.js(p, "return [document.getElementById('mute').getAttribute('aria-pressed'),"
-                            " consultPage.consult.publications.filter((x) => x.kind === 'audio')"
-                            ".every((x) => x.track.enabled === false)];")  # fmt: skip
+    muted = await run.js(
+        p,
+        "return [$('mute').getAttribute('aria-pressed'),"
+        " consultPage.consult.publications.filter((x) => x.source === 'microphone')"
+        ".every((x) => x.track.enabled === false)];",
+    )
     assert muted == ["true", True], muted
 
     # Chat both ways.
-    await run.js(p, "document.getElementById('chat-text').value = 'bonjour docteur';")
+    await run.js(p, "$('chat-text').value = 'bonjour docteur';")
     await run.click(p, "#chat-send")
-    await run.until("the patient's message on the doctor's page", d,
-                    "return document.getElementById('chat-log').textContent.includes('bonjour docteur');")  # fmt: skip
-    await run.js(d, "document.getElementById('chat-text').value = 'hello there';")
+    await run.until(
+        "the patient's message on the doctor's page",
+        d,
+        "return $('chat-log').textContent.includes('bonjour docteur');",
+    )
+    await run.js(d, "$('chat-text').value = 'hello there';")
     await run.click(d, "#chat-send")
-    await run.until("the doctor's message on the patient's page", p,
-                    "return document.getElementById('chat-log').textContent.includes('hello there');")  # fmt: skip
+    await run.until(
+        "the doctor's message on the patient's page",
+        p,
+        "return $('chat-log').textContent.includes('hello there');",
+    )
+
+    # A mode change (what the node's bandwidth fallback sends, docs/fallback.md) in plain words
+    # on both pages; then back to video.
+    consultation = run.server.hub.get(run.room)
+    assert consultation is not None
+    patient = next(x for x in consultation.admitted() if str(x.role.value) == "patient")
+    for mode, reason, code in (
+        ("audio-only", "loss", "audio-only"),
+        ("video", "recovered", "good"),
+    ):
+        consultation.broadcast(
+            {
+                "type": "mode",
+                "participant": patient.id,
+                "direction": "uplink",
+                "mode": mode,
+                "reason": reason,
+            }
+        )
+        await run.until(
+            f"{code} on the patient's page", p, f"return $('quality').dataset.quality === '{code}';"
+        )
+        await run.until(
+            f"{code} for the patient on the doctor's page",
+            d,
+            f"return $('patient-quality').dataset.quality === '{code}';",
+        )
+        if code == "audio-only":
+            await run.screenshot(p, f"patient-audio-only-{patient_view['width']}")
+    # A dropped socket (what the client does when pings go unanswered): "reconnecting...",
+    # never an error, then the same consultation.
+    await run.js(p, "consultPage.consult._abandonSocket(consultPage.consult._ws);")
+    await run.until(
+        "the resumed consultation",
+        p,
+        "return consultPage.consult.state === 'admitted'"
+        " && $('quality').dataset.quality === 'good';",
+    )
+    shown = await run.js(
+        p,
+        "return [consultQualityShown.quality, $('banner').hidden,"
+        " $('fatal').hidden, consultPage.view];",
+    )
+    assert "reconnecting" in shown[0] and shown[1:] == [True, True, "call"], shown
 
     # The phone layout: one column, nothing wider than the screen.
     for page in phone_pages:
@@ -399,10 +553,9 @@ async def _consultation(
 
     # End, with its confirmation: the patient sees the end screen, every control is off.
     await run.click(d, "#end-call")
-    assert await run.js(d, "return document.getElementById('confirm').open;")
+    assert await run.js(d, "return $('confirm').open;")
     await run.click(d, "#confirm-no")
-    assert await run.js(d, "return !document.getElementById('confirm').open"
-                           " && consultPage.consult.state === 'admitted';")  # fmt: skip
+    assert await run.js(d, "return !$('confirm').open && consultPage.consult.state === 'admitted';")
     await run.click(d, "#end-call")
     await run.click(d, "#confirm-yes")
     await run.until("the end screen on the patient's page", p, "return consultPage.view === 'end';")
@@ -424,9 +577,11 @@ async def _consultation(
     assert await run.js(p, "return consultPage.endReason;") == "over"
     await run.js(p, "localStorage.clear(); setTimeout(() => location.reload(), 10);")
     await asyncio.sleep(1)
-    await run.until("the pre-call check of a page that forgot", p,
-                    "return window.consultPage?.view === 'precall'"
-                    " && !document.getElementById('knock').disabled;")  # fmt: skip
+    await run.until(
+        "the pre-call check of a page that forgot",
+        p,
+        "return window.consultPage?.view === 'precall' && !$('knock').disabled;",
+    )
     await run.click(p, "#knock")
     await run.until("the node's refusal shown as the end", p, "return consultPage.view === 'end';")
     assert await run.js(p, "return consultPage.endReason;") == "ended"
@@ -434,11 +589,14 @@ async def _consultation(
     # The other size of each page: the patient's pre-call and the doctor's end screen.
     other = DESKTOP if patient_view == PHONE else PHONE
     await run.open("patient-2", f"/consult/patient?token={patient_token}&lang=en", other)
-    await run.until("the end screen in a new tab", "patient-2", "return consultPage.view === 'end';")
+    await run.until(
+        "the end screen in a new tab", "patient-2", "return consultPage.view === 'end';"
+    )
     await run.screenshot("patient-2", f"patient-end-{other['width']}")
     await run.driver.call("reload", 60, page=d)
-    await run.until("the doctor's end screen after a reload", d,
-                    "return consultPage.view === 'end';")  # fmt: skip
+    await run.until(
+        "the doctor's end screen after a reload", d, "return consultPage.view === 'end';"
+    )
     await run.screenshot(d, f"doctor-end-{doctor_view['width']}")
     errors = []
     for page in run.pages:

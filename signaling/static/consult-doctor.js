@@ -67,6 +67,7 @@ function renderKnocks() {
   for (const li of [...ul.children]) if (!seen.has(li.dataset.id)) li.remove();
   for (const id of [...page.knockSince.keys()]) if (!seen.has(id)) page.knockSince.delete(id);
   $("knocks-empty").hidden = knocks.length > 0;
+  $("knocks-panel").classList.toggle("has-knocks", knocks.length > 0);
   $("knock-count").textContent = knocks.length ? `(${knocks.length})` : "";
   document.title = (knocks.length ? `(${knocks.length}) ` : "") + t("doctor.title");
   tickKnocks();
@@ -219,6 +220,8 @@ async function start() {
     announce($("knock-live"), t("knocks.announce", { name: detail.participant?.name ?? "" }));
   });
   consult.addEventListener("knocks", renderKnocks);
+  // For the developer console only: a person sees states, never these (docs/client.md).
+  consult.addEventListener("error", ({ detail }) => console.warn("consult.js error", detail.code, detail.message));
   consult.addEventListener("room", ({ detail }) => {
     $("chat-log").replaceChildren();
     for (const m of detail.chat) renderChat(m);
@@ -274,6 +277,7 @@ $("chat-form").addEventListener("submit", (ev) => {
 });
 
 await loadLanguage(chooseLanguage(params));
+page.language = document.documentElement.lang; // translated: ready
 showQuality($("quality"), { code: "connecting", reason: null });
 showQuality($("patient-quality"), { code: "offline", reason: null });
 if (!token) {

@@ -143,6 +143,8 @@ function knock() {
     $("self-view").play?.().catch(() => {});
     updateQuality();
   });
+  // For the developer console only: a person sees states, never these (docs/client.md).
+  consult.addEventListener("error", ({ detail }) => console.warn("consult.js error", detail.code, detail.message));
   consult.addEventListener("room", ({ detail }) => {
     $("chat-log").replaceChildren();
     for (const m of detail.chat) renderChat(m);
@@ -220,6 +222,7 @@ $("chat-form").addEventListener("submit", (ev) => {
 });
 
 await loadLanguage(chooseLanguage(params));
+page.language = document.documentElement.lang; // translated: ready
 showQuality($("quality"), { code: "connecting", reason: null });
 if (!token) {
   fail(t("error.no_token"));

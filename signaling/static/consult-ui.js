@@ -211,6 +211,11 @@ export function linkSampler(consult) {
 
 /** Show a quality in a `.quality` element: data-quality for the colour, words for people. */
 export function showQuality(elm, q) {
+  if (elm.dataset.quality !== q.code) {
+    // What was shown, in order, per indicator (window.consultQualityShown): tests and support.
+    const shown = (globalThis.consultQualityShown ??= {});
+    (shown[elm.id] ??= []).push(q.code);
+  }
   elm.dataset.quality = q.code;
   const why = q.reason && MODE_REASONS.includes(q.reason) ? t(`reason.${q.reason}`) : "";
   elm.querySelector(".q-text").textContent = t(`quality.${q.code}`) + (why ? ` (${why})` : "");
