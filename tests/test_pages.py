@@ -207,7 +207,9 @@ const c = consultPage.consult;
 await c.sendTelemetry([{kind: 'spo2', value: 97, unit: '%', t: Date.now()},
                        {kind: 'heart_rate', value: 72, unit: 'bpm', t: Date.now()}]);
 const pub = c.publish(await openDeviceAudio(), {source: 'stethoscope'});
-await pub.ready;"""
+await pub.ready;
+const exam = await navigator.mediaDevices.getUserMedia({video: {width: 320, height: 240}});
+c.publish(exam.getVideoTracks()[0], {source: 'exam-camera'});"""
 DISABLED_JS = """
 return Object.fromEntries(IDS.map((id) => [id, $(id).disabled]));"""
 
@@ -470,6 +472,20 @@ async def _consultation(
         ".value) > 0;",
         60,
     )
+    await run.until(
+        "the exam camera's tile",
+        d,
+        "return document.querySelector('.device[data-source=exam-camera] video')?.videoWidth > 0;",
+        60,
+    )
+    await run.click(d, ".device[data-source=exam-camera] button")
+    side = await run.js(
+        d,
+        "return [$('devices').classList.contains('side-by-side'),"
+        " document.querySelector('.device[data-source=exam-camera] button')"
+        ".getAttribute('aria-pressed'), !!document.querySelector('#devices .webcam-copy video')];",
+    )
+    assert side == [True, "true", True], side
     await run.screenshot(d, f"doctor-devices-{doctor_view['width']}")
 
     # Mute: the microphone track stops, the button says so.

@@ -171,7 +171,7 @@ function renderVitals() {
 function updateQuality(link = {}) {
   showQuality($("quality"), quality(consult, consult.me?.id, link));
   const pid = patientId();
-  showQuality($("patient-quality"), pid ? quality(consult, pid, link) : { code: "offline", reason: null });
+  showQuality($("patient-quality"), pid ? quality(consult, pid, link) : { code: "absent", reason: null });
   $("banner").hidden = consult.state !== "reconnecting";
 }
 
@@ -279,7 +279,7 @@ $("chat-form").addEventListener("submit", (ev) => {
 await loadLanguage(chooseLanguage(params));
 page.language = document.documentElement.lang; // translated: ready
 showQuality($("quality"), { code: "connecting", reason: null });
-showQuality($("patient-quality"), { code: "offline", reason: null });
+showQuality($("patient-quality"), { code: "absent", reason: null });
 if (!token) {
   $("fatal").textContent = t("error.no_token");
   $("fatal").hidden = false;

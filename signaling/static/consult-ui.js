@@ -4,7 +4,7 @@
 // Plain ES module, no build step; every visible string comes from consult-<lang>.json.
 
 export const LANGUAGES = ["fr", "en"];
-export const QUALITY_CODES = ["connecting", "good", "weak", "audio-only", "chat-only", "reconnecting", "offline"];
+export const QUALITY_CODES = ["absent", "connecting", "good", "weak", "audio-only", "chat-only", "reconnecting", "offline"];
 export const MODE_REASONS = ["loss", "bandwidth", "rtt", "recovered", "resync"];
 export const END_REASONS = ["ended", "ended_doctor", "denied", "kicked", "left", "closed", "over"];
 
@@ -179,6 +179,7 @@ export function quality(consult, participant, link = {}) {
   const state = consult.state;
   if (state === "reconnecting") return { code: "reconnecting", reason: null };
   if (["denied", "ended", "left", "closed"].includes(state)) return { code: "offline", reason: null };
+  if (state === "waiting") return { code: "good", reason: null }; // the socket is up: no media yet
   if (state !== "admitted") return { code: "connecting", reason: null };
   const { mode, reason } = worstMode(consult, participant);
   if (mode === "chat-only") return { code: "chat-only", reason };
