@@ -619,3 +619,35 @@ async def _consultation(
         lines = (await run.driver.call("console", 10, page=page, last=200))["lines"]
         errors += [f"{page}: {x}" for x in lines if x.startswith("pageerror")]
     assert not errors, errors
+
+
+@pytest.mark.timeout(300)
+async def test_a_denied_patient_is_told_in_words(driver: Driver, pages_server: Server) -> None:
+    """Deny asks for a confirmation; the patient's page then says the doctor cannot see them,
+    with every control off (Chromium only: the pages' code is the same in both engines)."""
+    server = pages_server
+    room = "pages-deny"
+    run = Run(driver, server, "chromium-deny", room)
+    doctor = server.token("doctor", room=room, sub="dr", name="Dr Martin")
+    patient = server.token("patient", room=room, sub="pt", name="Paul Durand")
+    run.browser = "pages-deny"
+    await driver.launch(run.browser, _spec("chromium"), timeout=90)
+    try:
+        await run.open("d", f"/consult/doctor?token={doctor}&lang=fr", DESKTOP)
+        await run.open("p", f"/consult/patient?token={patient}&lang=fr", PHONE)
+        await run.until("the knock button", "p", "return !$('knock').disabled;")
+        await run.click("p", "#knock")
+        await run.until("the knock", "d", "return !!document.querySelector('#knocks .deny');")
+        await run.click("d", "#knocks .deny")
+        assert await run.js("d", "return $('confirm').open && $('confirm-text').textContent;")
+        await run.click("d", "#confirm-yes")
+        await run.until("the patient's end screen", "p", "return consultPage.view === 'end';")
+        assert await run.js("p", "return consultPage.endReason;") == "denied"
+        assert (await run.js("p", "return $('end-text').textContent;")).startswith("Le médecin")
+        assert await run.js("d", "return [$('knocks').children.length, document.title];") == [
+            0,
+            "Consultation (médecin)",
+        ]
+        await run.screenshot("p", "patient-denied-390")
+    finally:
+        await driver.call("close", 30, browser=run.browser)
