@@ -3,7 +3,7 @@
 // docs/client.md, "The consultation pages".
 import { Consultation, TELEMETRY_UNITS } from "./consult.js";
 import {
-  $, el, t, announce, beep, chooseLanguage, duration, endedBefore, levelMeter, linkSampler,
+  $, el, t, announce, audio, beep, chooseLanguage, duration, endedBefore, levelMeter, linkSampler,
   loadLanguage, quality, rememberEnded, showQuality, tokenRoom,
 } from "./consult-ui.js";
 
@@ -263,6 +263,14 @@ function toggle(button, kind, onKey, offKey) {
 }
 
 setInterval(tickKnocks, 1000);
+// Browsers start audio on a first click or key only: until then, offer the knock sound.
+function offerSound() {
+  const ctx = audio();
+  $("sound-on").hidden = !ctx || ctx.state === "running";
+}
+$("sound-on").addEventListener("click", () => { audio()?.resume().then(offerSound, offerSound); });
+audio()?.addEventListener("statechange", offerSound);
+setTimeout(offerSound, 500);
 $("mute").addEventListener("click", (ev) => toggle(ev.currentTarget, "audio", "call.mute", "call.unmute"));
 $("camera-toggle").addEventListener("click", (ev) => toggle(ev.currentTarget, "video", "call.camera_off", "call.camera_on"));
 $("end-call").addEventListener("click", async () => {
