@@ -28,7 +28,7 @@ if [ -n "$$missing" ]; then echo "apt-get install$$missing"; \
   apt-get update -q && $(APT_ENV) apt-get install -yq --no-install-recommends $$missing; fi
 endef
 
-.PHONY: run test lint typecheck pytest deps-node deps-deb venv bench clean compat-driver compat-browsers janus loadtest-compare
+.PHONY: run test lint typecheck pytest deps-node deps-deb venv bench clean compat-driver compat-browsers pages-tests janus loadtest-compare
 
 deps-node:
 	$(call apt-missing,$(DEB_NODE))
@@ -67,12 +67,20 @@ $(DRIVER)/node_modules/.installed: $(DRIVER)/package-lock.json | deps-deb
 
 compat-driver: $(DRIVER)/node_modules/.installed
 
+# axe-core and tsc for the consultation pages' tests (tests/test_pages.py).
+PAGES_TESTS := tests/pages
+$(PAGES_TESTS)/node_modules/.installed: $(PAGES_TESTS)/package-lock.json | deps-deb
+	cd $(PAGES_TESTS) && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+pages-tests: $(PAGES_TESTS)/node_modules/.installed
+
 # The older browser versions of compat/versions.json (apt-get download + dpkg -x into a cache
 # folder, never installed); `compat run` fetches them itself too, and fails only their cells.
 compat-browsers: $(DEV_STAMP)
 	-$(PY) -m compat browsers --fetch firefox140
 
-pytest: $(DEV_STAMP) deps-deb compat-driver compat-browsers
+pytest: $(DEV_STAMP) deps-deb compat-driver compat-browsers pages-tests
 	$(PY) -m pytest -q -p no:cacheprovider
 
 test: lint typecheck pytest
@@ -88,4 +96,4 @@ loadtest-compare: $(DEV_STAMP) deps-deb janus
 	$(VENV)/bin/loadtest compare --docs
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache $(DRIVER)/node_modules
+	rm -rf $(VENV) .mypy_cache .ruff_cache $(DRIVER)/node_modules $(PAGES_TESTS)/node_modules

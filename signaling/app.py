@@ -123,6 +123,21 @@ async def demo(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(path, headers={"Content-Type": "text/html; charset=utf-8"})
 
 
+PAGES = {"patient": "patient.html", "doctor": "doctor.html"}  # /consult/<role>
+
+
+async def consult_page(request: web.Request) -> web.StreamResponse:
+    """The consultation pages (docs/client.md): in dev mode, or with --pages."""
+    config = request.app[CONFIG]
+    name = PAGES.get(request.match_info["role"])
+    if name is None or not (config.dev or config.pages):
+        raise web.HTTPNotFound()
+    return web.FileResponse(
+        STATIC_DIR / name,
+        headers={"Content-Type": "text/html; charset=utf-8", "Cache-Control": "no-cache"},
+    )
+
+
 def metrics_key_accepted(config: ServerConfig, request: web.Request) -> bool:
     """No --metrics-key: anyone; else `Authorization: Bearer <key>`."""
     if not config.metrics_key:
@@ -223,5 +238,6 @@ def create_app(*, config: ServerConfig, node: Node | None = None) -> web.Applica
     app.router.add_get("/ws", websocket)
     app.router.add_get("/client/{file}", client_file)
     app.router.add_get("/demo", demo)
+    app.router.add_get("/consult/{role}", consult_page)
     add_routes(app)
     return app

@@ -82,6 +82,9 @@ class ServerConfig:
     max_rooms: int = 500  # rooms on the node
     max_node_participants: int = 2000  # sessions on the node (waiting ones included)
     max_room_participants: int = 32  # sessions in one room (waiting ones included)
+    # -- consultation pages (issue 18, docs/client.md "The consultation pages") --
+    pages: bool = False  # serve /consult/patient and /consult/doctor outside dev mode
+    # -- end pages --
 
     def __post_init__(self) -> None:
         if not self.api_key or not (self.token_secret or self.token_public_key):
@@ -323,6 +326,17 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_access_arguments(parser)
     _add_limit_arguments(parser)
+    add_pages_arguments(parser)
+
+
+def add_pages_arguments(parser: argparse.ArgumentParser) -> None:
+    """The consultation pages (issue 18): on in dev mode, else only with --pages."""
+    parser.add_argument(
+        "--pages",
+        action="store_true",
+        default=None,
+        help="serve /consult/patient and /consult/doctor outside dev mode (CONSULT_PAGES)",
+    )
 
 
 def add_access_arguments(parser: argparse.ArgumentParser) -> None:
@@ -446,6 +460,9 @@ def config_from_args(
         text = pick(getattr(args, name, None), name.upper())
         if text is not None:
             values[name] = limit_conv(text)
+    pages_text = pick(getattr(args, "pages", None), "PAGES")
+    if pages_text is not None:
+        values["pages"] = _bool(pages_text)
     return ServerConfig(
         api_key=api_key,
         token_secret=token_secret,
