@@ -58,7 +58,8 @@ export interface ConsultationEventMap {
   "room": CustomEvent<{ participants: Participant[]; chat: ChatMessage[] }>;
   "participant-joined": CustomEvent<{ participant: Participant }>;
   "participant-left": CustomEvent<{ participant: Participant; reason: string | null }>;
-  "chat": CustomEvent<{ message: ChatMessage }>;
+  /** `earlier`: a message of an older page (loadEarlierChat), put in front of `chat`. */
+  "chat": CustomEvent<{ message: ChatMessage; earlier?: boolean }>;
   "mode": CustomEvent<ModeDetail>;
   "pause": CustomEvent<{ sources: Source[]; reason: ModeReason | null }>;
   "track": CustomEvent<TrackDetail>;
@@ -85,6 +86,8 @@ export declare class Consultation extends EventTarget {
   readonly position: number | null;
   readonly participants: Participant[];
   readonly chat: ChatMessage[];
+  /** Older chat is on the server: fetch it with loadEarlierChat(). */
+  readonly chatMore: boolean;
   readonly knocks: Participant[];
   readonly modes: ModeDetail[];
   readonly remoteTracks: TrackDetail[];
@@ -100,6 +103,8 @@ export declare class Consultation extends EventTarget {
   getStats(): Promise<RTCStatsReport | Map<string, unknown>>;
   connect(): Promise<JoinedMessage>;
   sendChat(text: string): Promise<unknown>;
+  /** The page of chat before the oldest held (`chat-history`); resolves with the messages added. */
+  loadEarlierChat(options?: { limit?: number }): Promise<ChatMessage[]>;
   admit(participantId: string): Promise<unknown>;
   deny(participantId: string): Promise<unknown>;
   kick(participantId: string): Promise<unknown>;
