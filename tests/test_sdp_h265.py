@@ -61,3 +61,21 @@ def test_checker_flags_an_h265_answer() -> None:
     )
     problems, _ = compat_sdp.check_answer(offer, answer, "VP8")
     assert any("picked H265" in p for p in problems), problems
+
+
+def test_checker_flags_h265_listed_after_the_first_codec() -> None:
+    """An answer listing H265 after VP8 lets the browser send H265, which the node cannot
+    forward: the checker flags it even when the first codec is right."""
+    offer = _h265_first(compat_sdp.load_fixture(SAFARI).sdp)
+    answer = (
+        "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n"
+        "m=video 9 UDP/TLS/RTP/SAVPF 100 110\r\na=mid:0\r\na=sendonly\r\na=rtcp-mux\r\n"
+        "a=ice-ufrag:abcd\r\na=ice-pwd:abcdefghijklmnopqrstuv\r\n"
+        "a=fingerprint:sha-256 AA:BB\r\na=setup:active\r\na=rtpmap:100 VP8/90000\r\n"
+        "a=rtpmap:110 H265/90000\r\n"
+        "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:1\r\na=recvonly\r\na=rtpmap:111 opus/48000/2\r\n"
+        "m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=mid:2\r\n"
+    )
+    problems, picked = compat_sdp.check_answer(offer, answer, "VP8")
+    assert picked["0"]["codec"] == "VP8"
+    assert any("lists H265" in p for p in problems), problems
