@@ -79,3 +79,48 @@ def test_checker_flags_h265_listed_after_the_first_codec() -> None:
     problems, picked = compat_sdp.check_answer(offer, answer, "VP8")
     assert picked["0"]["codec"] == "VP8"
     assert any("lists H265" in p for p in problems), problems
+
+
+# Extensions of Safari 17+ (libwebrtc of that era), two of them at two-byte ids that only
+# `a=extmap-allow-mixed` allows.
+SAFARI17_EXTENSIONS = (
+    "a=extmap:10 http://www.webrtc.org/experiments/rtp-hdrext/abs-capture-time\r\n"
+    "a=extmap:15 https://aomediacodec.github.io/av1-rtp-spec/"
+    "#dependency-descriptor-rtp-header-extension\r\n"
+    "a=extmap:16 http://www.webrtc.org/experiments/rtp-hdrext/video-layers-allocation00\r\n"
+)
+
+
+def _safari17(offer: str) -> str:
+    """The recorded Safari offer laid out as Safari 17+ offers it: session-level
+    `a=extmap-allow-mixed`, H265 among the video codecs, and the newer header extensions."""
+    offer = _h265_first(offer).replace("a=group:BUNDLE", "a=extmap-allow-mixed\r\na=group:BUNDLE")
+    return offer.replace(
+        "a=extmap:4 urn:ietf:params:rtp-hdrext:sdes:mid\r\n",
+        "a=extmap:4 urn:ietf:params:rtp-hdrext:sdes:mid\r\n" + SAFARI17_EXTENSIONS,
+        1,
+    )
+
+
+async def test_safari17_extensions_and_mixed_extmap_are_answered_consistently(
+    server: Server,
+) -> None:
+    offer = _safari17(compat_sdp.load_fixture(SAFARI).sdp)
+    assert offer.count("extmap-allow-mixed") == 1 and offer.count("video-layers") == 1
+    for room, codec in (("plain17", "VP8"), ("h264room17", "H264")):
+        if codec == "H264":
+            status, _ = await server.api(
+                "POST", "/api/v1/rooms", json={"id": room, "video_codec": codec}
+            )
+            assert status == 201
+        client = ConsultClient(server.url, codecs=["H264", "VP8", "H265"], auto_answer=False)
+        try:
+            await client.connect(server.token("doctor", room=room))
+            reply = await client.request("offer", timeout_s=30, sdp=offer, tracks={})
+            answer = reply["sdp"]
+            problems, picked = compat_sdp.check_answer(offer, answer, codec)
+            assert problems == [], problems
+            assert picked["0"]["codec"] == codec
+            assert "H265" not in answer
+        finally:
+            await client.close()
