@@ -214,6 +214,10 @@ def check_answer(
     ):
         problems.append("a=extmap-allow-mixed in the answer, not in the offer")
     bundle_ids: dict[str, str] = {}  # extension id -> URI over the bundled m-lines
+    offered_uris: dict[str, set[str]] = {}  # an old Firefox reuses an id across m-lines
+    for m in offer.media:
+        for uri, ident in m.extmap().items():
+            offered_uris.setdefault(ident, set()).add(uri)
     compatible = {
         "sendrecv": {"sendrecv", "sendonly", "recvonly", "inactive"},
         "sendonly": {"recvonly", "inactive"},
@@ -303,7 +307,8 @@ def check_answer(
             ident, uri = ident.split("/")[0], (rest.split() or [""])[0]
             if ids.setdefault(ident, uri) != uri:
                 problems.append(f"{where}: extension id {ident} used for {ids[ident]} and {uri}")
-            if bundle_ids.setdefault(ident, uri) != uri and ids[ident] == uri:
+            reused = len(offered_uris.get(ident, ())) > 1  # as offered: echoing it is right
+            if bundle_ids.setdefault(ident, uri) != uri and ids[ident] == uri and not reused:
                 problems.append(
                     f"{where}: extension id {ident} is {uri} here, {bundle_ids[ident]} in another"
                     " m-line of the BUNDLE"
