@@ -124,3 +124,38 @@ async def test_safari17_extensions_and_mixed_extmap_are_answered_consistently(
             assert "H265" not in answer
         finally:
             await client.close()
+
+
+REAL = ("safari-h265-tau-sendrecv", "safari16-macos-whep-recvonly")
+
+
+async def test_recorded_safari_offers_with_h265_and_mixed_extmap(server: Server) -> None:
+    """Two recorded Safari offers (one with H265, both with `a=extmap-allow-mixed`): in a
+    default room the node answers VP8, in an H264 room mode-1 H264 with a profile Safari
+    offered; never H265, flexfec or an extension Safari did not offer."""
+    for name in REAL:
+        fx = compat_sdp.load_fixture(SAFARI.parent / f"{name}.sdp")
+        for codec in ("VP8", "H264"):
+            room = f"{name}-{codec}".lower()
+            if codec == "H264":
+                status, _ = await server.api(
+                    "POST", "/api/v1/rooms", json={"id": room, "video_codec": codec}
+                )
+                assert status == 201
+            client = ConsultClient(server.url, codecs=fx.video_codecs, auto_answer=False)
+            try:
+                await client.connect(server.token("doctor", room=room))
+                tracks = {  # what the browser sends, as the SDP suite declares it
+                    m.mid: {"source": "microphone" if m.kind == "audio" else "camera"}
+                    for m in compat_sdp.parse(fx.sdp).media
+                    if m.mid and m.direction in ("sendrecv", "sendonly")
+                }
+                reply = await client.request("offer", timeout_s=30, sdp=fx.sdp, tracks=tracks)
+                answer = reply["sdp"]
+                problems, picked = compat_sdp.check_answer(fx.sdp, answer, codec)
+                assert problems == [], (name, codec, problems)
+                video = [v for v in picked.values() if v.get("kind") == "video"]
+                assert [v["codec"] for v in video] == [codec], (name, picked)
+                assert "H265" not in answer and "flexfec" not in answer.lower()
+            finally:
+                await client.close()
