@@ -13,7 +13,9 @@ a default room and once in a room that asks for H264; the answer is checked:
   a picked codec, H264 only in packetization-mode 1 with a profile the browser offered;
 - the room's codec: VP8 in a default room, H264 in an H264 room when the browser offered
   packetization-mode 1 H264 (VP8 otherwise);
-- header extensions only among those offered for that m-line, with the offered ids.
+- header extensions only among those offered for that m-line, with the offered ids, each id
+  naming one extension over the whole BUNDLE; `a=extmap-allow-mixed` only when offered;
+- never a video codec the node cannot forward (H265, AV1, VP9), first or further down the list.
 """
 
 from __future__ import annotations
@@ -206,6 +208,16 @@ def check_answer(
         kind, *mids = g.split()
         if kind == "BUNDLE" and not set(mids) <= offered_mids:
             problems.append(f"BUNDLE over unknown mids {sorted(set(mids) - offered_mids)}")
+    if answer.session_values("extmap-allow-mixed") and not (
+        offer.session_values("extmap-allow-mixed")
+        or any(m.first("extmap-allow-mixed") is not None for m in offer.media)
+    ):
+        problems.append("a=extmap-allow-mixed in the answer, not in the offer")
+    bundle_ids: dict[str, str] = {}  # extension id -> URI over the bundled m-lines
+    offered_uris: dict[str, set[str]] = {}  # an old Firefox reuses an id across m-lines
+    for m in offer.media:
+        for uri, ident in m.extmap().items():
+            offered_uris.setdefault(ident, set()).add(uri)
     compatible = {
         "sendrecv": {"sendrecv", "sendonly", "recvonly", "inactive"},
         "sendonly": {"recvonly", "inactive"},
@@ -284,7 +296,23 @@ def check_answer(
                 problems.append(f"{where}: picked {first}, expected {want} in a {room_codec} room")
             if first not in {"VP8", "H264"}:
                 problems.append(f"{where}: picked {first}, which the node does not forward")
+            for other in sorted({a_map[pt][0] for pt in main[1:] if pt in a_map}):
+                if other not in {"VP8", "H264"}:
+                    # listed after the first, the browser may still send it (H265 from Safari)
+                    problems.append(f"{where}: answer lists {other}, which the node cannot forward")
         o_ext = om.extmap()
+        ids: dict[str, str] = {}
+        for v in am.values("extmap"):
+            ident, _, rest = v.partition(" ")
+            ident, uri = ident.split("/")[0], (rest.split() or [""])[0]
+            if ids.setdefault(ident, uri) != uri:
+                problems.append(f"{where}: extension id {ident} used for {ids[ident]} and {uri}")
+            reused = len(offered_uris.get(ident, ())) > 1  # as offered: echoing it is right
+            if bundle_ids.setdefault(ident, uri) != uri and ids[ident] == uri and not reused:
+                problems.append(
+                    f"{where}: extension id {ident} is {uri} here, {bundle_ids[ident]} in another"
+                    " m-line of the BUNDLE"
+                )
         for uri, ident in am.extmap().items():
             if uri not in o_ext:
                 problems.append(f"{where}: extension {uri} was not offered")

@@ -273,6 +273,18 @@ def test_sdp_checker_accepts_a_valid_answer_and_flags_broken_ones() -> None:
         .replace("a=rtpmap:101 rtx/90000\r\na=fmtp:101 apt=100\r\n", "")
     )  # fmt: skip
     assert "packetization-mode 0" in problems_of(h264, "H264")
+    # One id for two extensions (in an m-line, or across the BUNDLE), and extmap-allow-mixed
+    # that the offer did not carry: the browser would misread the header extensions.
+    video_ext = "a=rtpmap:100 VP8/90000\r\na=extmap:9 urn:ietf:params:rtp-hdrext:sdes:mid\r\n"
+    toffset = "a=extmap:9 urn:ietf:params:rtp-hdrext:toffset\r\n"
+    both = good.replace("a=rtpmap:100 VP8/90000\r\n", video_ext + toffset)
+    assert "extension id 9 used for" in problems_of(both)
+    assert problems_of(good.replace("a=rtpmap:100 VP8/90000\r\n", video_ext)) == ""
+    assert "in another m-line of the BUNDLE" not in problems_of(both)
+    other = good.replace("a=rtpmap:100 VP8/90000\r\n", "a=rtpmap:100 VP8/90000\r\n" + toffset)
+    assert "id 9 is urn:ietf:params:rtp-hdrext:toffset here" in problems_of(other)
+    mixed = good.replace("a=group:BUNDLE", "a=extmap-allow-mixed\r\na=group:BUNDLE")
+    assert "extmap-allow-mixed in the answer" in problems_of(mixed)
 
 
 def test_unknown_package_is_refused() -> None:

@@ -61,3 +61,101 @@ def test_checker_flags_an_h265_answer() -> None:
     )
     problems, _ = compat_sdp.check_answer(offer, answer, "VP8")
     assert any("picked H265" in p for p in problems), problems
+
+
+def test_checker_flags_h265_listed_after_the_first_codec() -> None:
+    """An answer listing H265 after VP8 lets the browser send H265, which the node cannot
+    forward: the checker flags it even when the first codec is right."""
+    offer = _h265_first(compat_sdp.load_fixture(SAFARI).sdp)
+    answer = (
+        "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n"
+        "m=video 9 UDP/TLS/RTP/SAVPF 100 110\r\na=mid:0\r\na=sendonly\r\na=rtcp-mux\r\n"
+        "a=ice-ufrag:abcd\r\na=ice-pwd:abcdefghijklmnopqrstuv\r\n"
+        "a=fingerprint:sha-256 AA:BB\r\na=setup:active\r\na=rtpmap:100 VP8/90000\r\n"
+        "a=rtpmap:110 H265/90000\r\n"
+        "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:1\r\na=recvonly\r\na=rtpmap:111 opus/48000/2\r\n"
+        "m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=mid:2\r\n"
+    )
+    problems, picked = compat_sdp.check_answer(offer, answer, "VP8")
+    assert picked["0"]["codec"] == "VP8"
+    assert any("lists H265" in p for p in problems), problems
+
+
+# Extensions of Safari 17+ (libwebrtc of that era), two of them at two-byte ids that only
+# `a=extmap-allow-mixed` allows.
+SAFARI17_EXTENSIONS = (
+    "a=extmap:10 http://www.webrtc.org/experiments/rtp-hdrext/abs-capture-time\r\n"
+    "a=extmap:15 https://aomediacodec.github.io/av1-rtp-spec/"
+    "#dependency-descriptor-rtp-header-extension\r\n"
+    "a=extmap:16 http://www.webrtc.org/experiments/rtp-hdrext/video-layers-allocation00\r\n"
+)
+
+
+def _safari17(offer: str) -> str:
+    """The recorded Safari offer laid out as Safari 17+ offers it: session-level
+    `a=extmap-allow-mixed`, H265 among the video codecs, and the newer header extensions."""
+    offer = _h265_first(offer).replace("a=group:BUNDLE", "a=extmap-allow-mixed\r\na=group:BUNDLE")
+    return offer.replace(
+        "a=extmap:4 urn:ietf:params:rtp-hdrext:sdes:mid\r\n",
+        "a=extmap:4 urn:ietf:params:rtp-hdrext:sdes:mid\r\n" + SAFARI17_EXTENSIONS,
+        1,
+    )
+
+
+async def test_safari17_extensions_and_mixed_extmap_are_answered_consistently(
+    server: Server,
+) -> None:
+    offer = _safari17(compat_sdp.load_fixture(SAFARI).sdp)
+    assert offer.count("extmap-allow-mixed") == 1 and offer.count("video-layers") == 1
+    for room, codec in (("plain17", "VP8"), ("h264room17", "H264")):
+        if codec == "H264":
+            status, _ = await server.api(
+                "POST", "/api/v1/rooms", json={"id": room, "video_codec": codec}
+            )
+            assert status == 201
+        client = ConsultClient(server.url, codecs=["H264", "VP8", "H265"], auto_answer=False)
+        try:
+            await client.connect(server.token("doctor", room=room))
+            reply = await client.request("offer", timeout_s=30, sdp=offer, tracks={})
+            answer = reply["sdp"]
+            problems, picked = compat_sdp.check_answer(offer, answer, codec)
+            assert problems == [], problems
+            assert picked["0"]["codec"] == codec
+            assert "H265" not in answer
+        finally:
+            await client.close()
+
+
+REAL = ("safari-h265-tau-sendrecv", "safari16-macos-whep-recvonly")
+
+
+async def test_recorded_safari_offers_with_h265_and_mixed_extmap(server: Server) -> None:
+    """Two recorded Safari offers (one with H265, both with `a=extmap-allow-mixed`): in a
+    default room the node answers VP8, in an H264 room mode-1 H264 with a profile Safari
+    offered; never H265, flexfec or an extension Safari did not offer."""
+    for name in REAL:
+        fx = compat_sdp.load_fixture(SAFARI.parent / f"{name}.sdp")
+        for codec in ("VP8", "H264"):
+            room = f"{name}-{codec}".lower()
+            if codec == "H264":
+                status, _ = await server.api(
+                    "POST", "/api/v1/rooms", json={"id": room, "video_codec": codec}
+                )
+                assert status == 201
+            client = ConsultClient(server.url, codecs=fx.video_codecs, auto_answer=False)
+            try:
+                await client.connect(server.token("doctor", room=room))
+                tracks = {  # what the browser sends, as the SDP suite declares it
+                    m.mid: {"source": "microphone" if m.kind == "audio" else "camera"}
+                    for m in compat_sdp.parse(fx.sdp).media
+                    if m.mid and m.direction in ("sendrecv", "sendonly")
+                }
+                reply = await client.request("offer", timeout_s=30, sdp=fx.sdp, tracks=tracks)
+                answer = reply["sdp"]
+                problems, picked = compat_sdp.check_answer(fx.sdp, answer, codec)
+                assert problems == [], (name, codec, problems)
+                video = [v for v in picked.values() if v.get("kind") == "video"]
+                assert [v["codec"] for v in video] == [codec], (name, picked)
+                assert "H265" not in answer and "flexfec" not in answer.lower()
+            finally:
+                await client.close()
