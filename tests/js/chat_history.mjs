@@ -8,9 +8,8 @@
 // `chatMore` is false; a resume whose page leaves a gap replaces the list.
 
 import "./node18.mjs";
+import { FakeWebSocket, sent, socket } from "./fake_socket.mjs";
 
-const sent = [];
-let socket = null;
 const ALL = Array.from({ length: 120 }, (_, i) => ({ id: `m${i + 1}`, from: "p2", name: "N", role: "doctor", text: `t${i + 1}`, ts: i }));
 const PAGE = 50;
 
@@ -20,29 +19,13 @@ function page(before, limit) {
   return { messages: ALL.slice(start, end), more: start > 0 };
 }
 
-class FakeWebSocket {
-  static OPEN = 1;
-  constructor(url) {
-    this.url = url;
-    this.readyState = 0;
-    socket = this;
-    setTimeout(() => { this.readyState = 1; this.onopen?.(); }, 0);
-  }
-  send(text) {
-    const msg = JSON.parse(text);
-    sent.push(msg);
-    if (msg.type === "join") {
-      this.reply({ type: "joined", ref: msg.id, participant: { id: "p1", role: "patient" },
-        room: "r1", state: "admitted", resume: "resume-token", iceServers: [] });
-      const first = page(undefined);
-      this.reply({ type: "room", participants: [{ id: "p1", role: "patient", tracks: [] }], chat: first.messages, chat_more: first.more });
-    } else if (msg.type === "chat-history") {
-      this.reply({ type: "chat-history", ref: msg.id, ...page(msg.before, msg.limit) });
-    }
-  }
-  reply(obj) { setTimeout(() => this.onmessage?.({ data: JSON.stringify(obj) }), 0); }
-  close() { this.readyState = 3; }
-}
+FakeWebSocket.roomChat = () => {
+  const first = page(undefined);
+  return { chat: first.messages, chat_more: first.more };
+};
+FakeWebSocket.answer = (ws, msg) => {
+  if (msg.type === "chat-history") ws.reply({ type: "chat-history", ref: msg.id, ...page(msg.before, msg.limit) });
+};
 
 class FakePeerConnection {
   constructor() { this.signalingState = "stable"; this.connectionState = "new"; }

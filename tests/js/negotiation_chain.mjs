@@ -12,34 +12,16 @@
 // makes the client start a fresh peer connection and send `reconnect`.
 
 import "./node18.mjs";
+import { FakeWebSocket, sent, socket } from "./fake_socket.mjs";
 
-const sent = []; // messages the client sent on the socket
-let socket = null;
 
-class FakeWebSocket {
-  static OPEN = 1;
-  constructor(url) {
-    this.url = url;
-    this.readyState = 0;
-    socket = this;
-    setTimeout(() => { this.readyState = 1; this.onopen?.(); }, 0);
+FakeWebSocket.answer = (ws, msg) => {
+  if (msg.type === "offer") {
+    ws.reply({ type: "answer", ref: msg.id, sdp: `answer to ${msg.sdp}` });
+  } else if (msg.type === "candidate" || msg.type === "answer" || msg.type === "reconnect") {
+    ws.reply({ type: "ack", ref: msg.id });
   }
-  send(text) {
-    const msg = JSON.parse(text);
-    sent.push(msg);
-    if (msg.type === "join") {
-      this.reply({ type: "joined", ref: msg.id, participant: { id: "p1", role: "patient" },
-        room: "r1", state: "admitted", resume: "resume-token", iceServers: [] });
-      this.reply({ type: "room", participants: [{ id: "p1", role: "patient", tracks: [] }], chat: [] });
-    } else if (msg.type === "offer") {
-      this.reply({ type: "answer", ref: msg.id, sdp: `answer to ${msg.sdp}` });
-    } else if (msg.type === "candidate" || msg.type === "answer" || msg.type === "reconnect") {
-      this.reply({ type: "ack", ref: msg.id });
-    }
-  }
-  reply(obj) { setTimeout(() => this.onmessage?.({ data: JSON.stringify(obj) }), 0); }
-  close() { this.readyState = 3; }
-}
+};
 
 class FakePeerConnection {
   constructor() {
