@@ -713,7 +713,9 @@ async def test_the_patient_page_on_a_shaped_link_and_a_cut_socket(
     await _until(
         "the knock button", shows("!document.getElementById('knock').disabled"), 60, call.diag
     )
-    await page.click("#knock")
+    # By keyboard: the page puts the focus on "Join" once the check is done.
+    assert await page.evaluate("document.activeElement.id") == "knock"
+    await page.keyboard.press("Enter")
     await _until("the knock", lambda: _knocked(doctor), 30, call.diag)
     knock = await doctor.wait_for("knock")
     call.patient_id = knock["participant"]["id"]
@@ -759,6 +761,42 @@ async def test_the_patient_page_on_a_shaped_link_and_a_cut_socket(
         "[document.getElementById('banner').hidden, document.getElementById('fatal').hidden]"
     )
     assert shown == [True, True], shown
+
+    # Keyboard: Tab reaches every control of the call in reading order; Space and Enter work them.
+    await page.evaluate("document.activeElement.blur()")
+    order = []
+    for _ in range(20):
+        await page.keyboard.press("Tab")
+        order.append(
+            await page.evaluate("document.activeElement.id || document.activeElement.className")
+        )
+    controls = ["mute", "camera-toggle", "leave", "chat-log", "chat-text", "chat-send"]
+    assert [x for x in order if x in controls][: len(controls)] == controls, order
+    await page.focus("#mute")
+    await page.keyboard.press("Space")
+    assert (
+        await page.evaluate("document.getElementById('mute').getAttribute('aria-pressed')")
+        == "true"
+    )
+    await page.keyboard.press("Enter")
+    assert (
+        await page.evaluate("document.getElementById('mute').getAttribute('aria-pressed')")
+        == "false"
+    )
+    await page.focus("#chat-text")
+    await page.keyboard.type("typed at the keyboard")
+    await page.keyboard.press("Enter")
+
+    async def chat_arrived() -> bool:
+        return "typed at the keyboard" in json.dumps(doctor.messages)
+
+    await _until("the chat typed at the keyboard", chat_arrived, 30, call.diag)
+
+    # prefers-reduced-motion: the reconnecting banner's spinner stops turning.
+    spin = "getComputedStyle(document.getElementById('banner'), '::before').animationName"
+    assert await page.evaluate(spin) == "spin"
+    await page.emulate_media(reduced_motion="reduce")
+    assert await page.evaluate(spin) == "none"
     assert not [c for c in call.console if c.startswith("pageerror")], call.console
 
 
