@@ -57,7 +57,7 @@ def demo_urls(config: ServerConfig, *, room: str = DEMO_ROOM) -> dict[str, str]:
     """Dev mode's addresses: the launcher (/demo) and each consultation page, with tokens."""
     host = "127.0.0.1" if config.host in ("0.0.0.0", "::", "") else config.host
     base = f"{_scheme(config)}://{host}:{config.port}"
-    tokens = {}
+    tokens: dict[str, str] = {}
     for role, name in ((Role.DOCTOR, "Dr. Demo"), (Role.PATIENT, "Demo Patient")):
         tokens[role.value] = encode_token(
             secret=config.token_secret,
@@ -68,8 +68,8 @@ def demo_urls(config: ServerConfig, *, room: str = DEMO_ROOM) -> dict[str, str]:
             ttl_s=DEMO_TTL_S,
         )
     urls = {"demo": f"{base}/demo?{urlencode(tokens)}"}
-    for role, token in tokens.items():
-        urls[role] = f"{base}/consult/{role}?{urlencode({'token': token})}"
+    for kind, token in tokens.items():
+        urls[kind] = f"{base}/consult/{kind}?{urlencode({'token': token})}"
     return urls
 
 
