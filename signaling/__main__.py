@@ -54,11 +54,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def demo_urls(config: ServerConfig, *, room: str = DEMO_ROOM) -> dict[str, str]:
+    """Dev mode's addresses: the launcher (/demo) and each consultation page, with tokens."""
     host = "127.0.0.1" if config.host in ("0.0.0.0", "::", "") else config.host
-    base = f"{_scheme(config)}://{host}:{config.port}/demo"
-    urls = {}
+    base = f"{_scheme(config)}://{host}:{config.port}"
+    tokens: dict[str, str] = {}
     for role, name in ((Role.DOCTOR, "Dr. Demo"), (Role.PATIENT, "Demo Patient")):
-        token = encode_token(
+        tokens[role.value] = encode_token(
             secret=config.token_secret,
             room=room,
             sub=f"dev-{role.value}",
@@ -66,7 +67,9 @@ def demo_urls(config: ServerConfig, *, room: str = DEMO_ROOM) -> dict[str, str]:
             name=name,
             ttl_s=DEMO_TTL_S,
         )
-        urls[role.value] = f"{base}?{urlencode({'room': room, 'token': token})}"
+    urls = {"demo": f"{base}/demo?{urlencode(tokens)}"}
+    for kind, token in tokens.items():
+        urls[kind] = f"{base}/consult/{kind}?{urlencode({'token': token})}"
     return urls
 
 

@@ -117,10 +117,16 @@ async def client_file(request: web.Request) -> web.StreamResponse:
 
 
 async def demo(request: web.Request) -> web.StreamResponse:
-    path = STATIC_DIR / "demo.html"
-    if not request.app[CONFIG].dev or not path.is_file():
+    """Dev mode only: the launcher around the consultation pages (launcher.html). An address
+    with a single `token` (the developer console's) goes to the console, /client/demo.html."""
+    if not request.app[CONFIG].dev:
         raise web.HTTPNotFound()
-    return web.FileResponse(path, headers={"Content-Type": "text/html; charset=utf-8"})
+    if "token" in request.query:
+        raise web.HTTPFound(f"/client/demo.html?{request.query_string}")
+    return web.FileResponse(
+        STATIC_DIR / "launcher.html",
+        headers={"Content-Type": "text/html; charset=utf-8", "Cache-Control": "no-cache"},
+    )
 
 
 PAGES = {"patient": "patient.html", "doctor": "doctor.html"}  # /consult/<role>

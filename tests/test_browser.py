@@ -310,15 +310,15 @@ async def test_one_real_browser_call(call: Call, browser: Any) -> None:
     assert not call.page_errors(), call.page_errors()
 
 
-def _cut_browser_sockets(ns: NetNS) -> int:
+def _cut_browser_sockets(ns: NetNS, port: int = PORT) -> int:
     """Destroy the browser's TCP connections to the server (both ends), as a network cut."""
-    listing = ns.run(["ss", "-tnpH", "state", "established", f"( dport = :{PORT} )"]).stdout
+    listing = ns.run(["ss", "-tnpH", "state", "established", f"( dport = :{port} )"]).stdout
     cut = 0
     for line in listing.splitlines():
         if "python" in line or "users:" not in line:
             continue  # the server's own end, or a socket of another process
-        port = line.split()[2].rsplit(":", 1)[1]
-        ns.run(["ss", "-K", "state", "established", f"( sport = :{port} or dport = :{port} )"])
+        local = line.split()[2].rsplit(":", 1)[1]
+        ns.run(["ss", "-K", "state", "established", f"( sport = :{local} or dport = :{local} )"])
         cut += 1
     return cut
 

@@ -18,24 +18,32 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import dataclasses
 import json
 import re
 import shutil
 import subprocess
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 import pytest
 
 from compat.browsers import DEFAULT_BROWSERS, BrowserSpec
 from compat.driver import Driver, DriverError, driver_missing
+from compat.synth import ToneTrack
+from signaling.__main__ import demo_urls
 from signaling.auth import encode_token
+from signaling.client import ConsultClient
 from signaling.config import add_run_arguments, config_from_args, random_secret
 
 from .conftest import SECRET, Server, ServerFactory
+from .test_browser import _cut_browser_sockets, _until
+from .test_fallback_browser import BrowserCall, shaped_browser  # noqa: F401  (fixture)
+from .test_fallback_shaped import WebcamVideo
 from .test_stethoscope_browser import pulse, sound, wav  # noqa: F401  (fixtures)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,6 +84,29 @@ def test_pages_switch_from_flag_and_env() -> None:
     assert not config_from_args(parser.parse_args(secrets), env={}).pages
     assert config_from_args(parser.parse_args([*secrets, "--pages"]), env={}).pages
     assert config_from_args(parser.parse_args(secrets), env={"CONSULT_PAGES": "true"}).pages
+
+
+async def test_demo_is_a_launcher_around_the_pages_in_dev_mode(make_server: ServerFactory) -> None:
+    """`/demo` (dev mode): the launcher; the node's printed addresses open it and the pages with
+    working tokens; a console address (one `token`) goes to the developer console."""
+    dev = await make_server(dev=True)
+    port = int(dev.url.rsplit(":", 1)[1])
+    urls = demo_urls(dataclasses.replace(dev.config, host="127.0.0.1", port=port))
+    assert set(urls) == {"demo", "doctor", "patient"}
+    async with aiohttp.ClientSession() as http:
+        async with http.get(urls["demo"]) as r:
+            html = await r.text()
+            assert r.status == 200 and "/consult/${role}" in html and "open-patient" in html
+        for role in ("doctor", "patient"):
+            assert urls[role].startswith(f"{dev.url}/consult/{role}?token=")
+            async with http.get(urls[role]) as r:
+                assert r.status == 200 and "consult-" in await r.text()
+            token = parse_qs(urlsplit(urls["demo"]).query)[role][0]
+            assert parse_qs(urlsplit(urls[role]).query)["token"] == [token]
+        async with http.get(f"{dev.url}/demo?token=x&room=r", allow_redirects=False) as r:
+            assert r.status == 302 and r.headers["Location"] == "/client/demo.html?token=x&room=r"
+    assert (await _status(f"{dev.url}/client/demo.html"))[0] == 200
+    assert (await _status(f"{dev.url}/client/launcher.html"))[0] == 200
 
 
 # -- catalogues -----------------------------------------------------------------------------
@@ -525,8 +556,9 @@ async def _consultation(
         "return $('chat-log').textContent.includes('hello there');",
     )
 
-    # A mode change (what the node's bandwidth fallback sends, docs/fallback.md) in plain words
-    # on both pages; then back to video.
+    # The patient's mode as the doctor's page shows it (the node's `mode` message, docs/fallback.md;
+    # the patient's own page on a really shaped link: test_the_patient_page_on_a_shaped_link...),
+    # in this engine too; then back to video.
     consultation = run.server.hub.get(run.room)
     assert consultation is not None
     patient = next(x for x in consultation.admitted() if str(x.role.value) == "patient")
@@ -553,22 +585,6 @@ async def _consultation(
         )
         if code == "audio-only":
             await run.screenshot(p, f"patient-audio-only-{patient_view['width']}")
-    # A dropped socket (what the client does when pings go unanswered): "reconnecting...",
-    # never an error, then the same consultation.
-    await run.js(p, "consultPage.consult._abandonSocket(consultPage.consult._ws);")
-    await run.until(
-        "the resumed consultation",
-        p,
-        "return consultPage.consult.state === 'admitted'"
-        " && $('quality').dataset.quality === 'good';",
-    )
-    shown = await run.js(
-        p,
-        "return [consultQualityShown.quality, $('banner').hidden,"
-        " $('fatal').hidden, consultPage.view];",
-    )
-    assert "reconnecting" in shown[0] and shown[1:] == [True, True, "call"], shown
-
     # The phone layout: one column, nothing wider than the screen.
     for page in phone_pages:
         assert await run.js(page, OVERFLOW_JS) <= 0, f"{page}: horizontal overflow at 390 px"
@@ -662,3 +678,127 @@ async def test_a_denied_patient_is_told_in_words(driver: Driver, pages_server: S
         await run.screenshot("p", "patient-denied-390")
     finally:
         await driver.call("close", 30, browser=run.browser)
+
+
+# -- the patient's page on a shaped link, and a cut socket ----------------------------------
+QUALITY_JS = "document.getElementById('quality').dataset.quality"
+
+
+@pytest.mark.timeout(300)
+async def test_the_patient_page_on_a_shaped_link_and_a_cut_socket(
+    shaped_browser: tuple[BrowserCall, Any],  # noqa: F811
+) -> None:
+    """Chromium as the patient in a network namespace behind a veth shaped by the kernel
+    (tests/test_fallback_browser.py); the doctor an aiortc client on loopback. At 150 kbit/s the
+    node's fallback goes to audio-only and the page says "sound only" with its reason; the link
+    cleared, it climbs back to good by itself. Then the page's socket is destroyed (`ss -K`):
+    "reconnecting...", never an error, and the same call again."""
+    call, browser = shaped_browser
+    doctor = call.doctor = ConsultClient(f"http://127.0.0.1:{call.port}")
+    await doctor.connect(call.token("doctor"))
+    await doctor.publish(WebcamVideo(), ToneTrack())
+
+    page = call.page = await browser.new_page(viewport=PHONE)
+    page.on("console", lambda m: call.console.append(f"{m.type}: {m.text}"))
+    page.on("pageerror", lambda e: call.console.append(f"pageerror: {e}"))
+    origin = f"http://{call.link.host_ip}:{call.port}"
+    await page.goto(f"{origin}/consult/patient?token={call.token('patient')}&lang=en")
+
+    def shows(body: str) -> Callable[[], Awaitable[bool]]:
+        async def check() -> bool:
+            return bool(await page.evaluate(body))
+
+        return check
+
+    await _until(
+        "the knock button", shows("!document.getElementById('knock').disabled"), 60, call.diag
+    )
+    # By keyboard: the page puts the focus on "Join" once the check is done.
+    assert await page.evaluate("document.activeElement.id") == "knock"
+    await page.keyboard.press("Enter")
+    await _until("the knock", lambda: _knocked(doctor), 30, call.diag)
+    knock = await doctor.wait_for("knock")
+    call.patient_id = knock["participant"]["id"]
+    await doctor.admit(call.patient_id)
+    await _until("the call shown as good", shows(f"{QUALITY_JS} === 'good'"), 90, call.diag)
+
+    call.link.rate(150)
+    await _until(
+        "sound only on the patient's page",
+        shows(f"{QUALITY_JS} === 'audio-only'"),
+        60,
+        call.diag,
+    )
+    text = await page.evaluate("document.getElementById('quality').textContent")
+    reasons = json.loads((STATIC / "consult-en.json").read_text())
+    assert "sound only" in text, text
+    assert any(f"({v})" in text for k, v in reasons.items() if k.startswith("reason.")), text
+    REPORT.mkdir(parents=True, exist_ok=True)
+    await page.screenshot(path=str(REPORT / "chromium-shaped-patient-audio-only-390.png"))
+
+    call.link.rate(None)
+    await _until(
+        "the page back to video by itself", shows(f"{QUALITY_JS} === 'good'"), 90, call.diag
+    )
+
+    assert _cut_browser_sockets(call.ns, call.port) >= 1
+    await _until(
+        "reconnecting... shown",
+        shows("(consultQualityShown.quality || []).includes('reconnecting')"),
+        30,
+        call.diag,
+    )
+    await _until(
+        "the same call again",
+        shows(
+            "consultPage.consult.state === 'admitted' && consultPage.view === 'call'"
+            f" && {QUALITY_JS} === 'good'"
+        ),
+        90,
+        call.diag,
+    )
+    shown = await page.evaluate(
+        "[document.getElementById('banner').hidden, document.getElementById('fatal').hidden]"
+    )
+    assert shown == [True, True], shown
+
+    # Keyboard: Tab reaches every control of the call in reading order; Space and Enter work them.
+    await page.evaluate("document.activeElement.blur()")
+    order = []
+    for _ in range(20):
+        await page.keyboard.press("Tab")
+        order.append(
+            await page.evaluate("document.activeElement.id || document.activeElement.className")
+        )
+    controls = ["mute", "camera-toggle", "leave", "chat-log", "chat-text", "chat-send"]
+    assert [x for x in order if x in controls][: len(controls)] == controls, order
+    await page.focus("#mute")
+    await page.keyboard.press("Space")
+    assert (
+        await page.evaluate("document.getElementById('mute').getAttribute('aria-pressed')")
+        == "true"
+    )
+    await page.keyboard.press("Enter")
+    assert (
+        await page.evaluate("document.getElementById('mute').getAttribute('aria-pressed')")
+        == "false"
+    )
+    await page.focus("#chat-text")
+    await page.keyboard.type("typed at the keyboard")
+    await page.keyboard.press("Enter")
+
+    async def chat_arrived() -> bool:
+        return "typed at the keyboard" in json.dumps(doctor.messages)
+
+    await _until("the chat typed at the keyboard", chat_arrived, 30, call.diag)
+
+    # prefers-reduced-motion: the reconnecting banner's spinner stops turning.
+    spin = "getComputedStyle(document.getElementById('banner'), '::before').animationName"
+    assert await page.evaluate(spin) == "spin"
+    await page.emulate_media(reduced_motion="reduce")
+    assert await page.evaluate(spin) == "none"
+    assert not [c for c in call.console if c.startswith("pageerror")], call.console
+
+
+async def _knocked(doctor: ConsultClient) -> bool:
+    return any(m.get("type") == "knock" for m in doctor.messages)
