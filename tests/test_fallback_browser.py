@@ -16,6 +16,7 @@ beside them); here the bounds are generous and the point is the browser and the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -110,36 +111,50 @@ class BrowserCall:
 
 
 @pytest.fixture
-async def shaped_browser(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> AsyncIterator[tuple[BrowserCall, Any]]:
+async def shaped_call(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[BrowserCall]:
+    """The node on the host and a namespace behind a shaped veth, for a browser to run in."""
     ok, why = shaping_available()
     if not ok:
         pytest.fail(f"cannot shape links here (make test runs as root): {why}")
-    if shutil.which(CHROMIUM) is None:
-        pytest.fail(f"{CHROMIUM} is not installed (make test installs Debian's chromium)")
     browser_like_opus(monkeypatch)
-    async_playwright = _playwright()
     with NetNS("consult5b") as ns, ShapedLink(ns) as link:
         call = BrowserCall(ns, link)
         try:
             await call.start_node()
-            wrapper = ns.wrapper(tmp_path / "chromium-in-netns", CHROMIUM)
-            async with async_playwright() as pw:
-                # The page is served from the veth address, not localhost: let it capture.
-                origin = f"http://{link.host_ip}:{call.port}"
-                browser = await pw.chromium.launch(
-                    executable_path=str(wrapper),
-                    args=[*CHROMIUM_FLAGS, f"--unsafely-treat-insecure-origin-as-secure={origin}"],
-                    ignore_default_args=["--headless"],  # replaced by --headless=new
-                    timeout=30_000,
-                )
-                try:
-                    yield call, browser
-                finally:
-                    await browser.close()
+            yield call
         finally:
             await call.close()
+
+
+@contextlib.asynccontextmanager
+async def chromium_in(call: BrowserCall, folder: Path) -> AsyncIterator[Any]:
+    """Chromium (Playwright over a pipe) inside `call`'s namespace."""
+    if shutil.which(CHROMIUM) is None:
+        pytest.fail(f"{CHROMIUM} is not installed (make test installs Debian's chromium)")
+    async_playwright = _playwright()
+    wrapper = call.ns.wrapper(folder / "chromium-in-netns", CHROMIUM)
+    async with async_playwright() as pw:
+        # The page is served from the veth address, not localhost: let it capture.
+        origin = f"http://{call.link.host_ip}:{call.port}"
+        browser = await pw.chromium.launch(
+            executable_path=str(wrapper),
+            args=[*CHROMIUM_FLAGS, f"--unsafely-treat-insecure-origin-as-secure={origin}"],
+            ignore_default_args=["--headless"],  # replaced by --headless=new
+            timeout=30_000,
+        )
+        try:
+            yield browser
+        finally:
+            await browser.close()
+
+
+@pytest.fixture
+async def shaped_browser(
+    shaped_call: BrowserCall, tmp_path: Path
+) -> AsyncIterator[tuple[BrowserCall, Any]]:
+    """Chromium inside `shaped_call`'s namespace."""
+    async with chromium_in(shaped_call, tmp_path) as browser:
+        yield shaped_call, browser
 
 
 async def test_demo_page_shows_audio_only_on_a_short_link_and_video_back(

@@ -18,8 +18,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import dataclasses
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -42,7 +44,11 @@ from signaling.config import add_run_arguments, config_from_args, random_secret
 
 from .conftest import SECRET, Server, ServerFactory
 from .test_browser import _cut_browser_sockets, _until
-from .test_fallback_browser import BrowserCall, shaped_browser  # noqa: F401  (fixture)
+from .test_fallback_browser import (  # noqa: F401  (fixtures)
+    BrowserCall,
+    chromium_in,
+    shaped_call,
+)
 from .test_fallback_shaped import WebcamVideo
 from .test_stethoscope_browser import pulse, sound, wav  # noqa: F401  (fixtures)
 
@@ -684,25 +690,108 @@ async def test_a_denied_patient_is_told_in_words(driver: Driver, pages_server: S
 QUALITY_JS = "document.getElementById('quality').dataset.quality"
 
 
-@pytest.mark.timeout(300)
-async def test_the_patient_page_on_a_shaped_link_and_a_cut_socket(
-    shaped_browser: tuple[BrowserCall, Any],  # noqa: F811
-) -> None:
-    """Chromium as the patient in a network namespace behind a veth shaped by the kernel
-    (tests/test_fallback_browser.py); the doctor an aiortc client on loopback. At 150 kbit/s the
-    node's fallback goes to audio-only and the page says "sound only" with its reason; the link
-    cleared, it climbs back to good by itself. Then the page's socket is destroyed (`ss -K`):
-    "reconnecting...", never an error, and the same call again."""
-    call, browser = shaped_browser
-    doctor = call.doctor = ConsultClient(f"http://127.0.0.1:{call.port}")
-    await doctor.connect(call.token("doctor"))
-    await doctor.publish(WebcamVideo(), ToneTrack())
+class DriverPage:
+    """A page of the compat driver with the few calls of a Playwright page the test uses."""
 
-    page = call.page = await browser.new_page(viewport=PHONE)
-    page.on("console", lambda m: call.console.append(f"{m.type}: {m.text}"))
-    page.on("pageerror", lambda e: call.console.append(f"pageerror: {e}"))
-    origin = f"http://{call.link.host_ip}:{call.port}"
-    await page.goto(f"{origin}/consult/patient?token={call.token('patient')}&lang=en")
+    def __init__(self, driver: Driver, page: str) -> None:
+        self.driver = driver
+        self.page = page
+
+    async def evaluate(self, expression: str) -> Any:
+        # An expression, or a function (PAGE_STATE_JS) called as Playwright does.
+        body = f"const v = ({expression});\nreturn typeof v === 'function' ? await v() : v;"
+        return (await self.driver.call("eval", 30, page=self.page, body=body))["value"]
+
+    async def press(self, key: str) -> None:
+        await self.driver.call("press", 30, page=self.page, key=key)
+
+    async def screenshot(self, path: str) -> None:
+        png = (await self.driver.call("screenshot", 60, page=self.page))["png"]
+        await asyncio.to_thread(Path(path).write_bytes, base64.b64decode(png))
+
+
+@contextlib.asynccontextmanager
+async def _driver_in(call: BrowserCall, folder: Path) -> AsyncIterator[Driver]:
+    """The compat driver started inside the call's namespace (as `compat run` does), so the
+    browsers it launches live there and reach the node through the shaped veth only."""
+    node = shutil.which("node")
+    if why := driver_missing():
+        pytest.fail(f"{why} (make compat-driver)")
+    assert node is not None
+    bin_dir = folder / "netns-bin"
+    bin_dir.mkdir()
+    call.ns.wrapper(bin_dir / "node", node)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PATH", f"{bin_dir}:{os.environ.get('PATH', '')}")
+        d = Driver()
+        await d.start(timeout=60)
+    try:
+        yield d
+    finally:
+        await d.close()
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("name", ["chromium", "firefox"])
+async def test_the_patient_page_on_a_shaped_link_and_a_cut_socket(
+    name: str,
+    shaped_call: BrowserCall,  # noqa: F811
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """Chromium, then Firefox ESR, as the patient in a network namespace behind a veth shaped by
+    the kernel (tests/test_fallback_browser.py); the doctor an aiortc client on loopback. At
+    150 kbit/s the node's fallback goes to audio-only and the page says "sound only" with its
+    reason; the link cleared, it climbs back to good by itself. Then the page's socket is
+    destroyed (`ss -K`): "reconnecting...", never an error, and the same call again. Firefox
+    runs under the compat driver (puppeteer-core over WebDriver BiDi, no Playwright build of
+    it), the driver itself in the namespace; the keyboard walk of the call is Chromium's."""
+    call = shaped_call
+    async with contextlib.AsyncExitStack() as stack:
+        doctor = call.doctor = ConsultClient(f"http://127.0.0.1:{call.port}")
+        await doctor.connect(call.token("doctor"))
+        await doctor.publish(WebcamVideo(), ToneTrack())
+        origin = f"http://{call.link.host_ip}:{call.port}"
+        url = f"{origin}/consult/patient?token={call.token('patient')}&lang=en"
+        if name == "chromium":
+            browser = await stack.enter_async_context(chromium_in(call, tmp_path))
+            page = call.page = await browser.new_page(viewport=PHONE)
+            page.on("console", lambda m: call.console.append(f"{m.type}: {m.text}"))
+            page.on("pageerror", lambda e: call.console.append(f"pageerror: {e}"))
+            await page.goto(url)
+            press = page.keyboard.press
+        else:
+            # A sound server for Firefox's AudioContext (the pre-call microphone meter).
+            monkeypatch.setenv("PULSE_SERVER", request.getfixturevalue("pulse"))
+            driver = await stack.enter_async_context(_driver_in(call, tmp_path))
+            spec = _spec("firefox")
+            spec = dataclasses.replace(  # the page is served from the veth address: let it capture
+                spec,
+                prefs={**spec.prefs, "dom.securecontext.allowlist": call.link.host_ip},
+            )
+            await driver.launch("shaped-firefox", spec, timeout=90)
+            stack.push_async_callback(driver.call, "close", 30, browser="shaped-firefox")
+            await driver.call(
+                "open", 90, browser="shaped-firefox", page="p", url=url, viewport=PHONE
+            )
+            page = call.page = DriverPage(driver, "p")
+            press = page.press
+        await _shaped_patient(name, call, page, press)
+        if name != "chromium":
+            lines = (await driver.call("console", 10, page="p", last=200))["lines"]
+            # Firefox reports the socket that `ss -K` cut as an error of the page; that cut is
+            # the test's own doing, anything else would be the page's.
+            cut = "was interrupted while the page was loading"
+            errors = [x for x in lines if x.startswith("pageerror") and cut not in x]
+            assert not errors, lines
+
+
+async def _shaped_patient(
+    name: str, call: BrowserCall, page: Any, press: Callable[[str], Awaitable[None]]
+) -> None:
+    doctor = call.doctor
+    assert doctor is not None
 
     def shows(body: str) -> Callable[[], Awaitable[bool]]:
         async def check() -> bool:
@@ -715,7 +804,7 @@ async def test_the_patient_page_on_a_shaped_link_and_a_cut_socket(
     )
     # By keyboard: the page puts the focus on "Join" once the check is done.
     assert await page.evaluate("document.activeElement.id") == "knock"
-    await page.keyboard.press("Enter")
+    await press("Enter")
     await _until("the knock", lambda: _knocked(doctor), 30, call.diag)
     knock = await doctor.wait_for("knock")
     call.patient_id = knock["participant"]["id"]
@@ -734,7 +823,7 @@ async def test_the_patient_page_on_a_shaped_link_and_a_cut_socket(
     assert "sound only" in text, text
     assert any(f"({v})" in text for k, v in reasons.items() if k.startswith("reason.")), text
     REPORT.mkdir(parents=True, exist_ok=True)
-    await page.screenshot(path=str(REPORT / "chromium-shaped-patient-audio-only-390.png"))
+    await page.screenshot(path=str(REPORT / f"{name}-shaped-patient-audio-only-390.png"))
 
     call.link.rate(None)
     await _until(
@@ -761,8 +850,11 @@ async def test_the_patient_page_on_a_shaped_link_and_a_cut_socket(
         "[document.getElementById('banner').hidden, document.getElementById('fatal').hidden]"
     )
     assert shown == [True, True], shown
+    if name != "chromium":
+        return
 
-    # Keyboard: Tab reaches every control of the call in reading order; Space and Enter work them.
+    # Keyboard (Chromium): Tab reaches every control of the call in reading order; Space and
+    # Enter work them.
     await page.evaluate("document.activeElement.blur()")
     order = []
     for _ in range(20):

@@ -10,7 +10,7 @@
 //   stdout: {"id": 1, "ok": true, "result": {...}} or {"id": 1, "ok": false, "error": "..."}
 //
 // Operations: launch, open (a page on a URL), eval (an async function body in the page),
-// reload, screenshot (of an element, base64 PNG), console (the page's console so far),
+// press (a key), reload, screenshot (of an element, base64 PNG), console (the page's console so far),
 // closePage, close (a browser), quit. A browser that crashes or disconnects fails the
 // operations that use it with the reason; the driver itself keeps serving.
 import puppeteer from "puppeteer-core";
@@ -90,6 +90,12 @@ const ops = {
     const fn = `(async () => { ${msg.body} })()`;
     const value = await p.page.evaluate(fn);
     return { value: value === undefined ? null : value };
+  },
+
+  async press(msg) {
+    // One key (a puppeteer key name: "Enter", "Tab", " ") to the page's focused element.
+    await pageOf(msg.page).page.keyboard.press(msg.key);
+    return {};
   },
 
   async reload(msg) {
