@@ -686,6 +686,52 @@ async def test_a_denied_patient_is_told_in_words(driver: Driver, pages_server: S
         await driver.call("close", 30, browser=run.browser)
 
 
+FOCUSED_JS = "const a = document.activeElement; return a.id || a.className;"
+
+
+@pytest.mark.timeout(300)
+async def test_the_doctor_page_by_keyboard(driver: Driver, pages_server: Server) -> None:
+    """Tab reaches a knock's admit and deny and the call's end; Enter on admit admits
+    (Chromium, keys through the driver's `press`)."""
+    server = pages_server
+    room = "pages-keys"
+    run = Run(driver, server, "chromium-keys", room)
+    doctor = server.token("doctor", room=room, sub="dr", name="Dr Martin")
+    patient = server.token("patient", room=room, sub="pt", name="Paul Durand")
+    # Each page the front tab of a browser of its own: keys go to the focused page.
+    await driver.launch("pages-keys-p", _spec("chromium"), timeout=90)
+    try:
+        await driver.launch("pages-keys-d", _spec("chromium"), timeout=90)
+        await run.open("p", f"/consult/patient?token={patient}&lang=en", PHONE, "pages-keys-p")
+        await run.open("d", f"/consult/doctor?token={doctor}&lang=en", DESKTOP, "pages-keys-d")
+        await run.until("the knock button", "p", "return !$('knock').disabled;")
+        await run.click("p", "#knock")
+        await run.until("the knock", "d", "return !!document.querySelector('#knocks .admit');")
+
+        async def tab_to(what: str, limit: int = 40) -> list[str]:
+            seen = []
+            for _ in range(limit):
+                await driver.call("press", 30, page="d", key="Tab")
+                seen.append(await run.js("d", FOCUSED_JS))
+                if what in seen[-1].split():
+                    return seen
+            raise AssertionError(f"Tab never reached {what}: {seen}")
+
+        await run.js("d", "document.activeElement.blur();")
+        order = await tab_to("deny")
+        assert [x for x in order if x in ("primary admit", "deny")] == ["primary admit", "deny"]
+        await run.js("d", "document.activeElement.blur();")
+        await tab_to("admit")
+        await driver.call("press", 30, page="d", key="Enter")
+        await run.until("the patient admitted", "p", "return consultPage.view === 'call';")
+        await run.until("the doctor's call", "d", "return consultPage.view === 'call';")
+        await run.js("d", "document.activeElement.blur();")
+        await tab_to("end-call")
+    finally:
+        await driver.call("close", 30, browser="pages-keys-d")
+        await driver.call("close", 30, browser="pages-keys-p")
+
+
 # -- the patient's page on a shaped link, and a cut socket ----------------------------------
 QUALITY_JS = "document.getElementById('quality').dataset.quality"
 
