@@ -3,8 +3,8 @@
 // docs/client.md, "The consultation pages".
 import { Consultation, TELEMETRY_UNITS } from "./consult.js";
 import {
-  $, el, t, announce, audio, beep, chooseLanguage, duration, endedBefore, levelMeter, linkSampler,
-  loadLanguage, quality, rememberEnded, showQuality, tokenRoom,
+  $, el, t, announce, audio, beep, bindChatForm, chooseLanguage, duration, endedBefore, levelMeter,
+  linkSampler, loadLanguage, quality, rememberEnded, showQuality, tokenRoom,
 } from "./consult-ui.js";
 
 const params = new URLSearchParams(location.search);
@@ -276,13 +276,7 @@ $("camera-toggle").addEventListener("click", (ev) => toggle(ev.currentTarget, "v
 $("end-call").addEventListener("click", async () => {
   if (await confirmDialog(t("confirm.end"))) act(() => consult.end());
 });
-$("chat-form").addEventListener("submit", (ev) => {
-  ev.preventDefault();
-  const text = $("chat-text").value;
-  if (!text.trim() || !consult) return;
-  consult.sendChat(text).then(() => { $("chat-text").value = ""; },
-    (e) => announce($("announcer"), t("error.action", { code: e?.code ?? "?" })));
-});
+bindChatForm(() => consult);
 
 await loadLanguage(chooseLanguage(params));
 page.language = document.documentElement.lang; // translated: ready

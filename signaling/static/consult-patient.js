@@ -2,7 +2,7 @@
 // call, end. docs/client.md, "The consultation pages".
 import { Consultation } from "./consult.js";
 import {
-  $, el, t, announce, beep, chooseLanguage, duration, endedBefore, levelMeter, linkSampler,
+  $, el, t, announce, beep, bindChatForm, chooseLanguage, duration, endedBefore, levelMeter, linkSampler,
   loadLanguage, quality, rememberEnded, showQuality, tokenRoom,
 } from "./consult-ui.js";
 
@@ -213,13 +213,7 @@ $("mic-select").addEventListener("change", () => openDevices().catch(() => {}));
 $("mute").addEventListener("click", (ev) => toggle(ev.currentTarget, "audio", "call.mute", "call.unmute"));
 $("camera-toggle").addEventListener("click", (ev) => toggle(ev.currentTarget, "video", "call.camera_off", "call.camera_on"));
 $("leave").addEventListener("click", () => consult?.leave());
-$("chat-form").addEventListener("submit", (ev) => {
-  ev.preventDefault();
-  const text = $("chat-text").value;
-  if (!text.trim() || !consult) return;
-  consult.sendChat(text).then(() => { $("chat-text").value = ""; },
-    (e) => announce($("announcer"), t("error.action", { code: e?.code ?? "?" })));
-});
+bindChatForm(() => consult);
 
 await loadLanguage(chooseLanguage(params));
 page.language = document.documentElement.lang; // translated: ready

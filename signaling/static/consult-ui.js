@@ -227,3 +227,15 @@ export function announce(region, text) {
   region.textContent = "";
   setTimeout(() => { region.textContent = text; }, 50);
 }
+
+/** The page's chat form (#chat-form, #chat-text): send through the current consultation. */
+export function bindChatForm(current) {
+  $("chat-form").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const consult = current();
+    const text = $("chat-text").value;
+    if (!text.trim() || !consult) return;
+    consult.sendChat(text).then(() => { $("chat-text").value = ""; },
+      (e) => announce($("announcer"), t("error.action", { code: e?.code ?? "?" })));
+  });
+}
