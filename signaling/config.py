@@ -475,4 +475,8 @@ def config_from_args(
 
 
 def random_secret() -> str:
-    return secrets.token_urlsafe(32)
+    """32 random bytes, URL-safe; never starting with "-", so it can follow a flag in argv."""
+    while True:
+        value = secrets.token_urlsafe(32)
+        if not value.startswith("-"):
+            return value

@@ -86,7 +86,7 @@ async def test_pages_are_served_in_dev_mode_or_with_the_switch(make_server: Serv
 def test_pages_switch_from_flag_and_env() -> None:
     parser = argparse.ArgumentParser()
     add_run_arguments(parser)
-    secrets = ["--api-key", random_secret(), "--token-secret", random_secret()]
+    secrets = [f"--api-key={random_secret()}", f"--token-secret={random_secret()}"]
     assert not config_from_args(parser.parse_args(secrets), env={}).pages
     assert config_from_args(parser.parse_args([*secrets, "--pages"]), env={}).pages
     assert config_from_args(parser.parse_args(secrets), env={"CONSULT_PAGES": "true"}).pages
