@@ -67,6 +67,11 @@ class Patient(DecodingPeer):
         for msg in messages[self._seen :]:
             if msg.get("type") in ("mode", "pause", "chat", "error"):
                 report(str(msg["type"]), message=msg)
+            elif msg.get("type") == "room":
+                # A resumed socket (the old one died on a lossy link) gets the chat it missed
+                # in `room`, as a page shows it: report those as chats too.
+                for entry in msg.get("chat") or []:
+                    report("chat", message={"type": "chat", "message": entry, "via": "room"})
         self._seen = len(messages)
 
     async def _commands(self) -> None:
