@@ -174,6 +174,16 @@ def load_fixture(path: Path) -> Fixture:
     return Fixture(path.stem, meta, sdp)
 
 
+def sent_tracks(offer_text: str) -> dict[str, dict[str, str]]:
+    """The `tracks` a browser declares with this offer: its audio and video m-lines that send
+    (a microphone, a camera), by mid; never a data channel's m-line."""
+    return {
+        m.mid: {"source": "microphone" if m.kind == "audio" else "camera"}
+        for m in parse(offer_text).media
+        if m.kind in ("audio", "video") and m.direction in ("sendrecv", "sendonly") and m.mid
+    }
+
+
 def _h264_ok(params: dict[str, str], offered: list[dict[str, str]]) -> str | None:
     mode = params.get("packetization-mode", "0")
     if mode != "1":
@@ -340,12 +350,10 @@ async def check_fixture(
             await make_room(room, {"video_codec": room_codec})
         await asyncio.wait_for(client.connect(token(room, "doctor", "sdp-" + fx.name)), 20)
         await client.wait_state("admitted", timeout_s=20)
-        tracks = {}
-        for m in parse(fx.sdp).media:
-            if m.kind in ("audio", "video") and m.direction in ("sendrecv", "sendonly") and m.mid:
-                tracks[m.mid] = {"source": "microphone" if m.kind == "audio" else "camera"}
         try:
-            reply = await client.request("offer", timeout_s=30, sdp=fx.sdp, tracks=tracks)
+            reply = await client.request(
+                "offer", timeout_s=30, sdp=fx.sdp, tracks=sent_tracks(fx.sdp)
+            )
         except ServerError as exc:
             result["error"] = f"the node refused the offer: {exc.code}: {exc.message}"
             return result

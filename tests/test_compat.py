@@ -211,7 +211,12 @@ def test_bad_browser_config_is_refused(tmp_path: Path) -> None:
 def test_every_fixture_cites_its_source() -> None:
     fixtures = sdp.load_fixtures(FIXTURES)
     names = {f.name for f in fixtures}
-    assert {"safari-macos-sendrecv", "safari-ios-recv", "android-chrome63-recvonly"} <= names
+    assert {
+        "safari-macos-sendrecv",
+        "safari-ios-recv",
+        "safari26-macos-sendrecv",
+        "android-chrome63-recvonly",
+    } <= names
     for f in fixtures:
         # A public file at a fixed commit, or an offer recorded here from a fetched browser.
         source = f.meta["source"]

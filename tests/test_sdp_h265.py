@@ -126,13 +126,14 @@ async def test_safari17_extensions_and_mixed_extmap_are_answered_consistently(
             await client.close()
 
 
-REAL = ("safari-h265-tau-sendrecv", "safari16-macos-whep-recvonly")
+REAL = ("safari-h265-tau-sendrecv", "safari16-macos-whep-recvonly", "safari26-macos-sendrecv")
 
 
 async def test_recorded_safari_offers_with_h265_and_mixed_extmap(server: Server) -> None:
-    """Two recorded Safari offers (one with H265, both with `a=extmap-allow-mixed`): in a
-    default room the node answers VP8, in an H264 room mode-1 H264 with a profile Safari
-    offered; never H265, flexfec or an extension Safari did not offer."""
+    """Three recorded Safari offers (two with H265, at pt 104 and at pt 35 before VP8, all with
+    `a=extmap-allow-mixed`; Safari 16.6 and 26.5.2 by their sources): in a default room the node
+    answers VP8, in an H264 room mode-1 H264 with a profile Safari offered; never H265, flexfec
+    or an extension Safari did not offer."""
     for name in REAL:
         fx = compat_sdp.load_fixture(SAFARI.parent / f"{name}.sdp")
         for codec in ("VP8", "H264"):
@@ -145,11 +146,7 @@ async def test_recorded_safari_offers_with_h265_and_mixed_extmap(server: Server)
             client = ConsultClient(server.url, codecs=fx.video_codecs, auto_answer=False)
             try:
                 await client.connect(server.token("doctor", room=room))
-                tracks = {  # what the browser sends, as the SDP suite declares it
-                    m.mid: {"source": "microphone" if m.kind == "audio" else "camera"}
-                    for m in compat_sdp.parse(fx.sdp).media
-                    if m.mid and m.direction in ("sendrecv", "sendonly")
-                }
+                tracks = compat_sdp.sent_tracks(fx.sdp)  # as the SDP suite declares them
                 reply = await client.request("offer", timeout_s=30, sdp=fx.sdp, tracks=tracks)
                 answer = reply["sdp"]
                 problems, picked = compat_sdp.check_answer(fx.sdp, answer, codec)
