@@ -290,7 +290,7 @@ def run_once(
         flushes = c1.get("send_flushes", 0) - c0.get("send_flushes", 0)
         syscalls = c1.get("send_syscalls", 0) - c0.get("send_syscalls", 0)
         sent = c1.get("send_datagrams", 0) - c0.get("send_datagrams", 0)
-        if flushes and syscalls:  # the batched send path (mediaserver/rtp/batch.py)
+        if flushes and syscalls:  # the batched send path (mediaserver/rtc/batch.py)
             print(
                 f"server send path: {sent} datagrams, {sent / flushes:.2f} per flush"
                 f" (one per transport and loop pass), {sent / syscalls:.2f} per system call,"

@@ -43,7 +43,7 @@ from loadtest.media import load_media
 from loadtest.procs import proc_rss_mb
 from loadtest.worker import PUBLISH, LoadClient
 from mediaserver.config import IceConfig
-from mediaserver.rtp.ice import PortAllocator
+from mediaserver.rtc.ice import PortAllocator
 from signaling.auth import encode_token
 
 TARGET_MB_PER_1000 = 1.0

@@ -88,7 +88,7 @@ def main() -> None:
             "",
             f"{COUNT} datagrams of {SIZE} bytes from the host side of a veth pair to a reader in",
             "the namespace, ~10 k datagrams/s; CPU time of the sending process per datagram",
-            "(user time includes the pacing sleeps). Both the SFU (mediaserver/rtp/batch.py: a",
+            "(user time includes the pacing sleeps). Both the SFU (mediaserver/rtc/batch.py: a",
             "video frame's packets forwarded in one loop pass) and the generator",
             "(loadtest.generator) batch with GSO; audio packets pay the `sendto` row.",
             "",

@@ -1,7 +1,7 @@
 """The cheap load generator's core: synthetic peers that never encode or decode.
 
 A `SyntheticPeer` is an aiortc peer connection tapped at the byte level
-(`mediaserver.rtp.tap.ServerPeerConnection` with our own hooks): aiortc negotiates SDP, ICE
+(`mediaserver.rtc.tap.ServerPeerConnection` with our own hooks): aiortc negotiates SDP, ICE
 and DTLS; we send pre-packetized RTP (`loadtest.media`) through `MediaTransport.send` (SRTP
 protect + sendto) and read decrypted RTP headers in `on_rtp` (sequence number, timestamp,
 arrival: loss, jitter, gaps), never the payload.
@@ -50,8 +50,8 @@ from aiortc.rtcrtptransceiver import RTCRtpTransceiver
 from mediaserver.codecs import capabilities, codec_info
 from mediaserver.config import IceConfig
 from mediaserver.rtp import rtcp
-from mediaserver.rtp.ice import PortAllocator
-from mediaserver.rtp.tap import (
+from mediaserver.rtc.ice import PortAllocator
+from mediaserver.rtc.tap import (
     MediaTransport,
     ServerPeerConnection,
     TapHooks,

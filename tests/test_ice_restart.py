@@ -1,7 +1,7 @@
 """ICE restart on the server's peer connection, driven by a real aiortc client on loopback.
 
 aiortc cannot restart ICE by itself, so the client side swaps its own aioice Connection with
-the same helper the server uses (mediaserver/rtp/icerestart.py) and offers the new
+the same helper the server uses (mediaserver/rtc/icerestart.py) and offers the new
 credentials: exactly what a browser's `pc.restartIce()` puts on the wire. The browser side is
 proven by the compat `ice-restart` scenario (tests/test_compat.py runs it).
 """
@@ -18,8 +18,8 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.rtcicetransport import RTCIceGatherer, RTCIceTransport
 
 from mediaserver.api import IceConfig, MediaConfig, Node, Participant, Role, Room
-from mediaserver.rtp.icerestart import IceRestart
-from mediaserver.rtp.tap import ServerPeerConnection, remote_ice_credentials
+from mediaserver.rtc.icerestart import IceRestart
+from mediaserver.rtc.tap import ServerPeerConnection, remote_ice_credentials
 from tests.media_peers import Peer, av_tracks
 
 WAIT_S = 30.0
@@ -250,7 +250,7 @@ async def test_a_refused_restart_offer_keeps_the_old_session(room: Room) -> None
 
 
 def test_the_aiortc_and_aioice_seams_ice_restart_uses() -> None:
-    """Fail loudly if a new aiortc or aioice moves what rtp/icerestart.py relies on."""
+    """Fail loudly if a new aiortc or aioice moves what rtc/icerestart.py relies on."""
     transport_source = inspect.getsource(RTCIceTransport)
     for attr in (
         "self._connection = gatherer._connection",

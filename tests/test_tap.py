@@ -1,4 +1,4 @@
-"""The aiortc seams mediaserver/rtp/tap.py relies on: fail loudly if aiortc moves them."""
+"""The aiortc seams mediaserver/rtc/tap.py relies on: fail loudly if aiortc moves them."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from aiortc.rtcrtpsender import RTCRtpSender
 from aiortc.rtcrtptransceiver import RTCRtpTransceiver
 
 from mediaserver.config import IceConfig
-from mediaserver.rtp.ice import PortAllocator
-from mediaserver.rtp.tap import MediaTransport, ServerPeerConnection, TapHooks
+from mediaserver.rtc.ice import PortAllocator
+from mediaserver.rtc.tap import MediaTransport, ServerPeerConnection, TapHooks
 
 
 def test_aiortc_version_is_the_pinned_minor() -> None:

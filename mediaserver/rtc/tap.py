@@ -1,4 +1,4 @@
-"""The one seam into aiortc's private API (aiortc pinned to 1.16.*).
+"""The server side of the seam into aiortc's private API (aiortc pinned to 1.16.*).
 
 aiortc negotiates SDP, ICE and DTLS for us. Everything else on the media path is ours:
 - received SRTP is taken straight from the aioice socket callback (no queue hop, no task
@@ -6,9 +6,9 @@ aiortc negotiates SDP, ICE and DTLS for us. Everything else on the media path is
 - aiortc's RTCRtpReceiver never starts its jitter buffer, decoder thread or RTCP task;
 - aiortc's RTCRtpSender never starts its encoder loop or its RTCP task (we write the reports);
 - sending is synchronous: SRTP protect at once, then queued per transport and sent once per
-  event-loop pass, runs of equal-size datagrams in one UDP GSO `sendmsg` (rtp/batch.py).
+  event-loop pass, runs of equal-size datagrams in one UDP GSO `sendmsg` (rtc/batch.py).
 
-`tests/test_tap.py` fails loudly if one of these seams moves in a new aiortc.
+`tests/test_seam_tap.py` fails loudly if one of these seams moves in a new aiortc.
 """
 
 from __future__ import annotations
@@ -22,7 +22,13 @@ from typing import Any
 
 import pylibsrtp
 from aioice import Connection
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc import (
+    RTCConfiguration,
+    RTCPeerConnection,
+    RTCRtpCodecParameters,
+    RTCRtpHeaderExtensionParameters,
+    RTCSessionDescription,
+)
 from aiortc import sdp as aiortc_sdp
 from aiortc.rtcconfiguration import RTCBundlePolicy
 from aiortc.rtcdtlstransport import RTCDtlsTransport, State
@@ -32,11 +38,13 @@ from aiortc.rtcrtptransceiver import RTCRtpTransceiver
 from .batch import DatagramBatch
 from .ice import PortAllocator
 from .icerestart import IceRestart
+from .peer import bundle_data_channel
 
 logger = logging.getLogger(__name__)
 
 RtpHandler = Callable[[bytes, float], None]
 RtcpHandler = Callable[[bytes], None]
+DatagramHandler = Callable[[bytes, int], None]
 now = time.monotonic
 CONNECTED = State.CONNECTED
 
@@ -106,7 +114,7 @@ class MediaTransport:
     async def _rtcp_from_aiortc(self, data: bytes) -> None:
         self.on_rtcp(data)
 
-    # -- the send path (batched: rtp/batch.py) ---------------------------------------------
+    # -- the send path (batched: rtc/batch.py) ---------------------------------------------
 
     def send(self, packet: bytes) -> bool:
         """Protect one RTP or RTCP packet and queue it for this pass; False when not connected."""
@@ -137,7 +145,7 @@ class MediaTransport:
         if pair is None:
             self._batch = None
             return
-        # The server gathers host candidates only (rtp/ice.py), on sockets it binds itself
+        # The server gathers host candidates only (rtc/ice.py), on sockets it binds itself
         # (MediaStunProtocol.sock): GSO needs the socket. Another protocol (a client's aioice
         # gathering) keeps its transport's sendto, one datagram at a time.
         sock = getattr(pair.protocol, "sock", None)
@@ -150,7 +158,7 @@ class MediaTransport:
 
     # -- end of the send path ----------------------------------------------------------------
 
-    # -- ICE restart (rtp/icerestart.py) ----------------------------------------------------
+    # -- ICE restart (rtc/icerestart.py) ----------------------------------------------------
 
     def adopt(self, conn: Connection) -> None:
         """A restart's new Connection: its SRTP comes straight to us too (DTLS to aiortc)."""
@@ -164,6 +172,33 @@ class MediaTransport:
         self._batch = None
 
     # -- end ICE restart --
+
+    # -- for the load generator (loadtest/generator.py) -------------------------------------
+
+    def divert(self, handler: DatagramHandler) -> DatagramHandler:
+        """Every non-STUN datagram goes to `handler(data, component)` first; returns this
+        transport's own entry point (decrypt and dispatch), where `handler` hands on what it
+        does not consume itself. Not carried over an ICE restart."""
+        self._conn.data_received = handler  # type: ignore[method-assign]
+        return self._datagram
+
+    def unprotect_rtp(self, data: bytes) -> bytes | None:
+        """One SRTP packet decrypted; None before the keys exist or when libsrtp refuses it
+        (a replay, a bad tag). Use on a sample: the receive path decrypts by itself."""
+        rx = self._dtls._rx_srtp
+        if rx is None:
+            return None
+        try:
+            return bytes(rx.unprotect(data))
+        except Exception:
+            return None
+
+    def socket_transport(self) -> asyncio.DatagramTransport | None:
+        """The event loop's transport of the nominated pair's socket (None before ICE
+        nominated one)."""
+        pair = self._conn._nominated.get(1)
+        transport = getattr(getattr(pair, "protocol", None), "transport", None)
+        return transport if isinstance(transport, asyncio.DatagramTransport) else None
 
 
 def _drop_rtp(data: bytes, arrival: float) -> None:
@@ -268,7 +303,7 @@ class ServerPeerConnection(RTCPeerConnection):
         # (nor the data channel) ever started: a call with no media at all. Such a transceiver
         # now waits for the next description, whose connect task starts it.
         remote = self._RTCPeerConnection__remoteDescription()  # type: ignore[attr-defined]
-        index = transceiver._get_mline_index()
+        index = mline_index(transceiver)
         if remote is None or index is None or index >= len(remote.media):
             return None
         params: RTCRtpReceiveParameters = RTCPeerConnection._RTCPeerConnection__remoteRtp(  # type: ignore[attr-defined]
@@ -276,7 +311,7 @@ class ServerPeerConnection(RTCPeerConnection):
         )
         return params
 
-    # -- ICE restart: a remote offer with new ICE credentials (rtp/icerestart.py) -------------
+    # -- ICE restart: a remote offer with new ICE credentials (rtc/icerestart.py) -------------
 
     async def setRemoteDescription(self, sessionDescription: RTCSessionDescription) -> None:
         restart = await self._prepare_ice_restart(sessionDescription)
@@ -362,23 +397,29 @@ def remote_ice_credentials(text: str) -> tuple[str, str] | None:
     return ice.usernameFragment, ice.password
 
 
-def bundle_data_channel(pc: RTCPeerConnection) -> None:
-    """Work around aiortc with max-bundle when the data channel exists before any transceiver.
-
-    Its SCTP transport then owns the one DTLS transport but is marked unbundled, and a
-    description whose BUNDLE group lists media first makes aiortc stop that transport as a
-    "slave" of itself (every track is dead). Any aiortc peer (our clients too) calls this
-    right after creating its first data channel.
-    """
-    sctp = pc._RTCPeerConnection__sctp  # type: ignore[attr-defined]
-    if sctp is not None:
-        sctp._bundled = True
-
-
 def sender_ssrcs(transceiver: RTCRtpTransceiver) -> tuple[int, int]:
     """The SSRC and RTX SSRC aiortc announced for this transceiver's sender."""
     sender = transceiver.sender
     return sender._ssrc, sender._rtx_ssrc
+
+
+def mline_index(transceiver: RTCRtpTransceiver) -> int | None:
+    """The index of the transceiver's m-line in the descriptions (None before it has one)."""
+    index: int | None = transceiver._get_mline_index()
+    return index
+
+
+def negotiated_codecs(transceiver: RTCRtpTransceiver) -> list[RTCRtpCodecParameters]:
+    """The codecs the last applied description negotiated for the transceiver (aiortc's
+    payload types until an answer gave it ours: see `bundle.declared`)."""
+    return list(transceiver._codecs)
+
+
+def negotiated_header_extensions(
+    transceiver: RTCRtpTransceiver,
+) -> list[RTCRtpHeaderExtensionParameters]:
+    """The header extensions the last applied description negotiated for the transceiver."""
+    return list(transceiver._headerExtensions)
 
 
 def set_codec_preferences(transceiver: RTCRtpTransceiver, codecs: list[Any]) -> None:

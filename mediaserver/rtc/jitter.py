@@ -22,7 +22,7 @@ from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.rtcrtpreceiver import RTCRtpReceiver
 from aiortc.rtp import RtpPacket
 
-from .keyframe import detector
+from ..rtp.keyframe import detector
 
 ATTRIBUTE = "_RTCRtpReceiver__jitter_buffer"
 CODECS = "_RTCRtpReceiver__codecs"

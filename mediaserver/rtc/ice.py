@@ -24,7 +24,7 @@ class MediaStunProtocol(StunProtocol):
     """aioice's socket protocol, with RTP/RTCP (first byte 128-191) skipping the STUN parse.
 
     `sock` is the socket it reads, bound by PortAllocator: the media send path writes UDP GSO
-    batches on it (rtp/batch.py), which the event loop's transport cannot do.
+    batches on it (rtc/batch.py), which the event loop's transport cannot do.
     """
 
     sock: socket.socket | None = None
