@@ -6,8 +6,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiortc import RTCRtpSender
-from aiortc.codecs import is_rtx
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability, RTCRtpCodecParameters
+
+from .rtc.media import is_rtx
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,7 +6,7 @@ import itertools
 import struct
 from collections.abc import Callable
 
-from loadtest.generator import BatchSender, StreamReceiver, StreamSender, percentile
+from loadtest.generator import StreamReceiver, StreamSender, percentile
 from loadtest.media import MediaLoop, MediaPacket, packetize_video, vp8_payloads
 from mediaserver.rtp.keyframe import vp8_keyframe_start
 
@@ -140,39 +140,6 @@ def test_keyframe_request_jumps_to_the_next_keyframe_with_continuous_numbering()
     assert sent[-1][12] == 0
     ts = [struct.unpack("!BBHII", p[:12])[3] for p in sent]
     assert all((b - a) & 0xFFFFFFFF == 9000 for a, b in itertools.pairwise(ts))
-
-
-class _Clear:
-    """An SRTP session stand-in that protects nothing (the batching is under test)."""
-
-    @staticmethod
-    def protect(packet: bytes) -> bytes:
-        return packet
-
-
-def test_batch_sender_sends_equal_sized_runs_in_gso_batches_and_keeps_order() -> None:
-    import socket
-
-    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        rx.bind(("127.0.0.1", 0))
-        rx.settimeout(5)
-        batch = BatchSender(tx, _Clear(), rx.getsockname())
-        sizes = [1116, 1116, 1115, 1115, 100, 100]
-        packets = [bytes([i]) * n for i, n in enumerate(sizes)]
-        for p in packets:
-            assert batch.send(p)
-        batch.flush()
-        got = [rx.recv(2048) for _ in packets]
-        assert got == packets  # one datagram each, in order, whatever the batching
-        assert batch.datagrams == 6
-        assert batch.gso and batch.batches == 3  # [1116 1116 1115] [1115 100] [100]
-        batch.flush()  # nothing queued: nothing sent
-        assert batch.batches == 3
-    finally:
-        rx.close()
-        tx.close()
 
 
 async def test_the_event_loop_stops_reading_a_socket_the_pacer_drains() -> None:

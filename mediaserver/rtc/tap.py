@@ -29,7 +29,6 @@ from aiortc import (
     RTCRtpHeaderExtensionParameters,
     RTCSessionDescription,
 )
-from aiortc import sdp as aiortc_sdp
 from aiortc.rtcconfiguration import RTCBundlePolicy
 from aiortc.rtcdtlstransport import RTCDtlsTransport, State
 from aiortc.rtcrtpparameters import RTCRtpReceiveParameters, RTCRtpSendParameters
@@ -39,6 +38,7 @@ from .batch import DatagramBatch
 from .ice import PortAllocator
 from .icerestart import IceRestart
 from .peer import bundle_data_channel
+from .sdp import parse as parse_sdp
 
 logger = logging.getLogger(__name__)
 
@@ -384,7 +384,7 @@ class ServerPeerConnection(RTCPeerConnection):
 def remote_ice_credentials(text: str) -> tuple[str, str] | None:
     """The ICE ufrag and password of a description's bundle transport (its first mid)."""
     try:
-        description = aiortc_sdp.SessionDescription.parse(text)
+        description = parse_sdp(text)
     except Exception:
         return None  # aiortc refuses it with the reason
     bundle = next((g for g in description.group if g.semantic == "BUNDLE" and g.items), None)
