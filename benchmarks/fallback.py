@@ -41,7 +41,8 @@ from typing import Any
 
 import pytest
 
-from benchmarks.common import machine, table, write_section
+from benchmarks.common import table
+from loadtest.report import machine_summary, write_section
 from mediaserver.rtc.media import set_opus_bitrate
 from tests.netns import NetNS
 from tests.shaping import ShapedLink, shaping_available
@@ -384,7 +385,7 @@ def report(runs: list[Run], command: str, load: str) -> str:
             "",
             f"Command: `{command}`",
             "",
-            f"Machine: {machine()}.",
+            f"Machine: {machine_summary()}.",
             f"Measured {now}, {load}.",
             "",
             "Patient: the aiortc client (`ConsultClient`, obeys `pause` and nothing else) in a "

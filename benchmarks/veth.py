@@ -20,8 +20,9 @@ import struct
 import sys
 import time
 
-from benchmarks.common import machine, table, write_section
+from benchmarks.common import table
 from loadtest.netns import VethNS
+from loadtest.report import machine_summary, write_section
 
 SIZE = 1200
 COUNT = 20000
@@ -82,7 +83,7 @@ def main() -> None:
             "",
             f"Command: `{command.strip()}`",
             "",
-            f"Machine: {machine()}.",
+            f"Machine: {machine_summary()}.",
             f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load average"
             f" {load:.1f} (the machine was shared with other work).",
             "",

@@ -4,8 +4,8 @@ A `SyntheticPeer` is an aiortc peer connection tapped at the byte level
 (`mediaserver.rtc.tap.ServerPeerConnection` with our own hooks): aiortc negotiates SDP, ICE
 and DTLS; we send pre-packetized RTP (`loadtest.media`) through `MediaTransport.send` (SRTP
 protect, then the node's own batched send path, `mediaserver/rtc/batch.py`: the packets of a
-pacer tick leave in UDP GSO batches once per event-loop pass) and read decrypted RTP headers in `on_rtp` (sequence number, timestamp,
-arrival: loss, jitter, gaps), never the payload.
+pacer tick leave in UDP GSO batches once per event-loop pass) and read decrypted RTP headers
+in `on_rtp` (sequence number, timestamp, arrival: loss, jitter, gaps), never the payload.
 
 Negotiation is the server-offers flow (`Participant.request_publish`): the peer never offers;
 it answers every server offer, turning the recvonly m-lines meant for its own tracks into

@@ -396,7 +396,7 @@ class ConsultClient:
             if self.auto_reconnect:  # issue 5
                 self._media_started = time.monotonic()
                 self._last_inbound = 0.0
-                self._hook_inbound(self.pc)
+                watch_inbound(self.pc, self._inbound)
                 if self._watchdog is None or self._watchdog.done():
                     self._watchdog = asyncio.get_running_loop().create_task(self._watch_media())
         return self.pc

@@ -220,14 +220,15 @@ def test_depayloaded_feeds_aiortcs_jitter_buffer() -> None:
     header = bytes([0x80, 0xE0, 0, 1]) + (3000).to_bytes(4, "big") + (7).to_bytes(4, "big")
     descriptor = b"\x10"  # VP8 payload descriptor: S=1, partition 0 (stripped by depayload)
     packet = media.depayloaded(header + descriptor + b"\x9d\x01\x2a" + bytes(40), codec)
-    assert packet.sequence_number == 1 and packet._data == b"\x9d\x01\x2a" + bytes(40)
+    payload = b"\x9d\x01\x2a" + bytes(40)
+    assert packet.sequence_number == 1 and packet._data == payload  # type: ignore[attr-defined]
     buffer = media.JitterBuffer(capacity=16, is_video=True)
     buffer.add(packet)
     nxt = media.depayloaded(
         header[:2] + b"\x00\x02" + (6000).to_bytes(4, "big") + header[8:] + descriptor, codec
     )
     _, frame = buffer.add(nxt)
-    assert frame is not None and frame.data == packet._data  # the first frame, as depayloaded
+    assert frame is not None and frame.data == payload  # the first frame, as depayloaded
     with pytest.raises(ValueError):
         media.depayloaded(b"\x80\x60", codec)
 

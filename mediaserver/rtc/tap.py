@@ -179,7 +179,7 @@ class MediaTransport:
         """Every non-STUN datagram goes to `handler(data, component)` first; returns this
         transport's own entry point (decrypt and dispatch), where `handler` hands on what it
         does not consume itself. Not carried over an ICE restart."""
-        self._conn.data_received = handler  # type: ignore[method-assign]
+        self._conn.data_received = handler  # type: ignore[method-assign,assignment]
         return self._datagram
 
     def unprotect_rtp(self, data: bytes) -> bytes | None:
