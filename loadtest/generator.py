@@ -40,18 +40,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from aiortc import RTCSessionDescription
-from aiortc.rtcrtpparameters import (
-    RTCRtpReceiveParameters,
-    RTCRtpSendParameters,
-)
-from aiortc.rtcrtptransceiver import RTCRtpTransceiver
+from aiortc import RTCRtpTransceiver, RTCSessionDescription
 
 from mediaserver.codecs import capabilities, codec_info
 from mediaserver.config import IceConfig
 from mediaserver.rtc.ice import PortAllocator
 from mediaserver.rtc.tap import (
     MediaTransport,
+    RTCRtpReceiveParameters,
+    RTCRtpSendParameters,
     ServerPeerConnection,
     TapHooks,
     sender_ssrcs,

@@ -5,8 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from aiortc import RTCRtpSender
-from aiortc.rtcrtpparameters import RTCRtpCodecCapability, RTCRtpCodecParameters
+from aiortc import RTCRtpCodecCapability, RTCRtpCodecParameters, RTCRtpSender
 
 from .rtc.media import is_rtx
 

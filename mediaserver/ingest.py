@@ -34,7 +34,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+from aiortc import RTCRtpCodecParameters
 
 from .codecs import CodecInfo
 from .emitter import Emitter

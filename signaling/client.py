@@ -23,6 +23,7 @@ from typing import Any
 
 import aiohttp
 from aiortc import (
+    MediaStreamTrack,
     RTCBundlePolicy,
     RTCConfiguration,
     RTCDataChannel,
@@ -31,7 +32,6 @@ from aiortc import (
     RTCRtpTransceiver,
     RTCSessionDescription,
 )
-from aiortc.mediastreams import MediaStreamTrack
 
 from mediaserver.rtc.jitter import install as install_skipping_jitter_buffer
 from mediaserver.rtc.peer import bundle_data_channel, set_sender_enabled, watch_inbound
