@@ -201,6 +201,10 @@ class StreamSender:
         self.keyframes_forced += 1
         return True
 
+    def use(self, send: Callable[[bytes], bool]) -> None:
+        """Send through `send` from now on (`MediaTransport.rtp_sender`, once connected)."""
+        self._send = send
+
     @property
     def start(self) -> float:
         """When the loop's first packet was due (monotonic): send times count from here."""
@@ -766,6 +770,10 @@ class SyntheticPeer(TapHooks):
         sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         with contextlib.suppress(OSError):  # a kernel without UDP_GRO: one datagram a call
             sock.setsockopt(SOL_UDP, UDP_GRO, 1)
+        send = self.transport.rtp_sender()  # the pacer's packets: no per-packet checks
+        if send is not None:
+            for sender in self.senders.values():
+                sender.use(send)
         return SocketDrain(sock, self, transport.get_protocol())
 
     def _sample(self, stream: StreamReceiver, data: bytes, ts: int, arrival: float) -> None:

@@ -134,6 +134,30 @@ class MediaTransport:
         batch.add(data)
         return True
 
+    def rtp_sender(self) -> Callable[[bytes], bool] | None:
+        """`send` for RTP alone, bound to this moment's keys and nominated pair: protect and
+        queue, without `send`'s per-packet checks (the load generator's pacer, whose pair
+        does not change). None while not connected."""
+        pair = self._conn._nominated.get(1)
+        if pair is not self._pair:
+            self._select(pair)
+        dtls = self._dtls
+        batch = self._batch
+        tx = dtls._tx_srtp
+        if batch is None or tx is None or dtls._state is not CONNECTED:
+            return None
+        protect, add = tx.protect, batch.add
+
+        def send(packet: bytes) -> bool:
+            try:
+                add(protect(packet))
+            except pylibsrtp.Error:
+                self.encrypt_errors += 1
+                return False
+            return True
+
+        return send
+
     @property
     def batch(self) -> DatagramBatch | None:
         """The current pair's outgoing batch (its counters: batches, datagrams, send_errors)."""
