@@ -33,6 +33,7 @@ from mediaserver.rtc.tap import (
     mline_index,
     negotiated_codecs,
     negotiated_header_extensions,
+    receive_parameters,
 )
 
 # -- what the seam relies on ------------------------------------------------------------------
@@ -146,6 +147,14 @@ async def test_transceiver_accessors_read_what_the_answer_negotiated() -> None:
         assert [c.mimeType for c in negotiated_codecs(video_t)] == ["video/VP8", "video/rtx"]
         uris = {h.uri for h in negotiated_header_extensions(video_t)}
         assert "urn:ietf:params:rtp-hdrext:sdes:mid" in uris
+        params = receive_parameters(
+            video_t, negotiated_codecs(video_t), ssrc=1234, payload_type=97, rtx_ssrc=5678
+        )
+        assert params.muxId == video_t.mid and params.headerExtensions
+        (enc,) = params.encodings
+        assert (enc.ssrc, enc.payloadType, enc.rtx.ssrc if enc.rtx else None) == (1234, 97, 5678)
+        bare = receive_parameters(video_t, [], ssrc=None, payload_type=97, rtx_ssrc=None)
+        assert bare.encodings == [] and bare.codecs == []
         fresh = server.addTransceiver("video", direction="sendonly")
         assert mline_index(fresh) is None  # no m-line before our next offer
     finally:

@@ -31,7 +31,12 @@ from aiortc import (
 )
 from aiortc.rtcconfiguration import RTCBundlePolicy
 from aiortc.rtcdtlstransport import RTCDtlsTransport, State
-from aiortc.rtcrtpparameters import RTCRtpReceiveParameters, RTCRtpSendParameters
+from aiortc.rtcrtpparameters import (
+    RTCRtpDecodingParameters,
+    RTCRtpReceiveParameters,
+    RTCRtpRtxParameters,
+    RTCRtpSendParameters,
+)
 from aiortc.rtcrtptransceiver import RTCRtpTransceiver
 
 from .batch import DatagramBatch
@@ -444,6 +449,28 @@ def negotiated_header_extensions(
 ) -> list[RTCRtpHeaderExtensionParameters]:
     """The header extensions the last applied description negotiated for the transceiver."""
     return list(transceiver._headerExtensions)
+
+
+def receive_parameters(
+    transceiver: RTCRtpTransceiver,
+    codecs: list[RTCRtpCodecParameters],
+    *,
+    ssrc: int | None,
+    payload_type: int,
+    rtx_ssrc: int | None,
+) -> RTCRtpReceiveParameters:
+    """The parameters aiortc hands `receiver_started` for this transceiver's m-line, with
+    these codecs and SSRCs (a publication re-created on the same mid: codec-late)."""
+    encodings = []
+    if ssrc is not None:
+        rtx = RTCRtpRtxParameters(ssrc=rtx_ssrc) if rtx_ssrc else None
+        encodings.append(RTCRtpDecodingParameters(ssrc=ssrc, payloadType=payload_type, rtx=rtx))
+    return RTCRtpReceiveParameters(
+        codecs=codecs,
+        headerExtensions=negotiated_header_extensions(transceiver),
+        muxId=transceiver.mid or "",
+        encodings=encodings,
+    )
 
 
 def set_codec_preferences(transceiver: RTCRtpTransceiver, codecs: list[Any]) -> None:
