@@ -183,3 +183,47 @@ async def test_the_event_loop_stops_reading_a_socket_the_pacer_drains() -> None:
     finally:
         transport.close()
         peer.close()
+
+
+async def test_synthetic_peers_send_and_receive_on_drained_sockets() -> None:
+    """Two generator peers on loopback, sockets taken from the event loop (`detach_socket`,
+    the load test's default): media leaves through the node's batched send path
+    (`MediaTransport.rtp_sender`) and is counted from its clear header (`divert`)."""
+    import asyncio
+    import time
+
+    from loadtest.generator import Pacer, SyntheticPeer
+
+    video = MediaLoop(
+        kind="video",
+        clock_rate=90000,
+        duration=0.1,
+        period_ts=9000,
+        packets=[
+            MediaPacket(at=i * 0.02, ts=i * 1800, marker=True, keyframe=i == 0, payload=bytes(200))
+            for i in range(5)
+        ],
+    )
+    pacer = Pacer()
+    a = SyntheticPeer("a", video=video, audio=_loop(), pacer=pacer)
+    b = SyntheticPeer("b", video=video, audio=_loop(), pacer=pacer)
+    try:
+        await a.accept(await b.answer(await a.offer(), {}))
+        for _ in range(400):
+            if a.connection_state == b.connection_state == "connected" and a.senders:
+                break
+            await asyncio.sleep(0.05)
+        assert a.connection_state == b.connection_state == "connected"
+        assert set(a.senders) == {"audio", "video"}
+        drains = [a.detach_socket(), b.detach_socket()]
+        assert all(d is not None for d in drains)  # the stock loop: both sockets drained
+        for d in drains:
+            assert d is not None
+            pacer.add_drain(d)
+        await pacer.run(time.monotonic() + 1.5)
+        assert {r.kind for r in b.receivers} == {"audio", "video"}
+        assert all(r.snapshot()["received"] > 10 for r in b.receivers)
+        assert sum(d.received for d in drains if d is not None) > 20
+    finally:
+        await a.close()
+        await b.close()

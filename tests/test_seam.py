@@ -266,3 +266,72 @@ async def test_gather_on_loopback_gathers_on_127_0_0_1_only(
         assert {c.host for c in conn.local_candidates} == {"127.0.0.1"}
     finally:
         await conn.close()
+
+
+class _Recorder(TapHooks):
+    """Keeps the transport and every decrypted RTP packet."""
+
+    def __init__(self) -> None:
+        self.transport: MediaTransport | None = None
+        self.rtp: list[bytes] = []
+        self.got = asyncio.Event()
+
+    def transport_created(self, transport: MediaTransport) -> None:
+        self.transport = transport
+        transport.on_rtp = self._on_rtp
+
+    def _on_rtp(self, data: bytes, arrival: float) -> None:
+        self.rtp.append(data)
+        self.got.set()
+
+    def transceiver_created(self, transceiver: RTCRtpTransceiver) -> None:
+        pass
+
+
+async def test_the_load_generators_transport_functions_on_a_live_connection() -> None:
+    """`rtp_sender`, `divert`, `unprotect_rtp` and `socket_transport` between two tapped
+    peers on loopback: what loadtest/generator.py uses instead of aiortc's internals."""
+    ports = PortAllocator(IceConfig(host_addresses=("127.0.0.1",)))
+    a_hooks, b_hooks = _Recorder(), _Recorder()
+    a = ServerPeerConnection(hooks=a_hooks, ports=ports)
+    b = ServerPeerConnection(hooks=b_hooks, ports=ports)
+    try:
+        a.createDataChannel("consult", negotiated=True, id=0)
+        b.createDataChannel("consult", negotiated=True, id=0)
+        await a.setLocalDescription(await a.createOffer())
+        await b.setRemoteDescription(a.localDescription)
+        await b.setLocalDescription(await b.createAnswer())
+        await a.setRemoteDescription(b.localDescription)
+        for _ in range(400):
+            if a.connectionState == "connected" and b.connectionState == "connected":
+                break
+            await asyncio.sleep(0.05)
+        assert a.connectionState == b.connectionState == "connected"
+        ta, tb = a_hooks.transport, b_hooks.transport
+        assert ta is not None and tb is not None
+        transport = ta.socket_transport()
+        assert transport is not None and transport.get_extra_info("socket") is not None
+        raw: list[bytes] = []
+
+        def peek(data: bytes, component: int) -> None:
+            raw.append(data)
+            decrypt(data, component)
+
+        decrypt = tb.divert(peek)
+        send = ta.rtp_sender()
+        assert send is not None
+        packet = bytes([0x80, 96, 0, 7]) + (1234).to_bytes(4, "big") + (42).to_bytes(4, "big")
+        assert send(packet + b"payload")
+        await asyncio.wait_for(b_hooks.got.wait(), 20)
+        assert b_hooks.rtp == [packet + b"payload"]  # handed on by `peek`, decrypted once
+        assert len(raw) == 1 and raw[0] != packet + b"payload"  # it was SRTP on the wire
+        assert tb.unprotect_rtp(raw[0]) is None  # a replay: libsrtp refuses it
+        assert send(packet[:2] + b"\x00\x08" + packet[4:] + b"second")
+        for _ in range(400):
+            if len(raw) == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert tb.unprotect_rtp(b"\x80\x60" + bytes(30)) is None  # garbage: no exception
+    finally:
+        await a.close()
+        await b.close()

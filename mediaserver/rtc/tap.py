@@ -222,12 +222,13 @@ class MediaTransport:
         except Exception:
             return None
 
-    def socket_transport(self) -> asyncio.DatagramTransport | None:
+    def socket_transport(self) -> asyncio.BaseTransport | None:
         """The event loop's transport of the nominated pair's socket (None before ICE
-        nominated one)."""
+        nominated one). Python 3.11's selector datagram transport is no DatagramTransport
+        subclass: only BaseTransport is checked."""
         pair = self._conn._nominated.get(1)
         transport = getattr(getattr(pair, "protocol", None), "transport", None)
-        return transport if isinstance(transport, asyncio.DatagramTransport) else None
+        return transport if isinstance(transport, asyncio.BaseTransport) else None
 
 
 def _drop_rtp(data: bytes, arrival: float) -> None:
