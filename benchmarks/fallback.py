@@ -40,9 +40,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from aiortc.codecs.opus import OpusEncoder
 
-from benchmarks.common import machine, table, write_section
+from benchmarks.common import table
+from loadtest.report import machine_summary, write_section
+from mediaserver.rtc.media import set_opus_bitrate
 from tests.netns import NetNS
 from tests.shaping import ShapedLink, shaping_available
 from tests.test_fallback_shaped import OPUS_BPS, ShapedCall
@@ -384,7 +385,7 @@ def report(runs: list[Run], command: str, load: str) -> str:
             "",
             f"Command: `{command}`",
             "",
-            f"Machine: {machine()}.",
+            f"Machine: {machine_summary()}.",
             f"Measured {now}, {load}.",
             "",
             "Patient: the aiortc client (`ConsultClient`, obeys `pause` and nothing else) in a "
@@ -432,13 +433,7 @@ async def main_async(args: argparse.Namespace) -> list[Run]:
 
 
 def browser_like_opus() -> None:
-    original = OpusEncoder.__init__
-
-    def init(self: OpusEncoder) -> None:
-        original(self)
-        self.codec.bit_rate = OPUS_BPS
-
-    OpusEncoder.__init__ = init  # type: ignore[method-assign]
+    set_opus_bitrate(OPUS_BPS)
 
 
 def main() -> int:

@@ -40,7 +40,8 @@ from typing import Any
 
 import aiohttp
 
-from benchmarks.common import machine, table, write_section
+from benchmarks.common import table
+from loadtest.report import machine_summary, write_section
 from signaling.auth import encode_token
 from signaling.config import DEV_TOKEN_SECRET
 
@@ -285,7 +286,7 @@ async def main(args: argparse.Namespace) -> None:
 
 Command: `{args.command}`
 
-Machine: {machine()}.
+Machine: {machine_summary()}.
 Measured {time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}, load average {load:.1f} at the end.
 
 A node (`python -m signaling run --dev`, its own process) with two rooms. In room `flood` one

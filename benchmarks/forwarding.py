@@ -39,8 +39,9 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
-from benchmarks.common import Stalls, machine, table, write_section
+from benchmarks.common import Stalls, table
 from loadtest.procs import CLK_TCK, Children, cpu_jiffies, proc_cpu, proc_rss_mb, read_line
+from loadtest.report import machine_summary, write_section
 
 LOSS_LIMIT = 0.01
 GEN_BUSY_LIMIT = 0.90  # generator share of its core above which it is called the bottleneck
@@ -290,7 +291,7 @@ def run_once(
         flushes = c1.get("send_flushes", 0) - c0.get("send_flushes", 0)
         syscalls = c1.get("send_syscalls", 0) - c0.get("send_syscalls", 0)
         sent = c1.get("send_datagrams", 0) - c0.get("send_datagrams", 0)
-        if flushes and syscalls:  # the batched send path (mediaserver/rtp/batch.py)
+        if flushes and syscalls:  # the batched send path (mediaserver/rtc/batch.py)
             print(
                 f"server send path: {sent} datagrams, {sent / flushes:.2f} per flush"
                 f" (one per transport and loop pass), {sent / syscalls:.2f} per system call,"
@@ -411,7 +412,7 @@ def report(
         "",
         f"Command: `{command}`",
         "",
-        f"Machine: {machine()}.",
+        f"Machine: {machine_summary()}.",
         f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
         "",
         "Server process pinned to CPU 0 (uvloop), generator workers pinned to CPU 1. Each",
@@ -468,7 +469,7 @@ def profile_report(path: str, command: str, r: RunResult, *, write: bool) -> Non
         f"Command: `{command}` (py-spy record --nonblocking, 50 Hz, over the window of the",
         f"N={r.consultations} run; {total} samples of the server process, idle excluded).",
         "",
-        f"Machine: {machine()}.",
+        f"Machine: {machine_summary()}.",
         f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
         "",
         "Time spent in C (uvloop's loop and its recvmsg/epoll, sendto inside uvloop's",

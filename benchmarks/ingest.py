@@ -18,11 +18,12 @@ import resource
 import time
 from datetime import UTC, datetime
 
+from loadtest.report import machine_summary, write_section
 from loadtest.rtp_sender import RtpSender
 from mediaserver.api import MediaConfig, Node, RoomOptions
 from mediaserver.ingest import IngestParticipant, parse_sdp
 
-from .common import machine, table, write_section
+from .common import table
 
 CASES = [
     # (label, kind, codec, payload type, rtpmap, room video codec)
@@ -91,7 +92,7 @@ async def main_async(args: argparse.Namespace) -> str:
 
 Command: `.venv/bin/python -m benchmarks.ingest --duration {args.duration:g}`
 
-Machine: {machine()}.
+Machine: {machine_summary()}.
 Measured {stamp}.
 
 One ingest stream into a room with no subscriber (a subscriber adds the forwarding cost

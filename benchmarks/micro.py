@@ -25,7 +25,8 @@ from collections.abc import Callable
 
 from pylibsrtp import Policy, Session
 
-from benchmarks.common import machine, table, write_section
+from benchmarks.common import table
+from loadtest.report import machine_summary, write_section
 from mediaserver.codecs import CodecInfo
 from mediaserver.events import NodeCounters
 from mediaserver.forwarder import ExtensionIds, Forwarder
@@ -243,7 +244,7 @@ def main() -> None:
             "",
             f"Command: `{command.strip()}`",
             "",
-            f"Machine: {machine()}.",
+            f"Machine: {machine_summary()}.",
             f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
             "",
             "Best of 7 timeit repeats, microseconds per call, one process, no I/O. The",

@@ -57,7 +57,7 @@ async def counters(request: web.Request) -> web.Response:
         for p in r.participants.values()
         if p.connection_state == "connected"
     )
-    # The batched send path (mediaserver/rtp/batch.py): one flush per transport and loop pass.
+    # The batched send path (mediaserver/rtc/batch.py): one flush per transport and loop pass.
     batches = [
         p.transport.batch
         for r in node.rooms.values()

@@ -37,13 +37,14 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
-from benchmarks.common import machine, table, write_section
+from benchmarks.common import table
 from loadtest.generator import Pacer, SyntheticPeer
 from loadtest.media import load_media
 from loadtest.procs import proc_rss_mb
+from loadtest.report import machine_summary, write_section
 from loadtest.worker import PUBLISH, LoadClient
 from mediaserver.config import IceConfig
-from mediaserver.rtp.ice import PortAllocator
+from mediaserver.rtc.ice import PortAllocator
 from signaling.auth import encode_token
 
 TARGET_MB_PER_1000 = 1.0
@@ -355,7 +356,7 @@ def report(args: argparse.Namespace, stats: Stats, command: str, elapsed: float)
     return (
         "## Soak: steady consultations with join/leave churn\n\n"
         f"Command: `{command}`\n\n"
-        f"Machine: {machine()}; node and generator share it (and whatever else ran).\n\n"
+        f"Machine: {machine_summary()}; node and generator share it (and whatever else ran).\n\n"
         f"{args.consultations} rooms, each a doctor who stays (publishing audio + video) and a "
         f"patient place that churns (join, knock, admit, publish, media both ways for "
         f"{args.hold:g} s, leave, {args.gap:g} s pause); {elapsed:.0f} s, {stats.joins} patient "

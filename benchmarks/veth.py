@@ -20,8 +20,9 @@ import struct
 import sys
 import time
 
-from benchmarks.common import machine, table, write_section
+from benchmarks.common import table
 from loadtest.netns import VethNS
+from loadtest.report import machine_summary, write_section
 
 SIZE = 1200
 COUNT = 20000
@@ -82,13 +83,13 @@ def main() -> None:
             "",
             f"Command: `{command.strip()}`",
             "",
-            f"Machine: {machine()}.",
+            f"Machine: {machine_summary()}.",
             f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load average"
             f" {load:.1f} (the machine was shared with other work).",
             "",
             f"{COUNT} datagrams of {SIZE} bytes from the host side of a veth pair to a reader in",
             "the namespace, ~10 k datagrams/s; CPU time of the sending process per datagram",
-            "(user time includes the pacing sleeps). Both the SFU (mediaserver/rtp/batch.py: a",
+            "(user time includes the pacing sleeps). Both the SFU (mediaserver/rtc/batch.py: a",
             "video frame's packets forwarded in one loop pass) and the generator",
             "(loadtest.generator) batch with GSO; audio packets pay the `sendto` row.",
             "",

@@ -4,7 +4,7 @@
 
 A sender inside the namespace (the SFU's place) sends 20000 datagrams of 1200 bytes to a
 reader on the host side (the generator's place), one `sendto` each (Janus; our node for
-audio) or in UDP GSO batches of four (our node for video, mediaserver/rtp/batch.py). The
+audio) or in UDP GSO batches of four (our node for video, mediaserver/rtc/batch.py). The
 reader receives with or without UDP_GRO on its socket, and with the host-side veth's GRO
 (`ethtool -K IF gro on`) off or on. Prints the reader's CPU per datagram, how many
 `recvmsg` calls it needed (also for bursts of four back-to-back `sendto`, as Janus forwards

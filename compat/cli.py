@@ -165,15 +165,13 @@ def _browsers(args: argparse.Namespace) -> int:
 
 
 def _inner(blob: str) -> int:
-    import aioice.ice
-
     from compat import report
     from compat.browsers import load_browsers
     from compat.runner import RunOptions, run_matrix
     from compat.scenarios import BY_NAME
+    from mediaserver.rtc.ice import gather_on_loopback
 
-    # The namespace holds only `lo`, which aioice skips unless told: gather on loopback.
-    aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"]
+    gather_on_loopback()  # the namespace holds only `lo`, which aioice skips unless told
     o = json.loads(blob)
     opts = RunOptions(
         pairs=[(a, b) for a, b in o["pairs"]],

@@ -16,8 +16,7 @@ import re
 from typing import Any
 
 import numpy as np
-from aiortc import MediaStreamTrack
-from aiortc.mediastreams import MediaStreamError
+from aiortc import MediaStreamError, MediaStreamTrack
 from av import AudioFrame, VideoFrame
 
 from compat.driver import Driver, DriverError

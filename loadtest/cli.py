@@ -15,7 +15,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .report import charts, probes_table, unsustained, write_json
+from .report import (
+    charts,
+    machine_summary,
+    probes_table,
+    unsustained,
+    write_json,
+    write_section,
+)
 from .runner import Options, Progress, capacity, run_probe, verdict
 from .slo import Thresholds
 from .targets import usable_cpus
@@ -192,14 +199,9 @@ def main(argv: list[str] | None = None) -> int:
             text = compare_text(results, command)
             print(text)
             if args.docs and not any(r["error"] for r in results.values()):
-                # benchmarks/ lives in the checkout beside loadtest/ (not installed).
-                sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-                from benchmarks.common import machine as bench_machine
-                from benchmarks.common import write_section
-
                 write_section(
                     "loadtest-compare",
-                    text.replace("MACHINE", bench_machine()) + "\n\n" + probes_table(probes),
+                    text.replace("MACHINE", machine_summary()) + "\n\n" + probes_table(probes),
                 )
         return 1 if any(r["error"] for r in results.values()) else 0
     except KeyboardInterrupt:

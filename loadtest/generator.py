@@ -1,10 +1,11 @@
 """The cheap load generator's core: synthetic peers that never encode or decode.
 
 A `SyntheticPeer` is an aiortc peer connection tapped at the byte level
-(`mediaserver.rtp.tap.ServerPeerConnection` with our own hooks): aiortc negotiates SDP, ICE
+(`mediaserver.rtc.tap.ServerPeerConnection` with our own hooks): aiortc negotiates SDP, ICE
 and DTLS; we send pre-packetized RTP (`loadtest.media`) through `MediaTransport.send` (SRTP
-protect + sendto) and read decrypted RTP headers in `on_rtp` (sequence number, timestamp,
-arrival: loss, jitter, gaps), never the payload.
+protect, then the node's own batched send path, `mediaserver/rtc/batch.py`: the packets of a
+pacer tick leave in UDP GSO batches once per event-loop pass) and read decrypted RTP headers
+in `on_rtp` (sequence number, timestamp, arrival: loss, jitter, gaps), never the payload.
 
 Negotiation is the server-offers flow (`Participant.request_publish`): the peer never offers;
 it answers every server offer, turning the recvonly m-lines meant for its own tracks into
@@ -39,35 +40,27 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import pylibsrtp
-from aiortc import RTCSessionDescription
-from aiortc.rtcrtpparameters import (
-    RTCRtpReceiveParameters,
-    RTCRtpSendParameters,
-)
-from aiortc.rtcrtptransceiver import RTCRtpTransceiver
+from aiortc import RTCRtpTransceiver, RTCSessionDescription
 
 from mediaserver.codecs import capabilities, codec_info
 from mediaserver.config import IceConfig
-from mediaserver.rtp import rtcp
-from mediaserver.rtp.ice import PortAllocator
-from mediaserver.rtp.tap import (
+from mediaserver.rtc.ice import PortAllocator
+from mediaserver.rtc.tap import (
     MediaTransport,
+    RTCRtpReceiveParameters,
+    RTCRtpSendParameters,
     ServerPeerConnection,
     TapHooks,
     sender_ssrcs,
     set_codec_preferences,
 )
+from mediaserver.rtp import rtcp
 
 from .media import MediaLoop
 
 _header = struct.Struct("!BBHII")
 _timespec = struct.Struct("@qq")
-_u16 = struct.Struct("=H")
 SOL_UDP = getattr(socket, "SOL_UDP", 17)
-UDP_SEGMENT = getattr(socket, "UDP_SEGMENT", 103)  # Linux UDP GSO
-GSO_MAX_SEGMENTS = 64
-GSO_MAX_BYTES = 60000
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux; Python's socket lacks it
 UDP_GRO = 104  # Linux: a GSO batch is received as one buffer, with its segment size
 GRO_BUFFER = 65536  # one received buffer: a whole GSO batch (at most a UDP payload)
@@ -209,7 +202,7 @@ class StreamSender:
         return True
 
     def use(self, send: Callable[[bytes], bool]) -> None:
-        """Send through `send` from now on (the generator's direct socket path)."""
+        """Send through `send` from now on (`MediaTransport.rtp_sender`, once connected)."""
         self._send = send
 
     @property
@@ -281,74 +274,6 @@ class StreamSender:
         }
 
 
-class BatchSender:
-    """One peer's outgoing media: SRTP-protected at once, sent once a tick in UDP GSO batches.
-
-    Consecutive datagrams of one size (a video frame's packets) leave in one `sendmsg` with
-    UDP_SEGMENT (the kernel cuts them apart again: the SFU receives ordinary datagrams); a
-    shorter datagram may end a batch. On a veth pair this divides the sender's kernel time per
-    packet by about three (see docs/loadtest.md). Falls back to one `sendto` per datagram
-    where the kernel refuses GSO.
-    """
-
-    __slots__ = ("addr", "batches", "datagrams", "gso", "protect", "queue", "sock")
-
-    def __init__(self, sock: socket.socket, tx: Any, addr: Any) -> None:
-        self.sock = sock
-        self.addr = addr
-        self.protect = tx.protect
-        self.queue: list[bytes] = []
-        self.gso = True
-        self.batches = 0
-        self.datagrams = 0
-
-    def send(self, packet: bytes) -> bool:
-        try:
-            self.queue.append(self.protect(packet))
-        except pylibsrtp.Error:
-            return False
-        return True
-
-    def flush(self) -> None:
-        q = self.queue
-        if not q:
-            return
-        self.queue = []
-        n = len(q)
-        self.datagrams += n
-        sock, addr = self.sock, self.addr
-        i = 0
-        try:
-            while i < n:
-                size = len(q[i])
-                j = i + 1
-                total = size
-                if self.gso:
-                    while j < n and j - i < GSO_MAX_SEGMENTS and total + size <= GSO_MAX_BYTES:
-                        ln = len(q[j])
-                        if ln > size:
-                            break
-                        j += 1
-                        total += ln
-                        if ln < size:
-                            break  # a shorter datagram ends the batch
-                self.batches += 1
-                if j - i == 1:
-                    sock.sendto(q[i], addr)
-                else:
-                    try:
-                        sock.sendmsg(
-                            [b"".join(q[i:j])], [(SOL_UDP, UDP_SEGMENT, _u16.pack(size))], 0, addr
-                        )
-                    except OSError:
-                        self.gso = False  # no GSO here: one datagram at a time from now on
-                        for k in range(i, j):
-                            sock.sendto(q[k], addr)
-                i = j
-        except OSError:
-            pass  # a full socket buffer drops what is left of this tick, as a network would
-
-
 def stop_event_loop_reading(transport: asyncio.BaseTransport) -> socket.socket | None:
     """Stop the stock event loop reading a datagram transport's socket, and return the socket
     (None, reading on, where the loop is not asyncio's selector loop: uvloop, a proactor).
@@ -379,10 +304,9 @@ class SocketDrain:
     cut apart here by its segment size; datagrams sent one by one (Janus) arrive one by one.
     """
 
-    __slots__ = ("batch", "peer", "protocol", "received", "sock")
+    __slots__ = ("peer", "protocol", "received", "sock")
 
     def __init__(self, sock: socket.socket, peer: SyntheticPeer, protocol: Any) -> None:
-        self.batch: BatchSender | None = None  # the peer's sending side, flushed each tick
         self.sock = sock
         self.peer = peer
         self.protocol = protocol
@@ -476,9 +400,6 @@ class Pacer:
             for sender in self.senders:
                 if sender.next_due <= t:
                     sender.send_due(t)
-            for d in self.drains:
-                if d.batch is not None:
-                    d.batch.flush()
             next_tick += tick
             if next_tick < t:
                 next_tick = t + tick
@@ -768,9 +689,7 @@ class SyntheticPeer(TapHooks):
         transport.on_rtcp = self._on_rtcp
         # Read RTP headers before MediaTransport decrypts (see the module doc); everything
         # else (DTLS, RTCP, RTX, samples) takes MediaTransport's own path.
-        conn = transport._conn
-        self._decrypting = conn.data_received
-        conn.data_received = self._datagram  # type: ignore[method-assign]
+        self._decrypting = transport.divert(self._datagram)
 
     def transceiver_created(self, transceiver: RTCRtpTransceiver) -> None:
         want = "video/vp8" if transceiver.kind == "video" else "audio/opus"
@@ -842,8 +761,7 @@ class SyntheticPeer(TapHooks):
         stock asyncio loop (`stop_event_loop_reading`; uvloop's transports cannot stop)."""
         if self.transport is None:
             return None
-        pair = self.transport._conn._nominated.get(1)
-        transport = getattr(getattr(pair, "protocol", None), "transport", None)
+        transport = self.transport.socket_transport()
         if transport is None:
             return None
         sock = stop_event_loop_reading(transport)
@@ -852,22 +770,16 @@ class SyntheticPeer(TapHooks):
         sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         with contextlib.suppress(OSError):  # a kernel without UDP_GRO: one datagram a call
             sock.setsockopt(SOL_UDP, UDP_GRO, 1)
-        drain = SocketDrain(sock, self, transport.get_protocol())
-        tx = self.transport.dtls._tx_srtp
-        if tx is not None and self.senders:
-            drain.batch = BatchSender(sock, tx, pair.remote_addr)  # type: ignore[union-attr]
+        send = self.transport.rtp_sender()  # the pacer's packets: no per-packet checks
+        if send is not None:
             for sender in self.senders.values():
-                sender.use(drain.batch.send)
-        return drain
+                sender.use(send)
+        return SocketDrain(sock, self, transport.get_protocol())
 
     def _sample(self, stream: StreamReceiver, data: bytes, ts: int, arrival: float) -> None:
-        rx = self.transport.dtls._rx_srtp if self.transport is not None else None
-        if rx is None:
-            return
-        try:
-            plain = rx.unprotect(data)
-        except Exception:  # pylibsrtp.Error (a replay, a bad tag): no sample this time
-            return
+        plain = self.transport.unprotect_rtp(data) if self.transport is not None else None
+        if plain is None:
+            return  # no keys yet, a replay, a bad tag: no sample this time
         self.decrypted += 1
         b0 = plain[0]
         off = 12 + ((b0 & 0x0F) << 2)

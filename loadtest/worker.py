@@ -32,7 +32,7 @@ import aiohttp
 from aiortc import RTCPeerConnection
 
 from mediaserver.config import IceConfig
-from mediaserver.rtp.ice import PortAllocator
+from mediaserver.rtc.ice import PortAllocator
 from signaling.auth import encode_token
 from signaling.client import ConsultClient, JoinRefused, ServerError
 

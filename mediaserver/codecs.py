@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from aiortc import RTCRtpSender
-from aiortc.codecs import is_rtx
-from aiortc.rtcrtpparameters import RTCRtpCodecCapability, RTCRtpCodecParameters
+from aiortc import RTCRtpCodecCapability, RTCRtpCodecParameters, RTCRtpSender
+
+from .rtc.media import is_rtx
 
 
 @dataclass(frozen=True, slots=True)

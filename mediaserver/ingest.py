@@ -34,15 +34,13 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from aiortc.codecs import depayload, get_decoder, get_encoder
-from aiortc.jitterbuffer import JitterBuffer
-from aiortc.rtcrtpparameters import RTCRtpCodecParameters
-from aiortc.rtp import RtpPacket
+from aiortc import RTCRtpCodecParameters
 
 from .codecs import CodecInfo
 from .emitter import Emitter
 from .events import CloseReason, LinkStats, Role
 from .publication import Publication
+from .rtc.media import JitterBuffer, depayloaded, get_decoder, get_encoder
 
 if TYPE_CHECKING:
     from .room import Room
@@ -181,8 +179,7 @@ class _Transcoder:
 
     def on_rtp(self, data: bytes) -> None:
         try:
-            packet = RtpPacket.parse(data)
-            packet._data = depayload(self.in_codec, packet.payload) if packet.payload else b""  # type: ignore[attr-defined]
+            packet = depayloaded(data, self.in_codec)
         except ValueError:
             self.stats.bad_packets += 1
             return

@@ -8,7 +8,7 @@ from .config import MediaConfig
 from .emitter import Emitter
 from .events import CloseReason, NodeCounters
 from .room import Room, RoomOptions
-from .rtp.ice import PortAllocator
+from .rtc.ice import PortAllocator
 
 logger = logging.getLogger(__name__)
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import aiohttp
 from aiortc import (
+    MediaStreamTrack,
     RTCBundlePolicy,
     RTCConfiguration,
     RTCDataChannel,
@@ -31,10 +32,9 @@ from aiortc import (
     RTCRtpTransceiver,
     RTCSessionDescription,
 )
-from aiortc.mediastreams import MediaStreamTrack
 
-from mediaserver.api import bundle_data_channel
-from mediaserver.rtp.jitter import install as install_skipping_jitter_buffer
+from mediaserver.rtc.jitter import install as install_skipping_jitter_buffer
+from mediaserver.rtc.peer import bundle_data_channel, set_sender_enabled, watch_inbound
 
 logger = logging.getLogger(__name__)
 
@@ -389,14 +389,14 @@ class ConsultClient:
                 RTCConfiguration(iceServers=servers, bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
             )
             self.channel = self.pc.createDataChannel("consult", negotiated=True, id=0)
-            # aiortc max-bundle bug: see mediaserver/rtp/tap.py bundle_data_channel.
+            # aiortc max-bundle bug: see mediaserver/rtc/peer.py bundle_data_channel.
             bundle_data_channel(self.pc)
             self.channel.on("message", self._on_data)
             self.pc.on("track", self._on_track)
             if self.auto_reconnect:  # issue 5
                 self._media_started = time.monotonic()
                 self._last_inbound = 0.0
-                self._hook_inbound(self.pc)
+                watch_inbound(self.pc, self._inbound)
                 if self._watchdog is None or self._watchdog.done():
                     self._watchdog = asyncio.get_running_loop().create_task(self._watch_media())
         return self.pc
@@ -603,23 +603,8 @@ class ConsultClient:
         except Exception as exc:
             logger.info("media restart failed: %r", exc)
 
-    def _hook_inbound(self, pc: RTCPeerConnection) -> None:
-        """Note the arrival time of every datagram of the pc's ICE connections (watchdog)."""
-        transports = [pc._RTCPeerConnection__sctp]  # type: ignore[attr-defined]
-        transports += [t.receiver.transport for t in pc.getTransceivers()]
-        for transport in transports:
-            dtls = getattr(transport, "transport", transport)
-            conn = getattr(getattr(dtls, "transport", None), "_connection", None)
-            if conn is None or getattr(conn, "_consult_hooked", False):
-                continue
-            original = conn.data_received
-
-            def received(data: bytes, component: int, original: Any = original) -> None:
-                self._last_inbound = time.monotonic()
-                original(data, component)
-
-            conn.data_received = received
-            conn._consult_hooked = True
+    def _inbound(self) -> None:
+        self._last_inbound = time.monotonic()
 
     async def _watch_media(self) -> None:
         """Restart the media connection when ICE fails or nothing arrives for a while."""
@@ -630,7 +615,7 @@ class ConsultClient:
                 continue
             if self._recovering is not None and not self._recovering.done():
                 continue
-            self._hook_inbound(pc)
+            watch_inbound(pc, self._inbound)  # the connections added since the last pass
             now = time.monotonic()
             ice = pc.iceConnectionState
             silent = self._last_inbound > 0 and now - self._last_inbound > self.media_timeout_s
@@ -643,7 +628,7 @@ class ConsultClient:
     def _apply_pause(self) -> None:
         """Stop (or resume) the senders of the sources the server paused (bandwidth fallback).
 
-        aiortc's sender then drops frames before encoding them (its `_enabled` switch). Like a
+        aiortc's sender then drops frames before encoding them (`set_sender_enabled`). Like a
         browser page, the client obeys `pause` and nothing else: no guess of its own."""
         for sender, source in self._sender_sources.items():
-            sender._enabled = source not in self.paused_sources
+            set_sender_enabled(sender, source not in self.paused_sources)

@@ -23,7 +23,7 @@ from aiortc.rtcconfiguration import RTCBundlePolicy
 from av import VideoFrame
 
 from mediaserver.api import NegotiationError, Participant, TrackMeta
-from mediaserver.rtp.tap import bundle_data_channel
+from mediaserver.rtc.peer import bundle_data_channel
 
 VIDEO_CLOCK = 90000
 

@@ -12,7 +12,7 @@ import pytest
 from aiortc import sdp
 
 from mediaserver.api import IceConfig, MediaConfig, Node, Participant, Role, TrackMeta
-from mediaserver.rtp.bundle import drop_rejected_from_bundle, harmonize
+from mediaserver.rtc.bundle import drop_rejected_from_bundle, harmonize
 
 CHROMIUM_OFFER = json.loads(
     (Path(__file__).parent / "fixtures" / "chromium_offer.json").read_text()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
-from mediaserver.rtp.bundle import declared
+from mediaserver.rtc.bundle import declared
 
 SDP = (
     "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n"

@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from mediaserver.api import Participant
 from mediaserver.bandwidth import LinkSample, Mode, State
+from mediaserver.rtc.peer import sender_enabled
 from signaling.client import ConsultClient
 
 from .conftest import Server
@@ -105,10 +106,10 @@ async def test_pause_reaches_the_publisher_and_stops_its_sender(
     msg = await doctor.wait_for("pause", timeout_s=5)
     assert msg == {"type": "pause", "sources": ["camera"], "reason": "loss"}
     (sender,) = doctor._sender_sources
-    assert sender._enabled is False
+    assert sender_enabled(sender) is False
     media._fallback_pause([], "recovered")
     await doctor.wait_for("pause", timeout_s=5)
-    assert sender._enabled is True
+    assert sender_enabled(sender) is True
 
 
 async def test_reconnect_replaces_the_transport_and_keeps_publications(

@@ -28,11 +28,11 @@ import numpy as np
 import pytest
 from aiohttp import web
 from aiortc import VideoStreamTrack
-from aiortc.codecs.opus import OpusEncoder
 from av import VideoFrame
 
 from compat.synth import ToneTrack
 from mediaserver.api import IceConfig, MediaConfig, Participant
+from mediaserver.rtc.media import OpusEncoder, set_opus_bitrate
 from signaling.app import HUB, AccessLogger, create_app
 from signaling.client import ConsultClient
 from signaling.hub import Hub
@@ -68,13 +68,9 @@ class WebcamVideo(VideoStreamTrack):
 
 
 def browser_like_opus(monkeypatch: pytest.MonkeyPatch) -> None:
-    original = OpusEncoder.__init__
-
-    def init(self: OpusEncoder) -> None:
-        original(self)
-        self.codec.bit_rate = OPUS_BPS
-
-    monkeypatch.setattr(OpusEncoder, "__init__", init)
+    """aiortc's Opus at a browser's bitrate for this test (aiortc's own afterwards)."""
+    monkeypatch.setattr(OpusEncoder, "__init__", OpusEncoder.__init__)  # put back at teardown
+    set_opus_bitrate(OPUS_BPS)
 
 
 class ShapedCall:

@@ -6,7 +6,7 @@ import itertools
 import struct
 from collections.abc import Callable
 
-from loadtest.generator import BatchSender, StreamReceiver, StreamSender, percentile
+from loadtest.generator import StreamReceiver, StreamSender, percentile
 from loadtest.media import MediaLoop, MediaPacket, packetize_video, vp8_payloads
 from mediaserver.rtp.keyframe import vp8_keyframe_start
 
@@ -142,39 +142,6 @@ def test_keyframe_request_jumps_to_the_next_keyframe_with_continuous_numbering()
     assert all((b - a) & 0xFFFFFFFF == 9000 for a, b in itertools.pairwise(ts))
 
 
-class _Clear:
-    """An SRTP session stand-in that protects nothing (the batching is under test)."""
-
-    @staticmethod
-    def protect(packet: bytes) -> bytes:
-        return packet
-
-
-def test_batch_sender_sends_equal_sized_runs_in_gso_batches_and_keeps_order() -> None:
-    import socket
-
-    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        rx.bind(("127.0.0.1", 0))
-        rx.settimeout(5)
-        batch = BatchSender(tx, _Clear(), rx.getsockname())
-        sizes = [1116, 1116, 1115, 1115, 100, 100]
-        packets = [bytes([i]) * n for i, n in enumerate(sizes)]
-        for p in packets:
-            assert batch.send(p)
-        batch.flush()
-        got = [rx.recv(2048) for _ in packets]
-        assert got == packets  # one datagram each, in order, whatever the batching
-        assert batch.datagrams == 6
-        assert batch.gso and batch.batches == 3  # [1116 1116 1115] [1115 100] [100]
-        batch.flush()  # nothing queued: nothing sent
-        assert batch.batches == 3
-    finally:
-        rx.close()
-        tx.close()
-
-
 async def test_the_event_loop_stops_reading_a_socket_the_pacer_drains() -> None:
     """Debian 12's Python 3.11.2 has no `pause_reading` on datagram transports (it raised
     NotImplementedError, so no load-test consultation joined): the stock loop stops reading
@@ -216,3 +183,47 @@ async def test_the_event_loop_stops_reading_a_socket_the_pacer_drains() -> None:
     finally:
         transport.close()
         peer.close()
+
+
+async def test_synthetic_peers_send_and_receive_on_drained_sockets() -> None:
+    """Two generator peers on loopback, sockets taken from the event loop (`detach_socket`,
+    the load test's default): media leaves through the node's batched send path
+    (`MediaTransport.rtp_sender`) and is counted from its clear header (`divert`)."""
+    import asyncio
+    import time
+
+    from loadtest.generator import Pacer, SyntheticPeer
+
+    video = MediaLoop(
+        kind="video",
+        clock_rate=90000,
+        duration=0.1,
+        period_ts=9000,
+        packets=[
+            MediaPacket(at=i * 0.02, ts=i * 1800, marker=True, keyframe=i == 0, payload=bytes(200))
+            for i in range(5)
+        ],
+    )
+    pacer = Pacer()
+    a = SyntheticPeer("a", video=video, audio=_loop(), pacer=pacer)
+    b = SyntheticPeer("b", video=video, audio=_loop(), pacer=pacer)
+    try:
+        await a.accept(await b.answer(await a.offer(), {}))
+        for _ in range(400):
+            if a.connection_state == b.connection_state == "connected" and a.senders:
+                break
+            await asyncio.sleep(0.05)
+        assert a.connection_state == b.connection_state == "connected"
+        assert set(a.senders) == {"audio", "video"}
+        drains = [a.detach_socket(), b.detach_socket()]
+        assert all(d is not None for d in drains)  # the stock loop: both sockets drained
+        for d in drains:
+            assert d is not None
+            pacer.add_drain(d)
+        await pacer.run(time.monotonic() + 1.5)
+        assert {r.kind for r in b.receivers} == {"audio", "video"}
+        assert all(r.snapshot()["received"] > 10 for r in b.receivers)
+        assert sum(d.received for d in drains if d is not None) > 20
+    finally:
+        await a.close()
+        await b.close()

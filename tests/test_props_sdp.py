@@ -27,7 +27,7 @@ from compat.sdp import load_fixtures
 from mediaserver.api import IceConfig, MediaConfig, Node, Role, Room, TrackMeta
 from mediaserver.ingest import IngestError, parse_sdp
 from mediaserver.participant import NegotiationError, Participant, validate_sdp
-from mediaserver.rtp import bundle
+from mediaserver.rtc import bundle
 from signaling.protocol import ProtocolError, mid_kinds, require_sdp
 
 SETTINGS = settings(max_examples=200, deadline=None)

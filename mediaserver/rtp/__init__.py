@@ -1,1 +1,1 @@
-"""RTP/RTCP byte-level helpers and the seam into aiortc (tap)."""
+"""RTP/RTCP at the byte level: RTCP packets, keyframe detection, receive statistics (no aiortc)."""

@@ -24,12 +24,12 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
-import aioice.ice
 from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from compat.synth import BarsTrack, ToneTrack
+from mediaserver.rtc.ice import gather_on_loopback
 from signaling.client import ConsultClient
 
 log = logging.getLogger("aiortc_peer")
@@ -146,8 +146,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=120.0, help="stop after this long")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
-    # The test namespace holds only `lo`, which aioice skips: gather on loopback.
-    aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"]
+    gather_on_loopback()  # the test namespace holds only `lo`, which aioice skips
     try:
         return asyncio.run(Peer(args.url, args.token).run(args.seconds))
     except Exception as exc:

@@ -19,14 +19,13 @@ import logging
 import sys
 from pathlib import Path
 
-from aiortc.codecs.opus import OpusEncoder
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 # Only aiortc_peer's main() gathers on loopback; this namespace has the veth: aioice's default.
 from aiortc_peer import DecodingPeer, report
 
 from compat.synth import BarsTrack, ToneTrack
+from mediaserver.rtc.media import set_opus_bitrate
 from signaling.client import ConsultClient
 
 log = logging.getLogger("shaped_peer")
@@ -99,13 +98,7 @@ def main() -> int:
     parser.add_argument("--opus-bps", type=int, default=0, help="Opus bitrate (0: aiortc's)")
     args = parser.parse_args()
     if args.opus_bps:
-        original = OpusEncoder.__init__
-
-        def init(self: OpusEncoder) -> None:
-            original(self)
-            self.codec.bit_rate = args.opus_bps
-
-        OpusEncoder.__init__ = init  # type: ignore[method-assign]
+        set_opus_bitrate(args.opus_bps)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     return asyncio.run(Patient(args.url, args.token).run(args.seconds))
 

@@ -9,7 +9,7 @@ out for `stuck_s` while packets keep arriving, it requests a keyframe (PLI, at m
 lies before it and decodes from there.
 
 `install(receiver)` puts one on an aiortc video receiver (a name-mangled private attribute).
-`tests/test_jitter.py` fails loudly if aiortc moves it.
+`tests/test_seam_jitter.py` fails loudly if aiortc moves it.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.rtcrtpreceiver import RTCRtpReceiver
 from aiortc.rtp import RtpPacket
 
-from .keyframe import detector
+from ..rtp.keyframe import detector
 
 ATTRIBUTE = "_RTCRtpReceiver__jitter_buffer"
 CODECS = "_RTCRtpReceiver__codecs"

@@ -12,6 +12,7 @@ import socket
 from typing import Any
 
 import aioice
+import aioice.ice
 from aioice import Candidate
 from aioice.ice import StunProtocol, candidate_foundation, candidate_priority, get_host_addresses
 
@@ -24,7 +25,7 @@ class MediaStunProtocol(StunProtocol):
     """aioice's socket protocol, with RTP/RTCP (first byte 128-191) skipping the STUN parse.
 
     `sock` is the socket it reads, bound by PortAllocator: the media send path writes UDP GSO
-    batches on it (rtp/batch.py), which the event loop's transport cannot do.
+    batches on it (rtc/batch.py), which the event loop's transport cannot do.
     """
 
     sock: socket.socket | None = None
@@ -113,3 +114,14 @@ class PortAllocator:
             connection._local_candidates_end = True
 
         connection.gather_candidates = gather_candidates  # type: ignore[method-assign]
+
+
+def gather_on_loopback() -> None:
+    """Every aioice connection of this process (aiortc clients) gathers host candidates on
+    127.0.0.1 only: a network namespace that holds only `lo`, which aioice skips by itself.
+    The node's own gathering (`PortAllocator`) does not depend on it."""
+    aioice.ice.get_host_addresses = _loopback_addresses
+
+
+def _loopback_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+    return ["127.0.0.1"]

@@ -1,4 +1,4 @@
-"""The aiortc client's skipping jitter buffer (mediaserver/rtp/jitter.py) and its seam."""
+"""The aiortc client's skipping jitter buffer (mediaserver/rtc/jitter.py) and its seam."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from aiortc import RTCPeerConnection
 from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.rtp import RtpPacket
 
-from mediaserver.rtp.jitter import ATTRIBUTE, CODECS, SkippingJitterBuffer, install
+from mediaserver.rtc.jitter import ATTRIBUTE, CODECS, SkippingJitterBuffer, install
 
 KEY = b"\x10\x00"  # VP8 descriptor S=1 PID=0, then a payload header with the P bit clear
 DELTA = b"\x10\x01"  # P bit set: an interframe

@@ -1,4 +1,4 @@
-"""The batched media send path (mediaserver/rtp/batch.py): run splitting, and real sockets."""
+"""The batched media send path (mediaserver/rtc/batch.py): run splitting, and real sockets."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from mediaserver.rtp.batch import GSO_MAX_BYTES, GSO_MAX_SEGMENTS, DatagramBatch, next_run
+from mediaserver.rtc.batch import GSO_MAX_BYTES, GSO_MAX_SEGMENTS, DatagramBatch, next_run
 
 
 def runs(sizes: list[int]) -> list[tuple[int, int]]:
