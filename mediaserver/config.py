@@ -63,6 +63,8 @@ class MediaConfig:
     max_video_bitrate_bps: ceiling of the REMB the server gives a video publisher.
     video_codecs: video codecs a room may use, in order of preference.
     fallback: thresholds of the bandwidth fallback (docs/fallback.md).
+    offer_hold_s: how long a server offer waits for a transport that is still connecting
+        after its first exchange (a Firefox page that answered one then never connected).
     """
 
     ice: IceConfig = field(default_factory=IceConfig)
@@ -73,6 +75,7 @@ class MediaConfig:
     min_video_bitrate_bps: int = 100_000
     video_codecs: tuple[str, ...] = ("VP8", "H264")
     fallback: FallbackConfig = field(default_factory=FallbackConfig)
+    offer_hold_s: float = 5.0
 
     def __post_init__(self) -> None:
         n = self.packet_cache_size

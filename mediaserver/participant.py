@@ -180,6 +180,7 @@ class Participant(Emitter, TapHooks):
         self._sdp_lock = asyncio.Lock()
         self._needs_offer = False
         self._answered = asyncio.Event()
+        self._transport_settled = asyncio.Event()  # not `connecting` (any more): offers may go
         self._closed = False
         self.pc = ServerPeerConnection(hooks=self, ports=node.ports)
         self.channel = self.pc.createDataChannel("consult", negotiated=True, id=0)
@@ -383,6 +384,14 @@ class Participant(Emitter, TapHooks):
         """
         try:
             while self._needs_offer and not self._closed:
+                self._transport_settled.clear()
+                if self._still_connecting():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(
+                            self._transport_settled.wait(), self._config.offer_hold_s
+                        )
+                    if self._closed:
+                        return
                 async with self._sdp_lock:
                     state = self.pc.signalingState
                     if state == "closed":
@@ -396,6 +405,21 @@ class Participant(Emitter, TapHooks):
             raise
         except Exception:
             logger.exception("server offer failed for participant %s", self.id)
+
+    def _still_connecting(self) -> bool:
+        """An exchange completed and the transport is still being set up (`connecting`).
+
+        Our offers wait until it is up (or failed, or replaced), as consult.js's do, for at
+        most `offer_hold_s`: a Firefox page that answered a renegotiation in the milliseconds
+        after its first exchange, while its ICE/DTLS transport was connecting, never left
+        `connecting` (compat `codec` cells; docs/compat.md). The first offer (no exchange
+        yet) goes at once; one that waited its time goes anyway (a transport slow to connect
+        must not keep a subscription from being offered).
+        """
+        return self.pc.remoteDescription is not None and self.pc.connectionState in (
+            "new",
+            "connecting",
+        )
 
     async def _send_offer(self) -> None:
         self._prefer_switched_codecs()  # codec-late (issue 3)
@@ -781,6 +805,8 @@ class Participant(Emitter, TapHooks):
             self.emit("data", message)
 
     def _on_connection_state(self) -> None:
+        if not self._still_connecting():
+            self._transport_settled.set()  # a held offer goes (_negotiate)
         self.emit("connectionstatechange", self.connection_state)
 
     async def close(self, reason: CloseReason = CloseReason.LEFT) -> None:
@@ -855,13 +881,25 @@ class Participant(Emitter, TapHooks):
             for sub in list(self.subscriptions.values()):  # those made while closed too
                 sub.transport_lost()
                 self._add_sender(sub)
-            # Tracks requested (`publish`) that never started (the old connection never
-            # connected: no publication yet) are requested again on the new one.
+            # Tracks that never started (the old connection never connected: no publication
+            # yet) are requested again on the new one: those asked for with `publish`, and
+            # those the client offered itself (a browser's sendonly m-lines, which its fresh
+            # connection attaches to our recvonly ones by source).
             started = {pub.mid for pub in self.publications.values()}
             unstarted = [
                 meta
                 for t, meta in self._requested.items()
                 if t not in self._rebind and t.mid not in started
+            ]
+            receiving = {
+                str(t.mid)
+                for t in old.getTransceivers()
+                if t.mid is not None and t.currentDirection in ("recvonly", "sendrecv")
+            }
+            unstarted += [
+                meta
+                for mid, meta in self._track_meta.items()
+                if mid in receiving and mid not in started
             ]
             self._requested.clear()
             self._track_meta.clear()

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from aiortc import RTCPeerConnection
 from aiortc.mediastreams import AudioStreamTrack
 
 from mediaserver.api import Participant
@@ -237,6 +238,50 @@ async def test_a_lost_answer_is_recovered_by_the_client_itself(
     await asyncio.wait_for(track.recv(), 30)
     assert patient.reconnects == 1
     assert _media(server, patient.participant_id).connection_state == "connected"
+
+
+async def test_tracks_a_client_offered_on_a_connection_that_never_connected_are_asked_again(
+    make_server: ServerFactory, clients: Clients
+) -> None:
+    """A browser publishes by offering (consult.js): its sendonly camera and microphone are
+    answered, but the connection never connects (here its answer is never applied: no ICE),
+    so no publication starts. After `media-timeout` the client's `reconnect` must get an
+    offer with a recvonly m-line per source it had offered, or its fresh connection can never
+    publish them (a compat `codec` cell: the doctor never got the Firefox patient's camera)."""
+    server = await make_server(peer_timeout_s=2.0)
+    status, _ = await server.api("POST", "/api/v1/rooms", json={"id": ROOM, "waiting_room": False})
+    assert status == 201
+    doctor = clients(server)
+    await doctor.connect(server.token("doctor", room=ROOM))
+    browser = ConsultClient(server.url, auto_answer=False)
+    pc = RTCPeerConnection()
+    try:
+        await browser.connect(server.token("patient", room=ROOM))
+        pc.addTransceiver(AudioStreamTrack(), direction="sendonly")
+        pc.addTransceiver(PatternVideoTrack(), direction="sendonly")
+        await pc.setLocalDescription(await pc.createOffer())
+        mids = {t.kind: t.mid for t in pc.getTransceivers()}
+        offered = {
+            mids["audio"]: {"source": "microphone"},
+            mids["video"]: {"source": "camera"},
+        }
+        reply = await browser.request("offer", sdp=pc.localDescription.sdp, tracks=offered)
+        assert reply["type"] == "answer"  # never applied: this connection cannot connect
+        media = _media(server, browser.participant_id)
+        error = await browser.wait_for("error", timeout_s=30)
+        assert error["code"] == "media-timeout"
+        assert not media.publications
+        await browser.request("reconnect")
+        offer = await browser.wait_for("offer", timeout_s=30)
+        asked = sorted(
+            (t["kind"], t["source"])
+            for t in offer["tracks"].values()
+            if t.get("direction") == "recvonly"
+        )
+        assert asked == [("audio", "microphone"), ("video", "camera")], offer["tracks"]
+    finally:
+        await pc.close()
+        await browser.close()
 
 
 async def test_a_media_session_that_cannot_connect_is_restarted_by_the_client() -> None:
