@@ -17,7 +17,12 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from aiortc import RTCRtpCodecParameters, RTCRtpTransceiver, RTCSessionDescription
+from aiortc import (
+    RTCDataChannel,
+    RTCRtpCodecParameters,
+    RTCRtpTransceiver,
+    RTCSessionDescription,
+)
 
 from .codecs import capabilities, codec_info, subscription_capabilities
 from .devices import apply_opus_fmtp, mid_order
@@ -123,7 +128,7 @@ class Negotiator:
     def __init__(self, participant: Participant) -> None:
         self._participant = participant
         self.pc: ServerPeerConnection
-        self.channel: Any  # aiortc's RTCDataChannel
+        self.channel: RTCDataChannel
         # Tracks the client will publish on m-lines we offer (`request_publish`), and what the
         # client said of the m-lines of its own offer (by mid).
         self.requested: dict[RTCRtpTransceiver, TrackMeta] = {}

@@ -107,8 +107,7 @@ class Participant(Emitter, TapHooks):
     @property
     def channel(self) -> RTCDataChannel:
         """The data channel `consult` of the peer connection now."""
-        channel: RTCDataChannel = self.negotiator.channel
-        return channel
+        return self.negotiator.channel
 
     @property
     def connection_state(self) -> str:
