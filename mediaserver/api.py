@@ -20,7 +20,7 @@ Negotiation contract (one RTCPeerConnection per participant, max-bundle, one tra
   tracks), to re-send after a WebSocket resume.
 - Trickled client candidates: `await participant.add_ice_candidate(candidate, sdp_mid)`.
 - aiortc clients call `bundle_data_channel(pc)` after creating their data channel (an aiortc
-  max-bundle bug, see rtp/tap.py).
+  max-bundle bug, see rtc/peer.py).
 Link state: `participant.link_stats()` (LinkStats) and `participant.info()` (also "modes": the
 per-direction mode `video|audio-only|chat-only`, driven by the bandwidth fallback, and
 "paused_sources": what the publisher was told to stop sending). Events "mode" (direction, mode,
@@ -55,7 +55,7 @@ from .events import (
 from .node import Node
 from .participant import NegotiationError, Participant
 from .room import Room, RoomOptions
-from .rtp.tap import bundle_data_channel
+from .rtc.peer import bundle_data_channel
 
 __all__ = [
     "SOURCES",

@@ -1,6 +1,6 @@
 """Bandwidth fallback wired to one participant: samples its link, applies the controllers.
 
-Once per RTCP interval (`Participant._report`), and as soon as a controller's settle or probe
+Once per RTCP interval (`Reporter.report`), and as soon as a controller's settle or probe
 time ends (`due()`, so a second step down does not wait for the next report),
 `LinkFallback.tick()` builds one `LinkSample` per direction, since the previous tick, from what
 the server measured itself:

@@ -83,7 +83,7 @@ async def test_publication_close_closes_subscriptions_that_never_started(call: C
     await pub.close(CloseReason.LEFT)
     assert seen == [CloseReason.LEFT] and sub.closed
     assert pub.track_id not in late.subscriptions
-    assert all(s.publication is not pub for s in late._sub_by_transceiver.values())
+    assert all(s.publication is not pub for s in late.negotiator.sub_by_transceiver.values())
 
 
 async def test_participant_close_cascades_to_its_tracks_and_the_room(call: Call) -> None:

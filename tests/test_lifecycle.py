@@ -167,7 +167,11 @@ async def test_join_publish_leave_cycles_leave_the_doctor_as_before(
         cycle = await _publish_and_leave(server, clients, doctor, moments[n % 3])
         refs.update({f"{name} ({n})": ref for name, ref in cycle.items()})
     media = _media(server, doctor.participant_id)
-    assert not media.subscriptions and not media._sub_by_transceiver and not media._sub_by_ssrc
+    assert (
+        not media.subscriptions
+        and not media.negotiator.sub_by_transceiver
+        and not media.demux.sub_by_ssrc
+    )
     await _collected(refs)
     status, room = await server.api("GET", f"/api/v1/rooms/{ROOM}")
     assert status == 200 and room["participants"][0]["media"]["subscriptions"] == 0

@@ -4,9 +4,10 @@ room renegotiates it.
 
 aiortc closes an RTCPeerConnection itself once all its DTLS transports are closed; the
 consultation keeps the participant for peer_timeout_s. A renegotiation in that window (a
-publication it received closes) used to make `Participant._negotiate` loop without ever
-awaiting (signaling state "closed", `_answered` already set): the event loop, and with it
-every room of the node, stopped. Real media plane, real aiortc peers.
+publication it received closes) used to make the server offers' task (now
+`Negotiator._negotiate`) loop without ever awaiting (signaling state "closed", `answered`
+already set): the event loop, and with it every room of the node, stopped. Real media plane,
+real aiortc peers.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ async def test_renegotiation_after_the_client_closed_its_connection(
 ) -> None:
     _node, room, _doctor, patient = call
     participant = room.participants["p"]
-    assert participant._answered.is_set()  # its last server offer was answered
+    assert participant.negotiator.answered.is_set()  # its last server offer was answered
 
     await patient.close()  # DTLS close_notify: aiortc closes the server's connection itself
     await _until(lambda: participant.pc.signalingState == "closed")
@@ -68,7 +69,7 @@ async def test_renegotiation_after_the_client_closed_its_connection(
     task = asyncio.create_task(ticker())
     try:
         await _until(lambda: ticks >= 20)  # the event loop keeps running
-        negotiation = participant._negotiation
+        negotiation = participant.negotiator.task
         await _until(lambda: negotiation is None or negotiation.done())
     finally:
         task.cancel()

@@ -204,7 +204,7 @@ async def test_churning_patients_reuse_the_doctors_m_lines(
         await _until(lambda: pid not in sessions, what="left")  # noqa: B023 (awaited here)
         await _until(lambda: not media.subscriptions, what="the doctor's subscriptions closed")
     assert media.transport is not None and media.transport.encrypt_errors == 0
-    assert not media._sub_by_transceiver and not media._sub_by_ssrc
+    assert not media.negotiator.sub_by_transceiver and not media.demux.sub_by_ssrc
 
 
 async def test_a_subscription_recycles_an_m_line_whose_inactive_offer_is_unanswered(
@@ -221,7 +221,7 @@ async def test_a_subscription_recycles_an_m_line_whose_inactive_offer_is_unanswe
     await first.publish(ToneTrack(TONES[0]), ColourTrack(COLOURS[0]))
     a = first.participant_id or ""
     await asyncio.wait_for(_sees_video(await doctor.wait_track(a, "video", timeout_s=60), 0), 60)
-    senders = set(media._sub_by_transceiver)
+    senders = set(media.negotiator.sub_by_transceiver)
     mids = {str(t.mid) for t in senders}
     offers = len(doctor.received("offer"))
     doctor.auto_answer = False
@@ -238,7 +238,7 @@ async def test_a_subscription_recycles_an_m_line_whose_inactive_offer_is_unanswe
     await second.publish(ToneTrack(TONES[1]), ColourTrack(COLOURS[1]))
     b = second.participant_id or ""
     await _until(lambda: len(media.subscriptions) == 2, what="B's subscriptions")
-    assert set(media._sub_by_transceiver) == senders  # taken back before any answer
+    assert set(media.negotiator.sub_by_transceiver) == senders  # taken back before any answer
     doctor.auto_answer = True
     await doctor._answer_offer(held)
     video = await doctor.wait_track(b, "video", timeout_s=60)
