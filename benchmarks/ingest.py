@@ -20,8 +20,9 @@ from datetime import UTC, datetime
 
 from loadtest.report import machine_summary, write_section
 from loadtest.rtp_sender import RtpSender
-from mediaserver.api import MediaConfig, Node, RoomOptions
+from mediaserver.api import MediaConfig, RoomOptions
 from mediaserver.ingest import IngestParticipant, parse_sdp
+from mediaserver.node import Node
 
 from .common import table
 

@@ -28,16 +28,9 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from benchmarks.common import Stalls
-from mediaserver.api import (
-    CloseReason,
-    IceConfig,
-    MediaConfig,
-    NegotiationError,
-    Node,
-    Participant,
-    Role,
-    TrackMeta,
-)
+from mediaserver.api import CloseReason, IceConfig, MediaConfig, NegotiationError, Role, TrackMeta
+from mediaserver.node import Node
+from mediaserver.participant import Participant
 
 logger = logging.getLogger("benchmarks.server")
 NODE: web.AppKey[Node] = web.AppKey("node", Node)

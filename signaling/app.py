@@ -1,4 +1,4 @@
-"""The aiohttp application: routes, state under web.AppKey, Node lifecycle in cleanup_ctx."""
+"""The aiohttp application: routes, state under web.AppKey, the media plane in cleanup_ctx."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from aiohttp import WSCloseCode, hdrs, web
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web_request import BaseRequest
 
-from mediaserver.api import Node
+from mediaserver.api import MediaPlane
+from mediaserver.plane import LocalMediaPlane
 
 from .config import ServerConfig, normalize_origin, tls_context
 from .http_api import HUB, add_routes, api_key_middleware
@@ -211,8 +212,9 @@ async def _on_shutdown(app: web.Application) -> None:
         await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown")
 
 
-def create_app(*, config: ServerConfig, node: Node | None = None) -> web.Application:
-    """Build the app; the media Node (given or created from config.media) lives in cleanup_ctx.
+def create_app(*, config: ServerConfig, plane: MediaPlane | None = None) -> web.Application:
+    """Build the app; the media plane (given, or in-process from config.media) lives in
+    cleanup_ctx.
 
     Raises ValueError when --tls-cert/--tls-key cannot be loaded."""
     app = web.Application(middlewares=[metrics_guard, api_key_middleware])
@@ -225,9 +227,9 @@ def create_app(*, config: ServerConfig, node: Node | None = None) -> web.Applica
     app[SOCKETS] = sockets
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        media_node = node or Node(config.media)
-        await media_node.start()
-        hub = Hub(config=config, node=media_node, metrics=app[METRICS])
+        media = plane or LocalMediaPlane(config.media)
+        await media.start()
+        hub = Hub(config=config, plane=media, metrics=app[METRICS])
         app[METRICS].bind(hub)
         app[HUB] = hub
         hub.spawn(app[METRICS].run_link_sampler(hub, config.stats_interval_s))
@@ -235,7 +237,7 @@ def create_app(*, config: ServerConfig, node: Node | None = None) -> web.Applica
         logger.info("node ready (dev=%s)", config.dev)
         yield
         await hub.close()
-        await media_node.close()
+        await media.close()
 
     app.cleanup_ctx.append(lifecycle)
     if config.metrics_port is not None:

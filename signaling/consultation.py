@@ -1,7 +1,9 @@
 """Consultation: the control-plane state of one room (sessions, waiting room, chat).
 
-The media Room is created with the consultation; a session gets its media Participant only
-when admitted. Nothing of the room reaches a waiting session.
+The media room is created with the consultation (`CreateRoom`); a session gets a media
+participant only when admitted (`AddParticipant`). Nothing of the room reaches a waiting
+session. Signaling holds no media object: it sends the media plane commands
+(mediaserver/api.py), reads snapshots, and gets its events through the hub.
 """
 
 from __future__ import annotations
@@ -9,13 +11,34 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from mediaserver.api import CloseReason, Participant, Role, Room, RoomOptions
+from mediaserver.api import (
+    AddParticipant,
+    CloseConnection,
+    CloseParticipant,
+    CloseReason,
+    CloseRoom,
+    ConnectionState,
+    DataMessage,
+    DeviceState,
+    MediaEvent,
+    MediaPlane,
+    ModeChanged,
+    ParticipantClosed,
+    ParticipantEvent,
+    ParticipantKind,
+    ParticipantSnapshot,
+    PauseChanged,
+    Role,
+    RoomFull,
+    RoomOptions,
+    ServerOffer,
+    TrackSnapshot,
+)
 
 from . import safejson, telemetry
 from .auth import TokenClaims
@@ -32,9 +55,6 @@ from .session import Session, SessionState
 from .telemetry import TelemetryLog
 
 if TYPE_CHECKING:
-    from mediaserver.ingest import IngestParticipant
-    from mediaserver.publication import Publication
-
     from .hub import Hub
 
 logger = logging.getLogger(__name__)
@@ -107,13 +127,12 @@ class Consultation:
         options: ConsultationOptions,
         *,
         hub: Hub,
-        media_room: Room,
         auto_created: bool = False,
     ) -> None:
         self.id = room_id
         self.options = options
         self.hub = hub
-        self.media_room = media_room
+        self.plane: MediaPlane = hub.plane
         self.auto_created = auto_created
         self.created_at = time.time()
         self.sessions: dict[str, Session] = {}
@@ -140,11 +159,16 @@ class Consultation:
     def position(self, session: Session) -> int:
         return self.waiting.index(session.id) + 1
 
+    def media(self, session: Session) -> ParticipantSnapshot | None:
+        """The media plane's snapshot of the session's participant (None: no media)."""
+        return self.plane.participant(self.id, session.id) if session.has_media else None
+
     def describe(self, session: Session) -> dict[str, Any]:
         info = session.public()
-        info["tracks"] = _tracks(session.media)
-        if session.media is not None:  # a `room` snapshot restores what `mode` events said
-            info["modes"] = dict(session.media.modes)  # (a plain-RTP device's: always video)
+        media = self.media(session)
+        info["tracks"] = [_track(t) for t in media.tracks] if media is not None else []
+        if media is not None:  # a `room` snapshot restores what `mode` events said
+            info["modes"] = dict(media.modes)  # (a plain-RTP device's: always video)
         return info
 
     def waiting_list(self) -> list[dict[str, Any]]:
@@ -183,6 +207,8 @@ class Consultation:
 
     def info(self) -> dict[str, Any]:
         """What the HTTP API returns (no display names)."""
+        room = self.plane.room(self.id)
+        media = {p.participant_id: p for p in room.participants} if room is not None else {}
         participants = []
         for s in self.sessions.values():
             entry: dict[str, Any] = {
@@ -192,16 +218,17 @@ class Consultation:
                 "state": s.state.value,
                 "connected": s.connected,
             }
-            if s.media is not None:
-                entry.update(_media_info(s.media))
+            snapshot = media.get(s.id) if s.has_media else None
+            if snapshot is not None:
+                entry["media"] = _media_info(snapshot)
             participants.append(entry)
         return {
             "id": self.id,
             "options": self.options.as_dict(),
             "created_at": int(self.created_at),
-            "video_codec": _safe(self.media_room.video_codec, self.options.video_codec),
+            "video_codec": room.video_codec if room is not None else self.options.video_codec,
             "participants": participants,
-            "tracks": _room_tracks(self.media_room),
+            "tracks": [_room_track(t) for t in room.tracks] if room is not None else [],
             "chat_messages": len(self.chat),
             "telemetry_records": len(self.telemetry),
             "barred": [
@@ -263,7 +290,7 @@ class Consultation:
             "state": session.state.value,
             "resume": self.hub.resume_tokens.issue(self.id, session.id),
             "resumed": resumed,
-            "iceServers": self.hub.node.ice_servers(),
+            "iceServers": self.plane.ice_servers(),
         }
 
     async def join(
@@ -293,8 +320,8 @@ class Consultation:
         waits = claims.role is Role.PATIENT and self.options.waiting_room
         if not waits:
             try:
-                self._create_media(session)
-            except ValueError as exc:
+                await self._create_media(session)
+            except RoomFull as exc:
                 raise RoomUnavailable("room is full") from exc
         self.sessions[session.id] = session
         session.attach(ws)
@@ -335,15 +362,14 @@ class Consultation:
         else:
             session.send({"type": "admitted"})
             session.send(self.room_message(session))
+            media = self.media(session)
             # A `pause` sent while the socket was down was lost with it (issue 5).
-            fallback = getattr(session.media, "fallback", None)  # none for a plain-RTP device
-            if fallback is not None and fallback.paused_sources():
-                sources, reason = fallback.paused_sources(), fallback.pause_reason
+            if media is not None and media.paused_sources:
+                sources, reason = list(media.paused_sources), media.pause_reason
                 session.send({"type": "pause", "sources": sources, "reason": reason})
-            pending = _safe(session.media.pending_offer, None) if session.media else None
+            pending = media.pending_offer if media is not None else None
             if pending is not None:
-                sdp, tracks = pending
-                session.send({"type": "offer", "sdp": sdp, "tracks": tracks})
+                session.send({"type": "offer", "sdp": pending.sdp, "tracks": pending.tracks})
 
     def socket_closed(self, session: Session, ws: web.WebSocketResponse) -> None:
         """The socket ended without leave: keep the session for the grace period."""
@@ -365,8 +391,8 @@ class Consultation:
         if session.state is not SessionState.WAITING:
             raise ProtocolError(ErrorCode.NOT_FOUND, "participant is not waiting")
         try:
-            self._create_media(session)
-        except ValueError as exc:
+            await self._create_media(session)
+        except RoomFull as exc:
             raise ProtocolError(ErrorCode.ROOM_FULL, "room is full") from exc
         self.waiting.remove(session.id)
         session.state = SessionState.ADMITTED
@@ -412,32 +438,52 @@ class Consultation:
 
     # -- media wiring -------------------------------------------------------------------------
 
-    def _create_media(self, session: Session) -> Participant:
-        media = self.media_room.add_participant(
-            session.id, role=session.role, video_codecs=session.codecs
+    async def _create_media(self, session: Session) -> None:
+        """The session's media participant; its events reach `on_media_event` by its id."""
+        await self.plane.execute(
+            AddParticipant(
+                room_id=self.id,
+                participant_id=session.id,
+                role=session.role,
+                video_codecs=tuple(sorted(session.codecs)) if session.codecs else None,
+            )
         )
-        session.media = media
-        media.on("offer", self._listener(session, self._on_media_offer))
-        media.on("data", self._listener(session, self._on_media_data))
-        media.on("connectionstatechange", self._listener(session, self._on_media_state))
-        media.on("mode", self._listener(session, self._on_media_mode))
-        media.on("pause", self._listener(session, self._on_media_pause))  # issue 5
-        media.on("close", self._listener(session, self._on_media_close))
-        return media
+        session.has_media = True
 
-    def _listener(self, session: Session, handler: Callable[..., None]) -> Callable[..., None]:
-        def listener(*args: Any) -> None:
-            try:
-                handler(session, *args)
-            except Exception:
-                logger.exception("media event handler failed for participant %s", session.id)
+    def on_media_event(self, event: MediaEvent) -> None:
+        """An event of the media plane for this room (the hub routes them by room id)."""
+        if not isinstance(event, ParticipantEvent):
+            return  # track and room events: the snapshots say what changed
+        session = self.sessions.get(event.participant_id)
+        if session is None or not session.has_media:
+            return  # a session removed meanwhile (its media is being closed)
+        try:
+            self._on_participant_event(session, event)
+        except Exception:
+            logger.exception("media event handler failed for participant %s", session.id)
 
-        return listener
+    def _on_participant_event(self, session: Session, event: ParticipantEvent) -> None:
+        if isinstance(event, ServerOffer):
+            self._on_media_offer(session, event)
+        elif isinstance(event, DataMessage):
+            self._on_media_data(session, event.text)
+        elif isinstance(event, ConnectionState):
+            self._on_media_state(session, event.state)
+        elif isinstance(event, ModeChanged):
+            self._on_media_mode(session, event.direction, event.mode, event.reason)
+        elif isinstance(event, PauseChanged):
+            self._on_media_pause(session, list(event.sources), event.reason)
+        elif isinstance(event, DeviceState):
+            self.broadcast(
+                {"type": "device-state", "participant": session.id, "state": event.state},
+                exclude=session,
+            )
+        elif isinstance(event, ParticipantClosed):
+            self._on_media_close(session, event.reason)
 
-    def _on_media_offer(self, session: Session, sdp: str, tracks: dict[str, Any]) -> None:
-        session.send({"type": "offer", "sdp": sdp, "tracks": tracks})
-        media = session.media
-        if media is not None and media.connection_state == "new":
+    def _on_media_offer(self, session: Session, event: ServerOffer) -> None:
+        session.send({"type": "offer", "sdp": event.sdp, "tracks": event.tracks})
+        if event.connection == "new":
             self._watch_peer(session, restart=False)  # the first exchange: it must connect
 
     def _on_media_data(self, session: Session, text: str) -> None:
@@ -515,16 +561,16 @@ class Consultation:
         which gets peer_timeout_s again); one that failed or closed and was not replaced
         removes the participant (reason `timeout`)."""
         await asyncio.sleep(self.hub.config.peer_timeout_s)
-        media = session.media
-        if not isinstance(media, Participant) or media.closed:
+        media = self.media(session)
+        if media is None or media.closed:
             return
-        state = media.connection_state
+        state = media.connection
         if state in ("disconnected", "failed", "closed"):
             await self.remove(session, CloseReason.TIMEOUT)
-        elif state == "connecting" or (state == "new" and media.pending_offer() is not None):
+        elif state == "connecting" or (state == "new" and media.pending_offer is not None):
             logger.info("participant %s: media did not connect (%s)", session.id, state)
             session.peer_timer = None  # closing arms the clock for the client's `reconnect`
-            await media.close_connection()
+            await self.plane.execute(CloseConnection(room_id=self.id, participant_id=session.id))
             session.send(
                 error_message(
                     ErrorCode.MEDIA_TIMEOUT,
@@ -563,9 +609,11 @@ class Consultation:
         logger.info(
             "participant %s left room %s (%s, was %s)", session.id, self.id, reason.value, was.value
         )
-        if session.media is not None:
+        if session.has_media:
             try:
-                await session.media.close(reason)
+                await self.plane.execute(
+                    CloseParticipant(room_id=self.id, participant_id=session.id, reason=reason)
+                )
             except Exception:
                 logger.exception("closing media of participant %s failed", session.id)
         left = {"type": "participant-left", "participant": session.id, "reason": reason.value}
@@ -595,7 +643,7 @@ class Consultation:
         self.sessions.clear()
         self.waiting.clear()
         try:
-            await self.media_room.close(reason)
+            await self.plane.execute(CloseRoom(room_id=self.id, reason=reason))
         except Exception:
             logger.exception("closing media room %s failed", self.id)
         self.hub.forget(self, ended=final and reason is CloseReason.ENDED)
@@ -609,63 +657,51 @@ def _cancel(session: Session, attr: str) -> None:
     setattr(session, attr, None)
 
 
-def _safe(fn: Callable[[], Any], default: Any) -> Any:
-    try:
-        return fn()
-    except Exception:
-        return default
+def _track(track: TrackSnapshot) -> dict[str, Any]:
+    """A track as the room's participants see it (`room`, `participant-joined`)."""
+    return {"id": track.track_id, "kind": track.kind, "source": track.source, **_capture(track)}
 
 
-def _tracks(media: Participant | IngestParticipant | None) -> list[dict[str, Any]]:
-    if media is None:
-        return []
-    out = []
-    for pub in list(media.publications.values()):
-        info = _safe(pub.info, None)
-        if info is not None:
-            out.append(
-                {"id": info.track_id, "kind": info.kind, "source": info.source, **_capture(pub)}
-            )
-    return out
-
-
-def _capture(pub: Publication) -> dict[str, Any]:
+def _capture(track: TrackSnapshot) -> dict[str, Any]:
     """devices: what a publication's capture does and what the doctor must know (issue 19)."""
     out: dict[str, Any] = {}
-    if pub.capture is not None:
-        out["capture"] = pub.capture.as_dict()
-    if pub.warnings:
-        out["warnings"] = list(pub.warnings)
+    if track.capture is not None:
+        out["capture"] = dict(track.capture)
+    if track.warnings:
+        out["warnings"] = list(track.warnings)
     return out
 
 
-def _room_tracks(room: Room) -> list[dict[str, Any]]:
-    pubs: list[Publication] = _safe(
-        lambda: [pub for p in room.participants.values() for pub in p.publications.values()], []
-    )
-    out = []
-    for pub in pubs:
-        t = _safe(pub.info, None)
-        if t is not None:
-            out.append(
-                {
-                    "id": t.track_id,
-                    "participant": t.participant_id,
-                    "kind": t.kind,
-                    "source": t.source,
-                    "codec": t.codec,
-                    "mid": t.mid,
-                    **_capture(pub),
-                }
-            )
-    return out
+def _room_track(t: TrackSnapshot) -> dict[str, Any]:
+    return {
+        "id": t.track_id,
+        "participant": t.participant_id,
+        "kind": t.kind,
+        "source": t.source,
+        "codec": t.codec,
+        "mid": t.mid,
+        **_capture(t),
+    }
 
 
-def _media_info(media: Participant | IngestParticipant) -> dict[str, Any]:
+def _media_info(media: ParticipantSnapshot) -> dict[str, Any]:
     """The media plane's view of a participant (connection, tracks, link stats...)."""
-    info = _safe(media.info, {})
-    for track in info.get("tracks") or []:
-        pub = media.publications.get(track.get("track_id"))
-        if pub is not None:
-            track.update(_capture(pub))
-    return {"media": {k: v for k, v in info.items() if k not in ("id", "role")}}
+    info: dict[str, Any] = {"connection": media.connection}
+    if media.ingest:
+        info["ingest"] = [dict(s) for s in media.ingest]
+    info["tracks"] = [
+        {
+            "track_id": t.track_id,
+            "kind": t.kind,
+            "source": t.source,
+            "codec": t.codec,
+            **_capture(t),
+        }
+        for t in media.tracks
+    ]
+    info["subscriptions"] = media.subscriptions
+    info["modes"] = dict(media.modes)
+    if media.kind is ParticipantKind.WEBRTC:
+        info["paused_sources"] = list(media.paused_sources)
+    info["link"] = media.link.as_dict()
+    return info

@@ -14,12 +14,20 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, cast
+from typing import Any
 
 from aiohttp import web
 
-from mediaserver.api import CloseReason, Participant, Role, validate_source
-from mediaserver.ingest import IngestError, IngestParticipant, parse_sdp
+from mediaserver.api import (
+    AddIngest,
+    IngestError,
+    MediaPlaneError,
+    NoPort,
+    ParticipantKind,
+    ParticipantSnapshot,
+    Role,
+    check_ingest_sdp,
+)
 
 from . import telemetry
 from .consultation import Consultation, RoomUnavailable
@@ -54,11 +62,6 @@ def _device(request: web.Request) -> tuple[Consultation, Session] | web.Response
     return consultation, session
 
 
-def _ingest_host(hub: Hub) -> str:
-    hosts = hub.node.config.ice.host_addresses
-    return hosts[0] if hosts else "0.0.0.0"
-
-
 async def create_device(request: web.Request) -> web.Response:
     hub = _hub(request)
     consultation = hub.get(request.match_info["room_id"])
@@ -75,17 +78,10 @@ async def create_device(request: web.Request) -> web.Response:
         return _error(400, "bad-request", "name must be a string of 1-64 characters")
     if not isinstance(sub, str) or not 1 <= len(sub) <= 128:
         return _error(400, "bad-request", "sub must be a string of 1-128 characters")
-    media = []
     if sdp is not None:
         try:
-            media = parse_sdp(sdp)
-            if sources is not None:
-                if not isinstance(sources, list) or len(sources) != len(media):
-                    raise IngestError("sources must list one source per m-line")
-                media = parse_sdp(sdp, sources=dict(enumerate(sources)))
-                for m in media:
-                    validate_source(m.kind, m.source)
-        except (IngestError, ValueError) as exc:
+            check_ingest_sdp(sdp, sources)
+        except ValueError as exc:
             return _error(400, "bad-sdp", str(exc))
     try:
         hub.check_capacity(consultation)  # limits (issue 11)
@@ -93,24 +89,25 @@ async def create_device(request: web.Request) -> web.Response:
         code = "room-full" if isinstance(exc, RoomUnavailable) else "node-full"
         return _error(429, code, str(exc))
     session = Session(consultation=consultation, role=Role.DEVICE, name=name, sub=sub, codecs=None)
-    ingest: IngestParticipant | None = None
-    if media:
-        ingest = IngestParticipant(session.id, consultation.media_room, media)
+    ingest: ParticipantSnapshot | None = None
+    if sdp is not None:
+        command = AddIngest(
+            room_id=consultation.id,
+            participant_id=session.id,
+            sdp=sdp,
+            sources=tuple(sources) if sources is not None else None,
+        )
         try:
-            consultation.media_room.add_publisher(ingest)
-        except (ValueError, RuntimeError) as exc:
+            ingest = await hub.plane.execute(command)
+        except NoPort as exc:
+            return _error(503, "no-port", str(exc))
+        except IngestError as exc:
+            return _error(400, "bad-sdp", str(exc))
+        except (MediaPlaneError, ValueError) as exc:  # full, or the room is closing
             return _error(409, "room-full", str(exc))
-        try:
-            await ingest.start(_ingest_host(hub))
-        except OSError as exc:
-            await ingest.close(CloseReason.FAILED)
-            return _error(503, "no-port", f"cannot bind a UDP port: {exc.strerror}")
-        session.media = cast(Participant, ingest)
-    consultation.sessions[session.id] = session
+        session.has_media = True
+    consultation.sessions[session.id] = session  # its media events reach it from here on
     session.state = SessionState.ADMITTED
-    if ingest is not None:
-        ingest.on("state", lambda state: _on_state(consultation, session, state))
-        ingest.once("close", lambda reason: _on_close(hub, consultation, session, reason))
     consultation.broadcast(
         {"type": "participant-joined", "participant": consultation.describe(session)},
         exclude=session,
@@ -119,33 +116,22 @@ async def create_device(request: web.Request) -> web.Response:
     return web.json_response(_describe(session, ingest), status=201)
 
 
-def _describe(session: Session, ingest: IngestParticipant | None) -> dict[str, Any]:
+def _describe(session: Session, ingest: ParticipantSnapshot | None) -> dict[str, Any]:
+    """A device and its streams (the media plane's snapshot; None: telemetry only)."""
     out: dict[str, Any] = {"id": session.id, "role": "device", "state": "receiving"}
-    if ingest is None:
+    if ingest is None or ingest.kind is not ParticipantKind.INGEST:
         out.update(state="telemetry-only", media=[])
     else:
-        out.update(state=ingest.state, media=[s.info() for s in ingest.streams])
+        out.update(state=ingest.connection, media=[dict(s) for s in ingest.ingest])
     return out
-
-
-def _on_state(consultation: Consultation, session: Session, state: str) -> None:
-    consultation.broadcast(
-        {"type": "device-state", "participant": session.id, "state": state}, exclude=session
-    )
-
-
-def _on_close(hub: Hub, consultation: Consultation, session: Session, reason: CloseReason) -> None:
-    if session.state is not SessionState.CLOSED:
-        hub.spawn(consultation.remove(session, reason))
 
 
 async def get_device(request: web.Request) -> web.Response:
     found = _device(request)
     if isinstance(found, web.Response):
         return found
-    _, session = found
-    ingest = session.media if isinstance(session.media, IngestParticipant) else None
-    return web.json_response(_describe(session, ingest))
+    consultation, session = found
+    return web.json_response(_describe(session, consultation.media(session)))
 
 
 async def post_telemetry(request: web.Request) -> web.Response:

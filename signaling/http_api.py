@@ -81,7 +81,7 @@ async def create_room(request: web.Request) -> web.Response:
         return _error(400, "bad-request", "id must be a string")
     try:
         options = _options(body)
-        consultation = hub.create(room_id, options)
+        consultation = await hub.create(room_id, options)
     except Draining:
         return _error(503, "draining", "node is draining: no new rooms")
     except RoomExists:
@@ -156,7 +156,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     hub = request.app.get(HUB)
-    if hub is None or hub.draining or hub.node.closed:
+    if hub is None or hub.draining or hub.plane.closed:
         return web.json_response({"status": "draining"}, status=503)
     return web.json_response({"status": "ready"})
 

@@ -1,4 +1,4 @@
-"""Hub: the node's consultations, the media Node, resume tokens and background tasks."""
+"""Hub: the node's consultations, the media plane, resume tokens and background tasks."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from collections import OrderedDict
 from collections.abc import Coroutine
 from typing import Any
 
-from mediaserver.api import CloseReason, Node
+from mediaserver.api import CloseReason, CreateRoom, MediaEvent, MediaPlane
 
 from .auth import CLOCK_LEEWAY_S, ResumeTokens
 from .config import ServerConfig
@@ -87,9 +87,9 @@ class NodeFull(Exception):
 
 
 class Hub:
-    def __init__(self, *, config: ServerConfig, node: Node, metrics: Metrics) -> None:
+    def __init__(self, *, config: ServerConfig, plane: MediaPlane, metrics: Metrics) -> None:
         self.config = config
-        self.node = node
+        self.plane = plane
         self.metrics = metrics
         self.resume_tokens = ResumeTokens()
         self.tokens = config.token_verifier()
@@ -100,6 +100,13 @@ class Hub:
         self.draining = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._penalties: dict[tuple[str, str], float] = {}  # (room, sub) -> until (monotonic)
+        self._unsubscribe = plane.subscribe(self._on_media_event)
+
+    def _on_media_event(self, event: MediaEvent) -> None:
+        """The media plane's events go to the consultation of their room."""
+        consultation = self.consultations.get(event.room_id)
+        if consultation is not None:
+            consultation.on_media_event(event)
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run a background task owned by the hub (cancelled on close, errors logged)."""
@@ -116,7 +123,7 @@ class Hub:
     def get(self, room_id: str) -> Consultation | None:
         return self.consultations.get(room_id)
 
-    def create(
+    async def create(
         self,
         room_id: str | None = None,
         options: ConsultationOptions | None = None,
@@ -136,11 +143,13 @@ class Hub:
         if len(self.consultations) >= self.config.max_rooms:
             raise NodeFull("node is full (rooms)")
         options = options or ConsultationOptions()
-        media_room = self.node.create_room(room_id, options.media_options())
-        consultation = Consultation(
-            room_id, options, hub=self, media_room=media_room, auto_created=auto_created
-        )
-        self.consultations[room_id] = consultation
+        consultation = Consultation(room_id, options, hub=self, auto_created=auto_created)
+        self.consultations[room_id] = consultation  # before the await: one create per id
+        try:
+            await self.plane.execute(CreateRoom(room_id=room_id, options=options.media_options()))
+        except BaseException:
+            self.forget(consultation)
+            raise
         logger.info("room %s created%s", room_id, " (auto)" if auto_created else "")
         return consultation
 
@@ -190,3 +199,4 @@ class Hub:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        self._unsubscribe()

@@ -1,14 +1,14 @@
 """Prometheus metrics with the app's own CollectorRegistry.
 
 Labels are bounded enums (role, state, kind, direction, message type, error code): never a room
-id, participant id, user id or name. Media counters are read from `node.counters` (plain ints the
-media plane increments) at scrape time by a custom collector.
+id, participant id, user id or name. Media counters are read from the media plane's
+`snapshot()` (plain ints its workers increment, one `worker` label each) at scrape time by a
+custom collector.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
 from collections import Counter as Tally
@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from mediaserver.api import Role
+from mediaserver.api import PlaneSnapshot, Role, RoomSnapshot
 
 if TYPE_CHECKING:
     from .hub import Hub
@@ -89,13 +89,13 @@ class Metrics:
 
     def sample_links(self, hub: Hub) -> None:
         for consultation in list(hub.consultations.values()):
+            room = hub.plane.room(consultation.id)
+            media = {p.participant_id: p for p in room.participants} if room is not None else {}
             for session in consultation.admitted():
-                if session.media is None:
+                snapshot = media.get(session.id)
+                if snapshot is None:
                     continue
-                try:
-                    stats = session.media.link_stats()
-                except Exception:
-                    continue
+                stats = snapshot.link
                 for direction, d in (("uplink", stats.uplink), ("downlink", stats.downlink)):
                     self.link_loss.labels(direction).observe(d.loss)
                     self.link_jitter.labels(direction).observe(d.jitter_ms / 1000)
@@ -121,15 +121,18 @@ MODES = ("video", "audio-only", "chat-only")
 DIRECTIONS = ("uplink", "downlink")
 
 
-def _mode_metrics(hub: Hub) -> Iterator[Metric]:
+def _mode_metrics(
+    hub: Hub, plane: PlaneSnapshot, rooms: dict[str, RoomSnapshot]
+) -> Iterator[Metric]:
     """Bandwidth fallback (issue 5): participants per mode, transitions, time in mode."""
     now: Tally[tuple[str, str]] = Tally()
     for consultation in list(hub.consultations.values()):
+        room = rooms.get(consultation.id)
+        modes_of = {p.participant_id: p.modes for p in room.participants} if room else {}
         for s in consultation.admitted():
-            modes = getattr(s.media, "modes", None) or {}
+            modes = modes_of.get(s.id) or {}
             for direction in DIRECTIONS:
                 now[(direction, str(modes.get(direction, "video")))] += 1
-    counters = hub.node.counters
     current = GaugeMetricFamily(
         "consult_link_mode_participants",
         "Admitted participants per link direction and fallback mode",
@@ -138,20 +141,22 @@ def _mode_metrics(hub: Hub) -> Iterator[Metric]:
     transitions = CounterMetricFamily(
         "consult_link_mode_transitions",
         "Fallback mode changes, by direction and the mode entered",
-        labels=["direction", "mode"],
+        labels=["worker", "direction", "mode"],
     )
     seconds = CounterMetricFamily(
         "consult_link_mode_seconds",
         "Seconds spent in each fallback mode (accounted at each change and when a participant"
         " leaves)",
-        labels=["direction", "mode"],
+        labels=["worker", "direction", "mode"],
     )
     for direction in DIRECTIONS:
         for mode in MODES:
             key = f"{direction}:{mode}"
             current.add_metric([direction, mode], now[(direction, mode)])
-            transitions.add_metric([direction, mode], counters.mode_transitions.get(key, 0))
-            seconds.add_metric([direction, mode], counters.mode_seconds.get(key, 0.0))
+            for w in plane.workers:
+                labels = [w.worker, direction, mode]
+                transitions.add_metric(labels, w.mode_transitions.get(key, 0))
+                seconds.add_metric(labels, w.mode_seconds.get(key, 0.0))
     yield current
     yield transitions
     yield seconds
@@ -165,23 +170,24 @@ class HubCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         hub = self.hub
-        rooms = GaugeMetricFamily("consult_rooms", "Open consultations")
-        rooms.add_metric([], len(hub.consultations))
-        yield rooms
+        open_rooms = GaugeMetricFamily("consult_rooms", "Open consultations")
+        open_rooms.add_metric([], len(hub.consultations))
+        yield open_rooms
         draining = GaugeMetricFamily("consult_node_draining", "1 while the node refuses new rooms")
         draining.add_metric([], 1 if hub.draining else 0)
         yield draining
 
         tally: Tally[tuple[str, str]] = Tally()
         kinds: Tally[str] = Tally()
+        rooms: dict[str, RoomSnapshot] = {}
         for consultation in list(hub.consultations.values()):
             for s in list(consultation.sessions.values()):
                 tally[(s.role.value, s.state.value)] += 1
-            try:
-                for track in consultation.media_room.tracks():
+            room = hub.plane.room(consultation.id)
+            if room is not None:
+                rooms[consultation.id] = room
+                for track in room.tracks:
                     kinds[track.kind] += 1
-            except Exception:
-                pass
         participants = GaugeMetricFamily(
             "consult_participants", "Participants by role and state", labels=["role", "state"]
         )
@@ -194,7 +200,8 @@ class HubCollector(Collector):
             tracks.add_metric([kind], kinds[kind])
         yield tracks
 
-        yield from _mode_metrics(hub)
+        plane = hub.plane.snapshot()
+        yield from _mode_metrics(hub, plane, rooms)
 
         tasks = GaugeMetricFamily(
             "mediaserver_asyncio_tasks", "Tasks of the node's event loop (benchmarks/soak.py)"
@@ -206,12 +213,13 @@ class HubCollector(Collector):
         else:
             yield tasks
 
-        counters = hub.node.counters
-        for f in dataclasses.fields(counters):
-            value = getattr(counters, f.name)
-            if isinstance(value, int):
-                family = CounterMetricFamily(
-                    f"consult_media_{f.name}", f"Media plane counter {f.name}"
-                )
-                family.add_metric([], value)
-                yield family
+        families: dict[str, CounterMetricFamily] = {}
+        for w in plane.workers:
+            for name, value in w.counters.items():
+                family = families.get(name)
+                if family is None:
+                    family = families[name] = CounterMetricFamily(
+                        f"consult_media_{name}", f"Media plane counter {name}", labels=["worker"]
+                    )
+                family.add_metric([w.worker], value)
+        yield from families.values()

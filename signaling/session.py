@@ -20,13 +20,11 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from mediaserver.api import Participant, Role
+from mediaserver.api import Role
 
 from .ratelimit import TokenBucket
 
 if TYPE_CHECKING:
-    from mediaserver.ingest import IngestParticipant
-
     from .consultation import Consultation
 
 logger = logging.getLogger(__name__)
@@ -71,7 +69,8 @@ class Session:
         self.codecs = codecs
         self.telemetry_granted = telemetry  # the token's `telemetry` claim (signaling/auth.py)
         self.state = SessionState.WAITING
-        self.media: Participant | IngestParticipant | None = None
+        # The media plane holds its participant as (consultation.id, id) once it has one.
+        self.has_media = False
         self.joined_at = time.monotonic()
         self.ws: web.WebSocketResponse | None = None
         self._queue: asyncio.Queue[str | _Close] | None = None

@@ -16,8 +16,14 @@ from typing import Any
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from mediaserver.api import (
+    AddCandidate,
+    ClientAnswer,
+    ClientOffer,
     CloseReason,
+    MediaPlaneError,
     NegotiationError,
+    RequestPublish,
+    RestartTransport,
     TrackMeta,
     parse_capture,
     validate_channels,
@@ -122,7 +128,7 @@ async def _handshake(hub: Hub, ws: web.WebSocketResponse) -> Session | None:
         return None
     try:
         if consultation is None:
-            consultation = _auto_create(hub, claims.room)
+            consultation = await _auto_create(hub, claims.room)
             if consultation is None:
                 await _refuse(ws, CloseCode.ROOM_UNAVAILABLE, "unknown room")
                 return None
@@ -138,13 +144,13 @@ async def _handshake(hub: Hub, ws: web.WebSocketResponse) -> Session | None:
         return None
 
 
-def _auto_create(hub: Hub, room_id: str) -> Consultation | None:
+async def _auto_create(hub: Hub, room_id: str) -> Consultation | None:
     """The room created for a first join (dev mode); NodeFull at max_rooms."""
     if not hub.config.rooms_auto_created:
         return None
     hub.check_capacity(None)  # a full node creates no room its joiner could not enter
     try:
-        return hub.create(room_id, auto_created=True)
+        return await hub.create(room_id, auto_created=True)
     except (Draining, RoomEnded, RoomExists, ValueError):
         return hub.get(room_id)
 
@@ -174,10 +180,11 @@ def _ack(session: Session, msg: dict[str, Any]) -> None:
     session.send({"type": "ack", "ref": msg["id"]})
 
 
-def _media(session: Session, msg: dict[str, Any]) -> Any:
-    if session.state is not SessionState.ADMITTED or session.media is None:
+def _media(session: Session, msg: dict[str, Any]) -> tuple[str, str]:
+    """The media plane's address of the session's participant: (room_id, participant_id)."""
+    if session.state is not SessionState.ADMITTED or not session.has_media:
         raise ProtocolError(ErrorCode.NOT_ADMITTED, "not admitted yet", msg["id"])
-    return session.media
+    return session.consultation.id, session.id
 
 
 def _doctor(session: Session, msg: dict[str, Any]) -> None:
@@ -282,12 +289,14 @@ def _negotiation_error(exc: Exception, msg: dict[str, Any]) -> ProtocolError:
 
 
 async def on_offer(hub: Hub, session: Session, msg: dict[str, Any]) -> None:
-    media = _media(session, msg)
+    room_id, pid = _media(session, msg)
     sdp = require_sdp(msg)
     tracks = _tracks_of_offer(msg, sdp)
     try:
-        answer = await media.handle_offer(sdp, tracks)
-    except (NegotiationError, ValueError) as exc:
+        answer = await hub.plane.execute(
+            ClientOffer(room_id=room_id, participant_id=pid, sdp=sdp, tracks=tracks)
+        )
+    except (NegotiationError, MediaPlaneError, ValueError) as exc:
         raise _negotiation_error(exc, msg) from exc
     if answer is None:
         raise ProtocolError(ErrorCode.GLARE, "a server offer is in flight", msg["id"])
@@ -295,17 +304,17 @@ async def on_offer(hub: Hub, session: Session, msg: dict[str, Any]) -> None:
 
 
 async def on_answer(hub: Hub, session: Session, msg: dict[str, Any]) -> None:
-    media = _media(session, msg)
+    room_id, pid = _media(session, msg)
     sdp = require_sdp(msg)
     try:
-        await media.handle_answer(sdp)
-    except (NegotiationError, ValueError) as exc:
+        await hub.plane.execute(ClientAnswer(room_id=room_id, participant_id=pid, sdp=sdp))
+    except (NegotiationError, MediaPlaneError, ValueError) as exc:
         raise _negotiation_error(exc, msg) from exc
     _ack(session, msg)
 
 
 async def on_candidate(hub: Hub, session: Session, msg: dict[str, Any]) -> None:
-    media = _media(session, msg)
+    room_id, pid = _media(session, msg)
     if "candidate" not in msg:
         raise ProtocolError(ErrorCode.BAD_REQUEST, "missing field: candidate", msg["id"])
     cand = msg["candidate"]
@@ -320,14 +329,16 @@ async def on_candidate(hub: Hub, session: Session, msg: dict[str, Any]) -> None:
             ErrorCode.BAD_REQUEST, "candidate must be {candidate, sdpMid}", msg["id"]
         )
     try:
-        await media.add_ice_candidate(candidate, sdp_mid)
-    except (NegotiationError, ValueError) as exc:
+        await hub.plane.execute(
+            AddCandidate(room_id=room_id, participant_id=pid, candidate=candidate, sdp_mid=sdp_mid)
+        )
+    except (NegotiationError, MediaPlaneError, ValueError) as exc:
         raise ProtocolError(ErrorCode.BAD_REQUEST, "candidate rejected", msg["id"]) from exc
     _ack(session, msg)
 
 
 async def on_publish(hub: Hub, session: Session, msg: dict[str, Any]) -> None:
-    media = _media(session, msg)
+    room_id, pid = _media(session, msg)
     raw = msg.get("tracks")
     if not isinstance(raw, list) or not raw or len(raw) > 16:
         raise ProtocolError(ErrorCode.BAD_REQUEST, "tracks must be a list of 1-16", msg["id"])
@@ -338,14 +349,16 @@ async def on_publish(hub: Hub, session: Session, msg: dict[str, Any]) -> None:
             raise ProtocolError(ErrorCode.BAD_REQUEST, "track kind must be audio|video", msg["id"])
         assert isinstance(item, dict)
         tracks.append(_track_meta(kind, item, msg))
-    media.request_publish(tracks)
+    await hub.plane.execute(
+        RequestPublish(room_id=room_id, participant_id=pid, tracks=tuple(tracks))
+    )
     _ack(session, msg)
 
 
 async def on_reconnect(hub: Hub, session: Session, msg: dict[str, Any]) -> None:
     """The client starts a fresh media connection (issue 5): the server offers on a new one."""
-    media = _media(session, msg)
-    await media.restart_transport()
+    room_id, pid = _media(session, msg)
+    await hub.plane.execute(RestartTransport(room_id=room_id, participant_id=pid))
     _ack(session, msg)
 
 

@@ -10,7 +10,11 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from mediaserver.api import IceConfig, MediaConfig, Node, Room
+from mediaserver.api import IceConfig, MediaConfig
+from mediaserver.node import Node
+from mediaserver.participant import Participant
+from mediaserver.plane import LocalMediaPlane
+from mediaserver.room import Room
 from signaling.app import HUB, AccessLogger, create_app
 from signaling.auth import encode_token
 from signaling.client import ConsultClient
@@ -30,6 +34,29 @@ class Server:
     @property
     def hub(self) -> Hub:
         return self.app[HUB]
+
+    # Test helpers: the live media objects of the in-process plane (signaling holds none).
+
+    @property
+    def plane(self) -> LocalMediaPlane:
+        plane = self.hub.plane
+        assert isinstance(plane, LocalMediaPlane), "the live objects are in-process only"
+        return plane
+
+    @property
+    def node(self) -> Node:
+        return self.plane.node
+
+    def media_room(self, room: str = "r1") -> Room:
+        media_room = self.node.get_room(room)
+        assert media_room is not None, f"no media room {room}"
+        return media_room
+
+    def participant(self, participant_id: str | None, *, room: str = "r1") -> Participant:
+        """The live WebRTC participant of a session (AssertionError when it has none)."""
+        participant = self.media_room(room).participants.get(participant_id or "")
+        assert isinstance(participant, Participant), f"no WebRTC participant {participant_id}"
+        return participant
 
     def token(
         self,

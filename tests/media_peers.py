@@ -22,7 +22,8 @@ from aiortc.mediastreams import AudioStreamTrack, VideoStreamTrack
 from aiortc.rtcconfiguration import RTCBundlePolicy
 from av import VideoFrame
 
-from mediaserver.api import NegotiationError, Participant, TrackMeta
+from mediaserver.api import NegotiationError, TrackMeta
+from mediaserver.participant import Participant
 from mediaserver.rtc.peer import bundle_data_channel
 
 VIDEO_CLOCK = 90000

@@ -6,7 +6,8 @@ import asyncio
 import random
 import struct
 
-from mediaserver.api import FallbackConfig, IceConfig, MediaConfig, Node, Role
+from mediaserver.api import FallbackConfig, IceConfig, MediaConfig, Role
+from mediaserver.node import Node
 from mediaserver.rtp import rtcp
 from tests.media_peers import PatternVideoTrack, Peer
 

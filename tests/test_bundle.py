@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 from aiortc import sdp
 
-from mediaserver.api import IceConfig, MediaConfig, Node, Participant, Role, TrackMeta
+from mediaserver.api import IceConfig, MediaConfig, Role, TrackMeta
+from mediaserver.node import Node
+from mediaserver.participant import Participant
 from mediaserver.rtc.bundle import drop_rejected_from_bundle, harmonize
 
 CHROMIUM_OFFER = json.loads(

@@ -7,7 +7,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from mediaserver.api import CloseReason, IceConfig, MediaConfig, Node, Role, Room
+from mediaserver.api import CloseReason, IceConfig, MediaConfig, Role
+from mediaserver.node import Node
+from mediaserver.room import Room
 from tests.media_peers import Peer, av_tracks
 
 

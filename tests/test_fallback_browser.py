@@ -26,7 +26,9 @@ import pytest
 from aiohttp import web
 
 from compat.synth import ToneTrack
-from mediaserver.api import IceConfig, MediaConfig, Participant
+from mediaserver.api import IceConfig, MediaConfig
+from mediaserver.participant import Participant
+from mediaserver.plane import LocalMediaPlane
 from signaling.app import HUB, AccessLogger, create_app
 from signaling.auth import encode_token
 from signaling.client import ConsultClient
@@ -84,9 +86,10 @@ class BrowserCall:
 
     def media(self) -> Participant | None:
         assert self.hub is not None
-        consultation = self.hub.consultations.get(ROOM)
-        session = consultation.sessions.get(self.patient_id) if consultation else None
-        media = session.media if session is not None else None
+        plane = self.hub.plane  # the live objects of the in-process media plane
+        assert isinstance(plane, LocalMediaPlane)
+        room = plane.node.get_room(ROOM)
+        media = room.participants.get(self.patient_id or "") if room is not None else None
         return media if isinstance(media, Participant) else None
 
     def received(self, source: str) -> int:

@@ -31,7 +31,9 @@ from aiortc import VideoStreamTrack
 from av import VideoFrame
 
 from compat.synth import ToneTrack
-from mediaserver.api import IceConfig, MediaConfig, Participant
+from mediaserver.api import IceConfig, MediaConfig
+from mediaserver.participant import Participant
+from mediaserver.plane import LocalMediaPlane
 from mediaserver.rtc.media import OpusEncoder, set_opus_bitrate
 from signaling.app import HUB, AccessLogger, create_app
 from signaling.client import ConsultClient
@@ -155,9 +157,13 @@ class ShapedCall:
     # -- views of the server -------------------------------------------------------------------
     def media(self, pid: str | None = None) -> Participant:
         assert self.hub is not None
-        session = self.hub.consultations[ROOM].sessions[pid or self.patient_id]
-        assert isinstance(session.media, Participant)
-        return session.media
+        plane = self.hub.plane  # the live objects of the in-process media plane
+        assert isinstance(plane, LocalMediaPlane)
+        room = plane.node.get_room(ROOM)
+        assert room is not None
+        media = room.participants.get(pid or self.patient_id or "")
+        assert isinstance(media, Participant)
+        return media
 
     def uplink_received(self) -> int:
         return sum(p.stats.received for p in self.media().publications.values())

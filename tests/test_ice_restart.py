@@ -15,7 +15,10 @@ import pytest
 from aiortc import RTCSessionDescription
 from aiortc.rtcicetransport import RTCIceTransport
 
-from mediaserver.api import IceConfig, MediaConfig, Node, Participant, Role, Room
+from mediaserver.api import IceConfig, MediaConfig, Role
+from mediaserver.node import Node
+from mediaserver.participant import Participant
+from mediaserver.room import Room
 from mediaserver.rtc.icerestart import IceRestart
 from mediaserver.rtc.tap import ServerPeerConnection, remote_ice_credentials
 from tests.media_peers import Peer, av_tracks

@@ -27,7 +27,7 @@ import pytest
 from aiortc import RTCPeerConnection
 from aiortc.mediastreams import AudioStreamTrack
 
-from mediaserver.api import Participant
+from mediaserver.participant import Participant
 from signaling.client import ConsultClient
 from tests.media_peers import PatternVideoTrack
 
@@ -53,9 +53,7 @@ async def _until(predicate: Callable[[], bool], timeout_s: float = 30, what: str
 
 
 def _media(server: Server, participant_id: str | None) -> Participant:
-    session = server.hub.consultations[ROOM].sessions[participant_id or ""]
-    assert isinstance(session.media, Participant)
-    return session.media
+    return server.participant(participant_id, room=ROOM)
 
 
 async def _doctor(server: Server, clients: Clients) -> ConsultClient:
@@ -85,7 +83,7 @@ def _weakrefs(server: Server, participant_id: str) -> dict[str, weakref.ref[Any]
         refs[f"packet cache {pub.kind}"] = weakref.ref(pub.cache)
     for sub in participant.subscriptions.values():
         refs[f"own subscription {sub.kind}"] = weakref.ref(sub)
-    for other in server.hub.consultations[ROOM].media_room.participants.values():
+    for other in server.media_room(ROOM).participants.values():
         for sub in other.subscriptions.values():
             if sub.publication.participant_id == participant_id:
                 refs[f"a subscription to its {sub.kind}"] = weakref.ref(sub)

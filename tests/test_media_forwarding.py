@@ -13,12 +13,12 @@ from mediaserver.api import (
     IceConfig,
     MediaConfig,
     NegotiationError,
-    Node,
     Role,
-    Room,
     RoomOptions,
 )
+from mediaserver.node import Node
 from mediaserver.publication import payload_offset
+from mediaserver.room import Room
 from mediaserver.rtp.keyframe import vp8_keyframe_start
 from tests.media_peers import PatternVideoTrack, Peer, av_tracks
 

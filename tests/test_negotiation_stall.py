@@ -17,7 +17,9 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from mediaserver.api import CloseReason, IceConfig, MediaConfig, Node, Role, Room
+from mediaserver.api import CloseReason, IceConfig, MediaConfig, Role
+from mediaserver.node import Node
+from mediaserver.room import Room
 from tests.media_peers import Peer, av_tracks
 
 

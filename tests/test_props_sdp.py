@@ -24,9 +24,11 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from compat.sdp import load_fixtures
-from mediaserver.api import IceConfig, MediaConfig, Node, Role, Room, TrackMeta
+from mediaserver.api import IceConfig, MediaConfig, Role, TrackMeta
 from mediaserver.ingest import IngestError, parse_sdp
+from mediaserver.node import Node
 from mediaserver.participant import NegotiationError, Participant, validate_sdp
+from mediaserver.room import Room
 from mediaserver.rtc import bundle
 from signaling.protocol import ProtocolError, mid_kinds, require_sdp
 

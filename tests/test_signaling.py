@@ -154,8 +154,7 @@ async def test_waiting_room_admit(server: Server, clients: Clients) -> None:
     knock = await doctor.wait_for("knock")
     pid = knock["participant"]["id"]
     assert knock["participant"] == {"id": pid, "role": "patient", "name": "Pat Bob"}
-    room = server.hub.get("r1")
-    assert room is not None and pid not in room.media_room.participants
+    assert pid not in server.media_room("r1").participants
 
     await doctor.chat("while the patient waits")
     await doctor.wait_for("chat", lambda m: m["message"]["text"] == "while the patient waits")
@@ -175,7 +174,7 @@ async def test_waiting_room_admit(server: Server, clients: Clients) -> None:
     assert "waiting" not in snapshot
     joined = await doctor.wait_for("participant-joined")
     assert joined["participant"]["id"] == pid
-    assert pid in room.media_room.participants
+    assert pid in server.media_room("r1").participants
 
 
 async def test_waiting_room_deny(server: Server, clients: Clients) -> None:
@@ -345,8 +344,7 @@ async def test_kick(server: Server, clients: Clients) -> None:
     assert patient.state == "kicked"
     left = await doctor.wait_for("participant-left")
     assert left["reason"] == "kicked"
-    room = server.hub.get("r1")
-    assert room is not None and patient.participant_id not in room.media_room.participants
+    assert patient.participant_id not in server.media_room("r1").participants
 
 
 async def test_end(server: Server, clients: Clients) -> None:
@@ -357,7 +355,7 @@ async def test_end(server: Server, clients: Clients) -> None:
         assert await client.wait_closed() == 4005
         assert (await client.wait_for("ended"))["reason"] == "ended"
     assert server.hub.get("r1") is None
-    assert server.hub.node.get_room("r1") is None
+    assert server.node.get_room("r1") is None
 
 
 async def test_leave(server: Server, clients: Clients) -> None:
@@ -454,7 +452,7 @@ async def test_shutdown_closes_sockets_going_away(clients: Clients) -> None:
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     server = Server(url=f"http://127.0.0.1:{runner.addresses[0][1]}", app=app, config=app[CONFIG])
     doctor = await join(server, clients, "doctor")
-    node = server.hub.node
+    node = server.node
     await runner.cleanup()
     assert await doctor.wait_closed() == 1001
     assert node.closed and node.rooms == {}
