@@ -431,9 +431,13 @@ class WorkerPool(MediaPlane):
 
     async def _watch(self) -> None:
         """Heartbeats and exits: a worker silent for heartbeat_timeout_s is lost."""
+        interval = min(0.5, self.heartbeat_timeout_s / 4)
         while not self._closed:
-            await asyncio.sleep(min(0.5, self.heartbeat_timeout_s / 4))
+            before = time.monotonic()
+            await asyncio.sleep(interval)
             now = time.monotonic()
+            if now - before > interval + 1.0:
+                continue  # this loop stalled: the readers may hold heartbeats not yet read
             for worker in self._workers:
                 if not worker.alive:
                     continue
