@@ -11,7 +11,7 @@ control -> worker
     ("batch", id, [Command, ...])     run in order; ("reply", id, True, [(ok, value)], rooms)
     ("close", CloseReason)            close every room, answer ("closed",), exit
 worker -> control
-    ("ready", pid)                    once the plane is started
+    ("ready", pid, WorkerSnapshot)    once the plane is started
     ("events", [MediaEvent], rooms)   in the order the plane produced them
     ("beat", WorkerSnapshot, rooms)   every heartbeat_s; `rooms` every refresh_s, else {}
 
@@ -240,7 +240,7 @@ async def run(fd: int, parent: int) -> None:
     plane = LocalMediaPlane(config)
     await plane.start()
     worker = Worker(name, plane, writer, refresh_s=refresh_s, heartbeat_s=heartbeat_s)
-    worker.send(("ready", os.getpid()))
+    worker.send(("ready", os.getpid(), worker.snapshot()))
     logger.info("media worker %s ready (pid %d)", name, os.getpid())
     gc.collect()
     gc.freeze()  # as the node does (signaling/__main__.py): no full passes over the imports

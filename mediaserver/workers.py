@@ -62,7 +62,7 @@ from .api import (
     WorkerSnapshot,
 )
 from .config import MediaConfig
-from .events import CloseReason, TrackMeta
+from .events import CloseReason, LinkStats, TrackMeta
 from .room import RoomOptions
 from .worker import encode_frame, read_frame
 
@@ -225,6 +225,7 @@ class WorkerPool(MediaPlane):
                 proc.kill()
             await proc.wait()
             raise
+        worker.snapshot = frame[2]
         worker.pending = {}
         worker.last_seen = time.monotonic()
         worker.alive = True
@@ -471,9 +472,23 @@ class WorkerPool(MediaPlane):
         rooms = [r for r in self._rooms.values() if r.worker is worker]
         for room in rooms:
             room.ready.clear()
+            self._connections_gone(room.room_id)
         self._spawn(self._restart(worker))
         for room in rooms:
             self._spawn(self._move(room))
+
+    def _connections_gone(self, room_id: str) -> None:
+        """The mirror of a room whose worker is lost: no connection, no offer pending, until
+        the worker that takes the room sends its snapshot."""
+        entry = self._mirror.get(room_id)
+        if entry is None:
+            return
+        participants = tuple(
+            dataclasses.replace(p, connection="closed", pending_offer=None, link=LinkStats())
+            for p in entry[0].participants
+        )
+        snapshot = dataclasses.replace(entry[0], participants=participants)
+        self._mirror[room_id] = (snapshot, {p.participant_id: p for p in participants})
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -510,8 +525,7 @@ class WorkerPool(MediaPlane):
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._live.wait(), 1.0)
                 continue
-            room.worker = target  # its events and snapshots count from now on (the mirror
-            # keeps the last snapshot from the lost worker until the target sends one)
+            room.worker = target  # its events and snapshots count from now on
             batch: list[Command[Any]] = [CreateRoom(room_id=room.room_id, options=room.options)]
             moved: list[str] = []
             for pid, member in room.members.items():

@@ -291,7 +291,10 @@ async def test_pool_errors_cross_the_channel_as_the_same_types() -> None:
         with pytest.raises(WorkerLost):
             await pool.execute(CreateRoom(room_id="y"))
         await until(lambda: pool.ready, 60, "the pool ready again")
-        await until(lambda: pool.participant("x", "p") is not None, 30, "room x back")
+        snapshot = pool.participant("x", "p")  # (the mirror: the connection is gone)
+        assert snapshot is not None and snapshot.connection == "closed"
+        await until(lambda: pool.room_worker("x") == "w0", 30, "room x on w0 again")
+        await until(lambda: pool.room("x") is not None, 30, "room x back")
         snapshot = pool.participant("x", "p")
         assert snapshot is not None and snapshot.connection == "closed"  # until `reconnect`
     finally:
