@@ -14,9 +14,9 @@ reader task each; nothing per packet):
 - faults: a worker that exits, closes its channel or misses heartbeats for
   `heartbeat_timeout_s` (hung, stopped) is killed; commands in flight to it fail with
   `WorkerLost`; its rooms are created again on a live worker (same options) with their WebRTC
-  participants added again (what they asked to publish requested again, their connection
-  closed) and each participant gets `MediaLost` (signaling tells its client to start a fresh
-  media connection); plain-RTP devices (their UDP ports died with the worker) get
+  participants added again (what they published, by offer or RequestPublish, requested again;
+  their connection closed) and each participant gets `MediaLost` (signaling tells its client
+  to start a fresh media connection); plain-RTP devices (their UDP ports died with the worker) get
   `ParticipantClosed(FAILED)`. The worker is restarted under the same name.
 """
 
@@ -38,6 +38,7 @@ from .api import (
     AddIngest,
     AddParticipant,
     BadCommand,
+    ClientOffer,
     CloseConnection,
     CloseParticipant,
     CloseRoom,
@@ -126,7 +127,21 @@ class _Member:
     """What it takes to add a participant again on another worker."""
 
     add: AddParticipant | None  # None: a plain-RTP device (not moved)
-    publish: list[TrackMeta] = field(default_factory=list)
+    publish: list[TrackMeta] = field(default_factory=list)  # RequestPublish, in order
+    offered: dict[str, TrackMeta] = field(default_factory=dict)  # its last ClientOffer's
+
+    def tracks(self) -> tuple[TrackMeta, ...]:
+        """What it publishes, to request again: its last offer's tracks, then those it asked
+        for with RequestPublish that the offer does not list (by kind and source)."""
+        out = list(self.offered.values())
+        listed = [(t.kind, t.source) for t in out]
+        for meta in self.publish:
+            key = (meta.kind, meta.source)
+            if key in listed:
+                listed.remove(key)
+            else:
+                out.append(meta)
+        return tuple(out)
 
 
 @dataclass(eq=False)
@@ -359,7 +374,7 @@ class WorkerPool(MediaPlane):
             except TimeoutError:
                 raise WorkerLost(f"room {room_id} is being moved to another worker") from None
         result = await self._call(room.worker, "cmd", command)
-        self._record(room, command)
+        self._record(room, command, result)
         return cast(R, result)
 
     async def _create_room(self, command: CreateRoom) -> None:
@@ -379,7 +394,7 @@ class WorkerPool(MediaPlane):
             raise
         room.ready.set()
 
-    def _record(self, room: _Room, command: Command[Any]) -> None:
+    def _record(self, room: _Room, command: Command[Any], result: object) -> None:
         """What the pool must know to move the room: its participants and their requests."""
         if isinstance(command, AddParticipant):
             room.members[command.participant_id] = _Member(add=command)
@@ -389,6 +404,10 @@ class WorkerPool(MediaPlane):
             member = room.members.get(command.participant_id)
             if member is not None:
                 member.publish.extend(command.tracks)
+        elif isinstance(command, ClientOffer) and result is not None:
+            member = room.members.get(command.participant_id)
+            if member is not None:  # an offer lists every track the client sends
+                member.offered = dict(command.tracks)
         elif isinstance(command, CloseParticipant):
             room.members.pop(command.participant_id, None)
         elif isinstance(command, CloseRoom):
@@ -533,11 +552,10 @@ class WorkerPool(MediaPlane):
                     continue
                 moved.append(pid)
                 batch.append(member.add)
-                if member.publish:
+                tracks = member.tracks()
+                if tracks:
                     batch.append(
-                        RequestPublish(
-                            room_id=room.room_id, participant_id=pid, tracks=tuple(member.publish)
-                        )
+                        RequestPublish(room_id=room.room_id, participant_id=pid, tracks=tracks)
                     )
                 batch.append(CloseConnection(room_id=room.room_id, participant_id=pid))
             try:

@@ -369,3 +369,17 @@ async def test_the_control_process_going_takes_its_workers(
     proc.send_signal(how)
     await until(lambda: proc.poll() is not None, 30, "the control process gone")
     await until(lambda: not any(alive(pid) for pid in workers), 15, "its workers gone")
+
+
+def test_a_moved_participant_requests_what_it_published_once() -> None:
+    from mediaserver.api import AddParticipant, Role, TrackMeta
+    from mediaserver.workers import _Member
+
+    add = AddParticipant(room_id="r", participant_id="p", role=Role.DOCTOR)
+    member = _Member(add=add)
+    camera, mic = TrackMeta(kind="video", source="camera"), TrackMeta(kind="audio", source="mic")
+    member.publish = [camera, mic]
+    assert member.tracks() == (camera, mic)
+    screen = TrackMeta(kind="video", source="screen")
+    member.offered = {"0": camera, "2": screen}  # an offer lists every track it sends
+    assert member.tracks() == (camera, screen, mic)
