@@ -259,8 +259,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--parent", type=int, default=0, help="the control process's pid")
     args = parser.parse_args(argv)
     die_with_parent(args.parent)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C: the control process
-    try:  # decides (it closes the channel, and the worker follows)
+    # A terminal's Ctrl-C and a service manager's SIGTERM to the whole group: the control
+    # process decides (it closes each worker's rooms, then the channel; the worker follows).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
         import uvloop
 
         uvloop.run(run(args.fd, args.parent))

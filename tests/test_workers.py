@@ -23,14 +23,31 @@ from collections.abc import AsyncIterator, Callable, Iterator
 
 import aiohttp
 import pytest
-from aiortc import MediaStreamTrack
+from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import AudioStreamTrack
+from aiortc.rtcconfiguration import RTCBundlePolicy
 
-from mediaserver.api import CreateRoom, MediaConfig, UnknownRoom
+from mediaserver.api import (
+    AddParticipant,
+    ClientAnswer,
+    ClientOffer,
+    CreateRoom,
+    IceConfig,
+    MediaConfig,
+    MediaEvent,
+    MediaLost,
+    RestartTransport,
+    Role,
+    ServerOffer,
+    TrackMeta,
+    UnknownRoom,
+    bundle_data_channel,
+)
 from mediaserver.workers import WorkerPool, port_slices
 from signaling.client import ConsultClient
 
 from .conftest import Server, ServerFactory
+from .media_peers import PatternVideoTrack
 from .test_e2e_media import SyntheticVideo
 
 Clients = Callable[[Server], ConsultClient]
@@ -383,3 +400,150 @@ def test_a_moved_participant_requests_what_it_published_once() -> None:
     screen = TrackMeta(kind="video", source="screen")
     member.offered = {"0": camera, "2": screen}  # an offer lists every track it sends
     assert member.tracks() == (camera, screen, mic)
+
+
+class OfferingPeer:
+    """A client that publishes by its own offer (as a browser does) and, on MediaLost, starts
+    a fresh connection and attaches its tracks to the server's recvonly m-lines (consult.js's
+    media restart), driving a WorkerPool through commands and events only."""
+
+    def __init__(self, pool: WorkerPool, room: str, participant_id: str) -> None:
+        self.pool, self.room, self.id = pool, room, participant_id
+        self.tracks: dict[str, MediaStreamTrack] = {}
+        self.frames = 0
+        self.lost = 0
+        self._lock = asyncio.Lock()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.pc = self._new_pc()
+        self.unsubscribe = pool.subscribe(self._on_event)
+
+    def _new_pc(self) -> RTCPeerConnection:
+        pc = RTCPeerConnection(
+            RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
+        )
+        pc.createDataChannel("consult", negotiated=True, id=0)
+        bundle_data_channel(pc)
+        pc.on("track", lambda track: self._tasks.append(asyncio.ensure_future(self._read(track))))
+        return pc
+
+    async def _read(self, track: MediaStreamTrack) -> None:
+        while True:
+            try:
+                await track.recv()
+            except Exception:
+                return
+            if track.kind == "video":
+                self.frames += 1
+
+    def _on_event(self, event: MediaEvent) -> None:
+        if getattr(event, "participant_id", None) != self.id:
+            return
+        if isinstance(event, ServerOffer):
+            self._tasks.append(asyncio.ensure_future(self._answer(event)))
+        elif isinstance(event, MediaLost):
+            self.lost += 1
+            self._tasks.append(asyncio.ensure_future(self._restart()))
+
+    async def _answer(self, offer: ServerOffer) -> None:
+        async with self._lock:
+            await self.pc.setRemoteDescription(RTCSessionDescription(sdp=offer.sdp, type="offer"))
+            for t in self.pc.getTransceivers():
+                meta = offer.tracks.get(t.mid or "") or {}
+                track = self.tracks.get(str(meta.get("source")))
+                if meta.get("direction") == "recvonly" and track and t.sender.track is None:
+                    t.sender.replaceTrack(track)
+                    t.direction = "sendonly"
+            await self.pc.setLocalDescription(await self.pc.createAnswer())
+            answer = ClientAnswer(
+                room_id=self.room, participant_id=self.id, sdp=self.pc.localDescription.sdp
+            )
+            await self.pool.execute(answer)
+
+    async def publish(self, tracks: dict[str, MediaStreamTrack]) -> None:
+        async with self._lock:
+            self.tracks.update(tracks)
+            for track in tracks.values():
+                self.pc.addTransceiver(track, direction="sendonly")
+            await self.pc.setLocalDescription(await self.pc.createOffer())
+            meta = {
+                t.mid: TrackMeta(kind=track.kind, source=source)
+                for t in self.pc.getTransceivers()
+                for source, track in tracks.items()
+                if t.sender.track is track and t.mid is not None
+            }
+            sdp = self.pc.localDescription.sdp
+            answer = await self.pool.execute(
+                ClientOffer(room_id=self.room, participant_id=self.id, sdp=sdp, tracks=meta)
+            )
+            assert answer is not None
+            await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+
+    async def _restart(self) -> None:
+        async with self._lock:
+            old, self.pc = self.pc, self._new_pc()
+            for t in old.getTransceivers():
+                t.sender.replaceTrack(None)  # (aiortc stops a sender's track with its sender)
+            await old.close()
+        await self.pool.execute(RestartTransport(room_id=self.room, participant_id=self.id))
+
+    async def close(self) -> None:
+        self.unsubscribe()
+        for task in self._tasks:
+            task.cancel()
+        await self.pc.close()
+
+
+async def test_a_publisher_by_offer_gets_its_tracks_back_on_another_worker() -> None:
+    """What a browser does: it publishes by its own offer; its worker is lost; it restarts its
+    connection on MediaLost and the server's offer asks for its camera again (recvonly)."""
+    pool = WorkerPool(MediaConfig(ice=IceConfig(host_addresses=("127.0.0.1",))), 2)
+    await pool.start()
+    await pool.execute(CreateRoom(room_id="b"))
+    for who, role in (("d", Role.DOCTOR), ("p", Role.PATIENT)):
+        await pool.execute(AddParticipant(room_id="b", participant_id=who, role=role))
+    doctor, patient = OfferingPeer(pool, "b", "d"), OfferingPeer(pool, "b", "p")
+    try:
+        await doctor.publish({"camera": PatternVideoTrack()})
+        await until(lambda: patient.frames >= 5, 60, "frames before the fault")
+        holder = pool.room_worker("b")
+        assert holder is not None
+        pid = pool.worker_pids()[holder]
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        await until(lambda: doctor.lost == patient.lost == 1, 30, "MediaLost")
+        assert pool.room_worker("b") != holder
+        before = patient.frames
+        await until(lambda: patient.frames >= before + 5, 60, "frames after the fault")
+        room = pool.room("b")
+        assert room is not None and [t.source for t in room.tracks] == ["camera"]
+        d = pool.participant("b", "d")
+        assert d is not None and d.connection == "connected" and d.transport_restarts == 1
+    finally:
+        await doctor.close()
+        await patient.close()
+        await pool.close()
+
+
+async def test_readyz_while_no_worker_is_up(make_server: ServerFactory) -> None:
+    server = await make_server(workers=1)
+    pool = pool_of(server)
+
+    async def readyz() -> int:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(server.url + "/readyz") as r:
+                return r.status
+
+    assert await readyz() == 200
+    pid = pool.worker_pids()["w0"]
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)  # hung: not ready once the heartbeat is missed
+    try:
+        await until(lambda: not pool.ready, 20, "the pool not ready")
+        assert await readyz() == 503
+        status, body = await server.api("POST", "/api/v1/rooms", json={"id": "late"})
+        assert (status, body["error"]) == (503, "no-media-worker")
+        await until(lambda: pool.ready, 60, "the worker back")
+        assert await readyz() == 200
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
