@@ -506,6 +506,11 @@ class MediaPlane(abc.ABC):
     an IPC channel to worker processes that each own whole rooms. Queries are synchronous: an
     implementation answers them from its own state (in-process: the live objects; over IPC:
     the state its workers report with their events and stats), never by a round trip.
+
+    Ordering: events are delivered in the order the media plane produced them, and a
+    command's caller resumes before any event the command causes is delivered (signaling
+    registers a participant's session once `AddParticipant` returns; in-process this holds
+    because participants emit from their own tasks, an IPC implementation must keep it).
     """
 
     workers: ClassVar[tuple[str, ...]] = ()

@@ -372,3 +372,32 @@ def test_every_command_and_event_pickles() -> None:
     ]
     for item in items:
         assert pickle.loads(pickle.dumps(item)) == item
+
+
+def test_signaling_imports_only_the_boundary() -> None:
+    """signaling/ reaches the media plane through mediaserver.api only (app.py picks the
+    implementation; the Python client's aiortc seam, mediaserver.rtc, is client code), and
+    api.py exports no live media object."""
+    import ast
+    from pathlib import Path
+
+    import mediaserver.api as api
+
+    assert not {"Node", "Room", "Participant", "IngestParticipant"} & set(api.__all__)
+    root = Path(__file__).parent.parent / "signaling"
+    for path in root.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("mediaserver"):
+                module = node.module or ""
+                allowed = (
+                    module == "mediaserver.api"
+                    or (
+                        path.name == "app.py"
+                        and module in ("mediaserver.plane", "mediaserver.workers")
+                    )
+                    or (path.name == "client.py" and module.startswith("mediaserver.rtc."))
+                )
+                assert allowed, f"{path.name} imports {module}"
+            if isinstance(node, ast.Import):
+                assert not any(a.name.startswith("mediaserver") for a in node.names), path.name
