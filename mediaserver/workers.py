@@ -302,6 +302,10 @@ class WorkerPool(MediaPlane):
                     future = worker.pending.pop(ref, None)
                     if future is not None and not future.done():
                         future.set_result((ok, value))
+                        # The caller resumes before the next frame's events are delivered
+                        # (api.MediaPlane, "Ordering": signaling registers a session once
+                        # AddParticipant returned); its wake-up is already queued.
+                        await asyncio.sleep(0)
                 elif kind == "beat":
                     worker.snapshot = frame[1]
                     self._apply(worker, frame[2])

@@ -547,3 +547,28 @@ async def test_readyz_while_no_worker_is_up(make_server: ServerFactory) -> None:
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+
+
+async def test_a_late_joiner_gets_the_offer_of_what_is_published(
+    make_server: ServerFactory, clients: Clients
+) -> None:
+    """AddParticipant into a room with a publisher: the server offers at once, and the event
+    must reach the session, which signaling registers once the command returned (the reply is
+    delivered, and its caller resumes, before any event the command causes)."""
+    server = await make_server(workers=1)
+    status, _ = await server.api(
+        "POST", "/api/v1/rooms", json={"id": "late", "waiting_room": False}
+    )
+    assert status == 201
+    doctor = clients(server)
+    await doctor.connect(server.token("doctor", room="late"))
+    await doctor.wait_state("admitted")
+    await doctor.publish(SyntheticVideo(40))
+    await until(
+        lambda: bool((r := server.hub.plane.room("late")) and r.tracks), 30, "the doctor's track"
+    )
+    for i in range(3):
+        patient = clients(server)
+        await patient.connect(server.token("patient", room="late", sub=f"patient-{i}"))
+        await patient.wait_state("admitted")
+        await frames(patient, doctor.participant_id, 3, timeout_s=30)
