@@ -5,9 +5,10 @@ with its own event loop and slice of the UDP port range, and owns whole rooms. T
 implements `MediaPlane` over one stream socket per worker (length-prefixed pickle frames, one
 reader task each; nothing per packet):
 
-- placement: a room goes to the live worker with the fewest rooms (then participants) when it
-  is created; every later command for it goes to that worker and its reply is awaited (errors
-  come back as the same MediaPlaneError types);
+- placement: a room goes to the live worker with the fewest rooms (then the lowest packet
+  rate, then participants, from its heartbeats) when it is created; every later command for
+  it goes to that worker and its reply is awaited (errors come back as the same
+  MediaPlaneError types);
 - queries are answered from a mirror of the rooms' snapshots, which the workers send with
   every event and reply (before them) and every `refresh_s`;
 - events are fanned in, in each worker's order; `snapshot()` has one `worker` label a worker;
@@ -110,7 +111,18 @@ class _Worker:
         self.alive = False
         self.last_seen = time.monotonic()
         self.snapshot: WorkerSnapshot | None = None
+        self.packet_rate = 0.0  # packets in per second, from its heartbeats (smoothed)
+        self._rate_at = (0.0, 0)  # (monotonic, packets_in) of the last heartbeat
         self.started = 0  # how many times it was started
+
+    def beat(self, snapshot: WorkerSnapshot) -> None:
+        now, packets = time.monotonic(), snapshot.counters.get("packets_in", 0)
+        then, before = self._rate_at
+        if then and now > then and packets >= before:
+            rate = (packets - before) / (now - then)
+            self.packet_rate += 0.3 * (rate - self.packet_rate)
+        self._rate_at = (now, packets)
+        self.snapshot = snapshot
 
     @property
     def pid(self) -> int | None:
@@ -241,6 +253,7 @@ class WorkerPool(MediaPlane):
             await proc.wait()
             raise
         worker.snapshot = frame[2]
+        worker.packet_rate, worker._rate_at = 0.0, (0.0, 0)
         worker.pending = {}
         worker.last_seen = time.monotonic()
         worker.alive = True
@@ -307,7 +320,7 @@ class WorkerPool(MediaPlane):
                         # AddParticipant returned); its wake-up is already queued.
                         await asyncio.sleep(0)
                 elif kind == "beat":
-                    worker.snapshot = frame[1]
+                    worker.beat(frame[1])
                     self._apply(worker, frame[2])
         except (EOFError, ConnectionError, OSError) as exc:
             if worker.alive:
@@ -424,10 +437,10 @@ class WorkerPool(MediaPlane):
         if not live:
             return None
 
-        def load(worker: _Worker) -> tuple[int, int]:
+        def load(worker: _Worker) -> tuple[int, float, int]:
             rooms = sum(1 for r in self._rooms.values() if r.worker is worker)
             participants = worker.snapshot.participants if worker.snapshot is not None else 0
-            return rooms, participants
+            return rooms, worker.packet_rate, participants
 
         return min(live, key=load)
 
