@@ -572,3 +572,20 @@ async def test_a_late_joiner_gets_the_offer_of_what_is_published(
         await patient.connect(server.token("patient", room="late", sub=f"patient-{i}"))
         await patient.wait_state("admitted")
         await frames(patient, doctor.participant_id, 3, timeout_s=30)
+
+
+def test_workers_option_from_flag_and_env() -> None:
+    import argparse
+
+    from signaling.app import _media_plane
+    from signaling.config import add_run_arguments, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_run_arguments(parser)
+    assert config_from_args(parser.parse_args(["--dev"]), env={}).workers == 0  # the default
+    config = config_from_args(parser.parse_args(["--dev"]), env={"CONSULT_WORKERS": "3"})
+    assert config.workers == 3 and isinstance(_media_plane(config), WorkerPool)
+    config = config_from_args(parser.parse_args(["--dev", "--workers", "0"]), env={})
+    assert not isinstance(_media_plane(config), WorkerPool)
+    with pytest.raises(ValueError, match="workers"):
+        config_from_args(parser.parse_args(["--dev", "--workers", "-1"]), env={})
