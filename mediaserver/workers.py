@@ -162,7 +162,8 @@ class _Room:
     options: RoomOptions
     worker: _Worker
     members: dict[str, _Member] = field(default_factory=dict)
-    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    ready: asyncio.Event = field(default_factory=asyncio.Event)  # clear: being created or moved
+    created: bool = False  # its CreateRoom succeeded (a room lost while created is not moved)
 
 
 class WorkerPool(MediaPlane):
@@ -231,9 +232,13 @@ class WorkerPool(MediaPlane):
                 pass_fds=(child.fileno(),),
                 stdin=asyncio.subprocess.DEVNULL,
             )
+        except BaseException:
+            parent.close()
+            raise
         finally:
             child.close()
         worker.proc = proc
+        worker.writer = None
         worker.started += 1
         try:
             reader, writer = await asyncio.open_unix_connection(sock=parent)
@@ -248,6 +253,10 @@ class WorkerPool(MediaPlane):
             if frame[0] != "ready":
                 raise RuntimeError(f"media worker {worker.name} said {frame[0]!r}")
         except BaseException:
+            if worker.writer is not None:
+                worker.writer.close()
+            else:
+                parent.close()
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
             await proc.wait()
@@ -409,6 +418,7 @@ class WorkerPool(MediaPlane):
                 del self._rooms[command.room_id]
                 self._mirror.pop(command.room_id, None)
             raise
+        room.created = True
         room.ready.set()
 
     def _record(self, room: _Room, command: Command[Any], result: object) -> None:
@@ -505,7 +515,7 @@ class WorkerPool(MediaPlane):
                 worker.proc.kill()  # a hung or stopped one too (SIGKILL works on both)
         if worker.reader_task is not None and worker.reader_task is not asyncio.current_task():
             worker.reader_task.cancel()
-        rooms = [r for r in self._rooms.values() if r.worker is worker]
+        rooms = [r for r in self._rooms.values() if r.worker is worker and r.created]
         for room in rooms:
             room.ready.clear()
             self._connections_gone(room.room_id)
