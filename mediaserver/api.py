@@ -11,6 +11,7 @@ It talks to a `MediaPlane` with plain data:
   (ParticipantSnapshot, RoomSnapshot, TrackSnapshot), copies that never change afterwards.
 - **events** (`subscribe(listener)`): ServerOffer, DataMessage, ConnectionState, ModeChanged,
   PauseChanged, DeviceState, TrackPublished, TrackUnpublished, ParticipantClosed, RoomClosed,
+  MediaLost (worker processes: the participant's worker went away, reconnect its media),
   delivered in the order the media plane produced them, each naming its room and participant.
 - **metrics**: `snapshot()`, the counters of each media worker (label `worker`).
 
@@ -57,7 +58,9 @@ ValueError: a broken SDP, an answer with no offer pending; the participant stays
 `IngestError` (a ValueError: a device SDP the ingest cannot use). Close commands are
 idempotent: closing what is already gone does nothing.
 
-Implementations: `mediaserver.plane.LocalMediaPlane` (in-process, over Node/Room/Participant).
+Implementations: `mediaserver.plane.LocalMediaPlane` (in-process, over Node/Room/Participant)
+and `mediaserver.workers.WorkerPool` (worker processes, each a LocalMediaPlane; errors carried
+over the channel are re-raised as the same types, plus `WorkerLost`).
 """
 
 from __future__ import annotations
@@ -137,6 +140,10 @@ class Unsupported(MediaPlaneError):
 
 class NoPort(MediaPlaneError):
     """A plain-RTP device's UDP port could not be bound."""
+
+
+class WorkerLost(MediaPlaneError):
+    """The media worker process running the command went away before it answered."""
 
 
 # -- field checks (commands and queries are checked on construction) --------------------------
@@ -272,6 +279,7 @@ class RoomSnapshot:
     room_id: str
     video_codec: str  # the codec the room settled on (RoomOptions.video_codec if all decode it)
     participants: tuple[ParticipantSnapshot, ...]
+    worker: str = "local"  # the media worker holding the room (its metrics label)
 
     @property
     def tracks(self) -> tuple[TrackSnapshot, ...]:
@@ -476,6 +484,15 @@ class RoomClosed(MediaEvent):
     reason: CloseReason
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MediaLost(ParticipantEvent):
+    """The participant's media connection is gone with the worker that held it; the room was
+    re-created on another worker and the participant added again (its requested tracks too),
+    with no connection: the client must start a fresh one (`RestartTransport`)."""
+
+    reason: str  # worker-lost
+
+
 EventListener = Callable[[MediaEvent], None]
 
 
@@ -504,6 +521,11 @@ class MediaPlane(abc.ABC):
     @property
     @abc.abstractmethod
     def closed(self) -> bool: ...
+
+    @property
+    def ready(self) -> bool:
+        """It takes rooms now (worker processes: at least one is up)."""
+        return not self.closed
 
     @abc.abstractmethod
     async def start(self) -> None: ...
@@ -601,6 +623,7 @@ __all__ = [
     "LinkStats",
     "MediaConfig",
     "MediaEvent",
+    "MediaLost",
     "MediaPlane",
     "MediaPlaneError",
     "ModeChanged",
@@ -633,6 +656,7 @@ __all__ = [
     "UnknownParticipant",
     "UnknownRoom",
     "Unsupported",
+    "WorkerLost",
     "WorkerSnapshot",
     "bundle_data_channel",
     "check_ingest_sdp",

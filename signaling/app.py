@@ -17,6 +17,7 @@ from aiohttp.web_request import BaseRequest
 
 from mediaserver.api import MediaPlane
 from mediaserver.plane import LocalMediaPlane
+from mediaserver.workers import WorkerPool
 
 from .config import ServerConfig, normalize_origin, tls_context
 from .http_api import HUB, add_routes, api_key_middleware
@@ -212,9 +213,16 @@ async def _on_shutdown(app: web.Application) -> None:
         await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown")
 
 
+def _media_plane(config: ServerConfig) -> MediaPlane:
+    """--workers 0: the media plane in this process; N: N worker processes."""
+    if config.workers:
+        return WorkerPool(config.media, config.workers, refresh_s=min(config.stats_interval_s, 5))
+    return LocalMediaPlane(config.media)
+
+
 def create_app(*, config: ServerConfig, plane: MediaPlane | None = None) -> web.Application:
-    """Build the app; the media plane (given, or in-process from config.media) lives in
-    cleanup_ctx.
+    """Build the app; the media plane (given, else in-process or `config.workers` worker
+    processes, from config.media) lives in cleanup_ctx.
 
     Raises ValueError when --tls-cert/--tls-key cannot be loaded."""
     app = web.Application(middlewares=[metrics_guard, api_key_middleware])
@@ -227,8 +235,12 @@ def create_app(*, config: ServerConfig, plane: MediaPlane | None = None) -> web.
     app[SOCKETS] = sockets
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        media = plane or LocalMediaPlane(config.media)
-        await media.start()
+        media = plane or _media_plane(config)
+        try:
+            await media.start()
+        except BaseException:
+            await media.close()
+            raise
         hub = Hub(config=config, plane=media, metrics=app[METRICS])
         app[METRICS].bind(hub)
         app[HUB] = hub

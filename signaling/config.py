@@ -85,6 +85,9 @@ class ServerConfig:
     # -- consultation pages (issue 18, docs/client.md "The consultation pages") --
     pages: bool = False  # serve /consult/patient and /consult/doctor outside dev mode
     # -- end pages --
+    # -- media worker processes (issue 13; docs/media.md "Workers") --
+    workers: int = 0  # 0: the media plane in this process; N: N worker processes
+    # -- end workers --
 
     def __post_init__(self) -> None:
         if not self.api_key or not (self.token_secret or self.token_public_key):
@@ -95,6 +98,8 @@ class ServerConfig:
         if self.max_message_bytes < 4096:
             raise ValueError("max_message_bytes must be at least 4096")
         self._check_limits()
+        if not 0 <= self.workers <= 256:
+            raise ValueError("workers must be within 0..256")
         for name in ("resume_grace_s", "peer_timeout_s", "join_timeout_s", "stats_interval_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
@@ -308,6 +313,11 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     add("--ice-announce", help="address announced in ICE candidates (public address)")
     add("--rtc-ports", help="UDP port range for media, e.g. 40000-40100")
     add("--ice-servers", help="STUN/TURN for clients: JSON list or comma-separated URLs")
+    add(
+        "--workers",
+        type=int,
+        help="media worker processes (CONSULT_WORKERS; 0, the default: media in this process)",
+    )
     # -- secrets, TLS and exposure (issue 11, item 8) --
     add("--api-key-file", help="file holding the API key (CONSULT_API_KEY_FILE)")
     add("--token-secret-file", help="file holding the token secret (CONSULT_TOKEN_SECRET_FILE)")
@@ -451,6 +461,7 @@ def config_from_args(
         ("tls_key", args.tls_key, "TLS_KEY", str),
         ("metrics_host", args.metrics_host, "METRICS_HOST", str),
         ("metrics_port", args.metrics_port, "METRICS_PORT", int),
+        ("workers", getattr(args, "workers", None), "WORKERS", int),
     ):
         text = pick(flag, name)
         if text is not None:

@@ -26,6 +26,7 @@ from mediaserver.api import (
     DataMessage,
     DeviceState,
     MediaEvent,
+    MediaLost,
     MediaPlane,
     ModeChanged,
     ParticipantClosed,
@@ -227,6 +228,7 @@ class Consultation:
             "options": self.options.as_dict(),
             "created_at": int(self.created_at),
             "video_codec": room.video_codec if room is not None else self.options.video_codec,
+            "worker": room.worker if room is not None else None,
             "participants": participants,
             "tracks": [_room_track(t) for t in room.tracks] if room is not None else [],
             "chat_messages": len(self.chat),
@@ -480,6 +482,8 @@ class Consultation:
             )
         elif isinstance(event, ParticipantClosed):
             self._on_media_close(session, event.reason)
+        elif isinstance(event, MediaLost):
+            self._on_media_lost(session)
 
     def _on_media_offer(self, session: Session, event: ServerOffer) -> None:
         session.send({"type": "offer", "sdp": event.sdp, "tracks": event.tracks})
@@ -578,6 +582,23 @@ class Consultation:
                     None,
                 )
             )
+
+    def _on_media_lost(self, session: Session) -> None:
+        """The worker holding the media went away (worker processes, docs/media.md): the
+        room is on another worker, the participant without a connection. The client is told
+        `media-timeout`, as for a connection that never connected, and starts a fresh one
+        (`reconnect`) within peer_timeout_s."""
+        if session.state is SessionState.CLOSED:
+            return
+        logger.info("participant %s: media worker lost, client told to reconnect", session.id)
+        self._watch_peer(session, restart=True)
+        session.send(
+            error_message(
+                ErrorCode.MEDIA_TIMEOUT,
+                "the media connection was lost: start a fresh one (reconnect)",
+                None,
+            )
+        )
 
     def _on_media_close(self, session: Session, reason: CloseReason) -> None:
         if session.state is not SessionState.CLOSED:

@@ -8,7 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
-from mediaserver.api import CloseReason, Role
+from mediaserver.api import CloseReason, Role, WorkerLost
 
 from . import safejson
 from .consultation import ConsultationOptions
@@ -88,6 +88,8 @@ async def create_room(request: web.Request) -> web.Response:
         return _error(409, "exists", "room exists")
     except NodeFull as exc:  # max_rooms (issue 11)
         return _error(429, "node-full", str(exc))
+    except WorkerLost as exc:  # worker processes: none is up
+        return _error(503, "no-media-worker", str(exc))
     except ValueError as exc:
         return _error(400, "bad-request", str(exc))
     return web.json_response(consultation.info(), status=201)
@@ -158,6 +160,8 @@ async def readyz(request: web.Request) -> web.Response:
     hub = request.app.get(HUB)
     if hub is None or hub.draining or hub.plane.closed:
         return web.json_response({"status": "draining"}, status=503)
+    if not hub.plane.ready:  # worker processes: none is up
+        return web.json_response({"status": "no-media-worker"}, status=503)
     return web.json_response({"status": "ready"})
 
 

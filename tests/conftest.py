@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -112,6 +113,9 @@ def make_config(**overrides: Any) -> ServerConfig:
         "resume_grace_s": 5.0,
         "stats_interval_s": 0.2,
         "media": MediaConfig(ice=IceConfig(host_addresses=("127.0.0.1",))),
+        # CONSULT_TEST_WORKERS=N runs the test servers' media in N worker processes (tests
+        # that reach live media objects, server.node and the like, need 0, the default)
+        "workers": int(os.environ.get("CONSULT_TEST_WORKERS", "0")),
     }
     values.update(overrides)
     return ServerConfig(**values)
