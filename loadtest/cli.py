@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .procs import parse_cpus
 from .report import (
     charts,
     machine_summary,
@@ -58,13 +59,18 @@ class RichProgress(Progress):
 
 def _options(args: argparse.Namespace) -> Options:
     cpus = usable_cpus()
-    server_cpu = args.server_cpu if args.server_cpu >= 0 else None
-    gen_cpu = args.gen_cpu if args.gen_cpu >= 0 else None
+    try:
+        server_cpus, gen_cpus = parse_cpus(args.server_cpus), parse_cpus(args.gen_cpus)
+    except ValueError as exc:
+        raise SystemExit(f"loadtest: {exc}") from exc
     if len(cpus) < 2:
-        server_cpu = gen_cpu = None  # one CPU: nothing to pin apart
-    for cpu in (server_cpu, gen_cpu):
-        if cpu is not None and cpu not in cpus:
-            raise SystemExit(f"loadtest: CPU {cpu} is not usable here (usable: {cpus})")
+        server_cpus = gen_cpus = None  # one CPU: nothing to pin apart
+    for group in (server_cpus, gen_cpus):
+        for cpu in group or ():
+            if cpu not in cpus:
+                raise SystemExit(f"loadtest: CPU {cpu} is not usable here (usable: {cpus})")
+    if args.workers < 0 or args.generators < 1:
+        raise SystemExit("loadtest: --workers must be >= 0 and --generators >= 1")
     if getattr(args, "url", None) and args.target == "janus":
         raise SystemExit("loadtest: --url is for our node; --target janus starts Janus itself")
     if getattr(args, "url", None) and not (args.api_key and args.token_secret):
@@ -78,9 +84,10 @@ def _options(args: argparse.Namespace) -> Options:
         duration=args.duration,
         warmup=args.warmup,
         join_rate=args.join_rate,
+        generators=args.generators,
         workers=args.workers,
-        server_cpu=server_cpu,
-        gen_cpu=gen_cpu,
+        server_cpus=server_cpus,
+        gen_cpus=gen_cpus,
         decrypt_all=args.decrypt_all,
         event_loop_receive=args.event_loop_receive,
         thresholds=Thresholds(
@@ -100,9 +107,22 @@ def _common(p: argparse.ArgumentParser, *, duration: float) -> None:
     p.add_argument("--duration", type=float, default=duration, help="measurement window (s)")
     p.add_argument("--warmup", type=float, default=5.0, help="seconds after the joins")
     p.add_argument("--join-rate", type=float, default=4.0, help="consultations joined per s")
-    p.add_argument("--workers", type=int, default=2, help="generator processes")
-    p.add_argument("--server-cpu", type=int, default=0, help="CPU of the SFU (-1: no pin)")
-    p.add_argument("--gen-cpu", type=int, default=1, help="CPU of the generator (-1: no pin)")
+    p.add_argument(
+        "--workers", type=int, default=0, help="our node's media worker processes (0: in-process)"
+    )
+    p.add_argument("--generators", type=int, default=2, help="generator processes")
+    p.add_argument(
+        "--server-cpus",
+        "--server-cpu",
+        default="0",
+        help="CPUs of the SFU, a taskset list (0, 0-3, 0,2; -1: not pinned)",
+    )
+    p.add_argument(
+        "--gen-cpus",
+        "--gen-cpu",
+        default="1",
+        help="CPUs of the generator processes, a taskset list (-1: not pinned)",
+    )
     p.add_argument("--out", help="report folder (default loadtest-results/<time>-<command>)")
     p.add_argument("--decrypt-all", action="store_true", help="decrypt every received packet")
     p.add_argument(

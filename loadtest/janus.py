@@ -2,9 +2,10 @@
 
 `write_config(dir, ...)` writes a config folder that loads only the VideoRoom plugin and the
 HTTP transport, listening on one address (inside the load test's network namespace), with
-`event_loops = 1`, an RTP port range, no STUN, no NAT mapping, no mDNS, ICE gathering enforced
-on that one address. `JanusSession` speaks the HTTP API: create a session, attach
-`janus.plugin.videoroom` handles, send requests (with JSEP) and long-poll the session's events.
+`event_loops` (one per CPU it is pinned to), an RTP port range, no STUN, no NAT mapping, no
+mDNS, ICE gathering enforced on that one address. `JanusSession` speaks the HTTP API: create a
+session, attach `janus.plugin.videoroom` handles, send requests (with JSEP) and long-poll the
+session's events.
 
 A consultation on Janus (`loadtest.worker`): create a room; each participant joins as a
 publisher and publishes with an SDP offer (Janus answers), then subscribes to the other's
@@ -39,9 +40,15 @@ def janus_lib_dir() -> Path:
 
 
 def write_config(
-    folder: Path, *, address: str, rtp_ports: tuple[int, int] = (20000, 29999)
+    folder: Path,
+    *,
+    address: str,
+    rtp_ports: tuple[int, int] = (20000, 29999),
+    event_loops: int = 1,
 ) -> Path:
-    """Write a minimal Janus config folder; returns the path of janus.jcfg."""
+    """Write a minimal Janus config folder; returns the path of janus.jcfg.
+
+    `event_loops`: Janus's media loops (one per CPU it is given, as our node's workers)."""
     lib = janus_lib_dir()
     folder.mkdir(parents=True, exist_ok=True)
     plugins, transports = folder / "plugins", folder / "transports"
@@ -65,7 +72,7 @@ def write_config(
     debug_level = 2
     admin_secret = "{secrets.token_hex(8)}"
     protected_folders = []
-    event_loops = 1
+    event_loops = {max(1, event_loops)}
     server_name = "loadtest"
 }}
 certificates: {{

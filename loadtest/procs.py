@@ -27,6 +27,49 @@ def proc_rss_mb(pid: int) -> float:
     return 0.0
 
 
+def process_tree(pid: int) -> list[int]:
+    """A process and all its descendants (a node and its media workers), from /proc."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        with contextlib.suppress(OSError):
+            for task in os.listdir(f"/proc/{p}/task"):
+                with contextlib.suppress(OSError), open(f"/proc/{p}/task/{task}/children") as f:
+                    todo.extend(int(c) for c in f.read().split())
+    return out
+
+
+def parse_cpus(text: str) -> tuple[int, ...] | None:
+    """A taskset-style CPU list ("0", "0-3", "0,2,4-5") as a sorted tuple; "-1" or "" is None
+    (no pinning). ValueError on anything else."""
+    text = text.strip()
+    if text in ("", "-1"):
+        return None
+    cpus: set[int] = set()
+    for part in text.split(","):
+        lo, sep, hi = part.strip().partition("-")
+        if not lo.isdigit() or (sep and not hi.isdigit()):
+            raise ValueError(f"not a CPU list: {text!r} (e.g. 0, 0-3, 0,2,4-5; -1: no pinning)")
+        first, last = int(lo), int(hi) if sep else int(lo)
+        if last < first:
+            raise ValueError(f"not a CPU list: {text!r} ({part} is empty)")
+        cpus.update(range(first, last + 1))
+    return tuple(sorted(cpus))
+
+
+def cpu_label(cpus: tuple[int, ...]) -> str:
+    """ "cpu0-3" for a contiguous set, "cpu0,2,5" otherwise, "cpu1" for one."""
+    if len(cpus) > 1 and cpus == tuple(range(cpus[0], cpus[-1] + 1)):
+        return f"cpu{cpus[0]}-{cpus[-1]}"
+    return "cpu" + ",".join(str(c) for c in cpus)
+
+
+def taskset(cpus: tuple[int, ...] | None) -> list[str]:
+    """The command prefix that pins a process (and its children) to `cpus`."""
+    return ["taskset", "-c", ",".join(str(c) for c in cpus)] if cpus else []
+
+
 def cpu_jiffies() -> dict[int, tuple[int, int]]:
     """Per CPU: (busy, steal) jiffies from /proc/stat (busy: user+nice+system+irq+softirq)."""
     out: dict[int, tuple[int, int]] = {}

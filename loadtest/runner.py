@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .procs import CLK_TCK, Children, cpu_jiffies, proc_cpu, read_line
+from .procs import CLK_TCK, Children, cpu_jiffies, cpu_label, proc_cpu, read_line, taskset
 from .slo import Thresholds, consultation_window, evaluate
 from .targets import ExternalTarget, Target, TargetError, scrape, start_target
 from .worker import JOIN_TIMEOUT_S
@@ -42,9 +42,10 @@ class Options:
     duration: float = 20.0
     warmup: float = 5.0
     join_rate: float = 4.0
-    workers: int = 1
-    server_cpu: int | None = 0
-    gen_cpu: int | None = 1
+    generators: int = 1  # generator processes
+    workers: int = 0  # our node's media worker processes (0: in-process)
+    server_cpus: tuple[int, ...] | None = (0,)  # None: not pinned
+    gen_cpus: tuple[int, ...] | None = (1,)
     decrypt_all: bool = False
     event_loop_receive: bool = False
     thresholds: Thresholds = field(default_factory=Thresholds)
@@ -61,9 +62,34 @@ class Progress:
         print(text, file=sys.stderr, flush=True)
 
 
+def other_load(
+    jif0: dict[int, tuple[int, int]],
+    jif1: dict[int, tuple[int, int]],
+    ours0: dict[tuple[int, ...], float],
+    ours1: dict[tuple[int, ...], float],
+    pinned: list[tuple[int, ...]],
+    window: float,
+) -> dict[str, float]:
+    """Foreign load (share of one CPU, 0-1) per pinned CPU set ("cpu0-3": averaged over its
+    CPUs, our processes' CPU subtracted) and per other CPU ("cpu5")."""
+    out: dict[str, float] = {}
+    seen: set[int] = set()
+    for cpus in dict.fromkeys(pinned):  # the server and the generators may share one set
+        present = [c for c in cpus if c in jif0 and c in jif1]
+        if not present:
+            continue
+        seen.update(present)
+        busy = sum(jif1[c][0] - jif0[c][0] for c in present) / CLK_TCK
+        ours = ours1.get(cpus, 0.0) - ours0.get(cpus, 0.0)
+        out[cpu_label(cpus)] = max(0.0, (busy - ours) / window / len(present))
+    for c in jif1:
+        if c in jif0 and c not in seen:
+            out[f"cpu{c}"] = max(0.0, (jif1[c][0] - jif0[c][0]) / CLK_TCK / window)
+    return out
+
+
 def _worker_cmd(opts: Options, spec: dict[str, Any]) -> list[str]:
-    pin = ["taskset", "-c", str(opts.gen_cpu)] if opts.gen_cpu is not None else []
-    return [*pin, sys.executable, "-m", "loadtest.worker", json.dumps(spec)]
+    return [*taskset(opts.gen_cpus), sys.executable, "-m", "loadtest.worker", json.dumps(spec)]
 
 
 def run_probe(opts: Options, n: int, progress: Progress | None = None) -> dict[str, Any]:
@@ -73,6 +99,9 @@ def run_probe(opts: Options, n: int, progress: Progress | None = None) -> dict[s
     report: dict[str, Any] = {
         "target": opts.target,
         "consultations": n,
+        "workers": opts.workers if opts.target == "ours" else None,
+        "server_cpus": list(opts.server_cpus or ()),
+        "gen_cpus": list(opts.gen_cpus or ()),
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "error": "",
         "thresholds": opts.thresholds.as_dict(),
@@ -86,7 +115,9 @@ def run_probe(opts: Options, n: int, progress: Progress | None = None) -> dict[s
         if opts.url:
             target = ExternalTarget(opts.url, opts.api_key, opts.token_secret, opts.node_pid)
         else:
-            target = start_target(opts.target, opts.server_cpu, opts.out / "logs")
+            target = start_target(
+                opts.target, opts.server_cpus, opts.out / "logs", workers=opts.workers
+            )
         _measure(opts, n, target, children, report, progress)
     except TargetError as exc:
         report["error"] = str(exc)
@@ -111,7 +142,7 @@ def _measure(
     run_id = secrets.token_hex(3)
     rss0 = target.rss_mb()
     report["node_rss_mb_idle"] = rss0
-    workers = max(1, min(opts.workers, n))
+    workers = max(1, min(opts.generators, n))
     gens: list[subprocess.Popen[str]] = []
     budget = n / opts.join_rate + JOIN_TIMEOUT_S + opts.warmup + opts.duration + 120
     for w in range(workers):
@@ -184,6 +215,7 @@ def _measure(
         check()
         progress.phase(f"{target.kind} N={n}: warm-up", time.monotonic() - t0, opts.warmup)
         time.sleep(0.5)
+    report["server_processes"] = len(target.pids())  # our node: 1 + its media workers
 
     def snapshot() -> tuple[float, list[dict[str, Any]]]:
         for g in gens:
@@ -200,15 +232,19 @@ def _measure(
                 raise TargetError(f"a generator process stopped answering ({exc})") from exc
         return t, snaps
 
-    def our_cpu() -> dict[int, float]:
-        """CPU seconds of our processes (node, workers): subtracted from /proc/stat's load."""
-        out: dict[int, float] = {}
-        for cpu, pids in ((opts.server_cpu, target.pids()), (opts.gen_cpu, [g.pid for g in gens])):
-            if cpu is None:
+    pinned = [c for c in (opts.server_cpus, opts.gen_cpus) if c]
+
+    def our_cpu() -> dict[tuple[int, ...], float]:
+        """CPU seconds of our processes (node and its workers, generators) per pinned CPU set:
+        subtracted from /proc/stat's load of that set."""
+        out: dict[tuple[int, ...], float] = {}
+        groups = ((opts.server_cpus, target.pids()), (opts.gen_cpus, [g.pid for g in gens]))
+        for cpus, pids in groups:
+            if not cpus:
                 continue
             for pid in pids:
                 try:
-                    out[cpu] = out.get(cpu, 0.0) + proc_cpu(pid)
+                    out[cpus] = out.get(cpus, 0.0) + proc_cpu(pid)
                 except OSError:
                     pass
         return out
@@ -267,14 +303,7 @@ def _measure(
     window = tb - ta
     rss1 = target.rss_mb()
     _summarize(opts, n, report, window, snaps0, snaps1, cpu0, cpu1, rss0, rss1)
-    report["other_load"] = {
-        f"cpu{c}": max(
-            0.0,
-            ((jif1[c][0] - jif0[c][0]) / CLK_TCK - (ours1.get(c, 0) - ours0.get(c, 0))) / window,
-        )
-        for c in jif1
-        if c in jif0
-    }
+    report["other_load"] = other_load(jif0, jif1, ours0, ours1, pinned, window)
     if report["metrics"] and len(report["metrics"]) >= 2:
         first, last = report["metrics"][0], report["metrics"][-1]
         key = "consult_media_packets_forwarded_total"

@@ -1,7 +1,8 @@
 """The SFU under test: our node or Janus, started in a network namespace, or a node at a URL.
 
 Both servers run alike: inside a namespace joined to the host by a veth pair (the generator
-stays outside, on the host side of the pair), pinned to one CPU with `taskset`. Janus never
+stays outside, on the host side of the pair), pinned to a set of CPUs with `taskset` (our node
+with `--workers N` media worker processes, Janus with one event loop per CPU). Janus never
 gathers loopback candidates, hence the namespace; our node gets the same treatment so that
 the comparison is fair. `ExternalTarget` is a node someone else runs (`loadtest run --url`).
 """
@@ -27,7 +28,7 @@ from typing import IO, Any
 
 from .janus import HTTP_PORT, wait_ready, write_config
 from .netns import VethNS, netns_available
-from .procs import proc_cpu, proc_rss_mb
+from .procs import proc_cpu, proc_rss_mb, process_tree, taskset
 
 NODE_PORT = 8080
 
@@ -95,7 +96,7 @@ class ExternalTarget(Target):
             raise TargetError(f"cannot reach the node at {self.url}: {exc}") from exc
 
     def pids(self) -> list[int]:
-        return [self.node_pid] if self.node_pid else []
+        return process_tree(self.node_pid) if self.node_pid else []
 
     def alive(self) -> str | None:
         if not self.node_pid:
@@ -121,13 +122,13 @@ def _local_address_towards(url: str) -> str:
 
 
 class _Managed(Target):
-    """A server process inside a VethNS, pinned to `cpu`, logging to a file."""
+    """A server process inside a VethNS, pinned to `cpus`, logging to a file."""
 
-    def __init__(self, cpu: int | None, log_dir: Path) -> None:
+    def __init__(self, cpus: tuple[int, ...] | None, log_dir: Path) -> None:
         ok, why = netns_available()
         if not ok:
             raise TargetError(f"cannot create the network namespace: {why}")
-        self.cpu = cpu
+        self.cpus = cpus
         self.log_path = log_dir / f"{self.kind}.log"
         self.ns = VethNS().create()
         self.ice_host = self.ns.outside
@@ -135,12 +136,16 @@ class _Managed(Target):
         self._log: IO[bytes] | None = None
 
     def _start(self, args: list[str]) -> None:
-        pin = ["taskset", "-c", str(self.cpu)] if self.cpu is not None else []
         self._log = self.log_path.open("wb")
-        self.proc = self.ns.popen([*pin, *args], stdout=self._log, stderr=subprocess.STDOUT)
+        self.proc = self.ns.popen(
+            [*taskset(self.cpus), *args], stdout=self._log, stderr=subprocess.STDOUT
+        )
 
     def pids(self) -> list[int]:
-        return [self.proc.pid] if self.proc is not None and self.proc.poll() is None else []
+        """The server and its children (our node's media workers)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return []
+        return process_tree(self.proc.pid)
 
     def alive(self) -> str | None:
         if self.proc is None:
@@ -160,8 +165,8 @@ class _Managed(Target):
 class OursTarget(_Managed):
     kind = "ours"
 
-    def __init__(self, cpu: int | None, log_dir: Path) -> None:
-        super().__init__(cpu, log_dir)
+    def __init__(self, cpus: tuple[int, ...] | None, log_dir: Path, workers: int = 0) -> None:
+        super().__init__(cpus, log_dir)
         try:
             self.api_key = secrets.token_hex(16)  # hex: never starts with "-" (argv)
             self.token_secret = secrets.token_hex(32)
@@ -172,6 +177,7 @@ class OursTarget(_Managed):
                     *("--port", str(NODE_PORT), "--ice-host", inside),
                     *("--rtc-ports", "40000-49999", "--log-level", "WARNING"),
                     *("--api-key", self.api_key, "--token-secret", self.token_secret),
+                    *("--workers", str(workers)),
                 ]
             )
             self.url = f"http://{inside}:{NODE_PORT}"
@@ -202,14 +208,15 @@ class OursTarget(_Managed):
 class JanusTarget(_Managed):
     kind = "janus"
 
-    def __init__(self, cpu: int | None, log_dir: Path) -> None:
+    def __init__(self, cpus: tuple[int, ...] | None, log_dir: Path) -> None:
         if shutil.which("janus") is None:
             raise TargetError("Janus is not installed: `make janus` (apt-get install janus)")
-        super().__init__(cpu, log_dir)
+        super().__init__(cpus, log_dir)
         self._tmp = tempfile.mkdtemp(prefix="loadtest-janus-")
         try:
             folder = Path(self._tmp)
-            config = write_config(folder, address=self.ns.inside)
+            loops = len(cpus) if cpus else 1  # as many media loops as CPUs, like our workers
+            config = write_config(folder, address=self.ns.inside, event_loops=loops)
             self._start(["janus", "-C", str(config), "-F", str(folder), "-o"])
             self.url = f"http://{self.ns.inside}:{HTTP_PORT}/janus"
             asyncio.run(wait_ready(self.url, 30))
@@ -228,11 +235,15 @@ class JanusTarget(_Managed):
         shutil.rmtree(self._tmp, ignore_errors=True)
 
 
-def start_target(kind: str, cpu: int | None, log_dir: Path) -> Target:
+def start_target(
+    kind: str, cpus: tuple[int, ...] | None, log_dir: Path, workers: int = 0
+) -> Target:
+    """Our node (with `workers` media worker processes; 0: in-process) or Janus, pinned to
+    `cpus` (None: not pinned)."""
     log_dir.mkdir(parents=True, exist_ok=True)
     if kind == "janus":
-        return JanusTarget(cpu, log_dir)
-    return OursTarget(cpu, log_dir)
+        return JanusTarget(cpus, log_dir)
+    return OursTarget(cpus, log_dir, workers)
 
 
 def scrape(url: str, timeout: float = 3) -> dict[str, float]:

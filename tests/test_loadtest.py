@@ -59,6 +59,35 @@ def test_smoke_run_two_consultations_against_our_node(tmp_path: Path) -> None:
     assert "verdict:" in proc.stdout
 
 
+def test_a_node_with_media_workers_is_measured_whole(tmp_path: Path) -> None:
+    """`--workers 2` (issue 13): the node runs two media worker processes; the harness counts
+    their CPU and memory with the node's (3 processes at least) and the media flows through
+    them as through one process."""
+    ok, why = netns_available()
+    assert ok, f"the harness runs the node in a network namespace (make test runs as root): {why}"
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [
+            *LOADTEST,
+            *("run", "-n", "2", "--duration", "8", "--warmup", "3", "--out", str(out)),
+            *("--workers", "2", "--generators", "1", "--server-cpus", "-1", "--gen-cpus", "-1"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=150,
+    )
+    assert proc.returncode in (0, 3), proc.stdout + proc.stderr
+    report = json.loads((out / "run.json").read_text())
+    assert report["error"] == ""
+    assert report["workers"] == 2 and report["server_processes"] >= 3
+    assert report["joined"] == 2
+    for c in report["consultation_results"]:
+        assert all(s["received"] > 0 for s in c["streams"])
+    fwd = report["forwarded_packets"]
+    assert fwd > 0 and abs(report["node_forwarded_metric"] - fwd) <= 0.1 * fwd
+    assert report["node"]["cpu_s"] > 0
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
