@@ -177,18 +177,29 @@ async def climb(call: ShapedCall, rec: Recorder, run: Run) -> bool:
         run.why = run.why or f"no climb back to video (modes {call.media().info()['modes']})"
         return False
     run.climb_s = back - t0
-    down_video = [t for t, d, m in rec.modes(t0) if d == "downlink" and m == "video"]
-    t_video = down_video[0] if down_video else t0
+
+    def down_video() -> list[float]:
+        return [t for t, d, m in rec.modes(t0) if d == "downlink" and m == "video"]
+
+    # The doctor's copy of the `mode` broadcast lags the node's state by a poll or two: wait
+    # for it. Without it (the downlink never left video) there is no first frame to time;
+    # timing it from the clearing counted frames of a probe that ran before it.
+    await wait(lambda: bool(down_video()), 3)
+    if not down_video():
+        return run.climb_s <= CLIMB_S or _too_slow(run)
+    t_video = down_video()[0]
     await wait(lambda: rec.patient[-1][0] > t_video + 10, 11)
     stats = [(t, int(e["video_frames"])) for t, e in rec.patient if e.get("event") == "stats"]
     before = [n for t, n in stats if t <= t_video]
     after = [t for t, n in stats if t > t_video and n > (before[-1] if before else 0)]
     if after:
         run.first_frame_s = after[0] - t_video
-    if run.climb_s > CLIMB_S:
-        run.why = run.why or f"back to video only after {run.climb_s:.1f} s"
-        return False
-    return True
+    return run.climb_s <= CLIMB_S or _too_slow(run)
+
+
+def _too_slow(run: Run) -> bool:
+    run.why = run.why or f"back to video only after {run.climb_s:.1f} s"
+    return False
 
 
 async def scenario_150k(call: ShapedCall, rec: Recorder, run: Run) -> bool:
