@@ -59,6 +59,10 @@ class FallbackConfig:
     min_dwell_s: time in a lower mode before the first probe up.
     probe_s: how long a probe lets the next level's media flow before climbing.
     max_backoff_s: ceiling of the probe wait and of the dwell after repeated failures.
+    probe_nack_packets / probe_nack_share: a downlink video probe ends at once, before the
+        next receiver report, when the subscriber has NACKed at least this many of the video
+        packets forwarded since it began and at least this share of them (its video does not
+        fit: every further packet of it costs the link's audio).
     video_priority / audio_priority: source labels, most important first; a source not listed
         ranks after the listed ones.
     """
@@ -77,6 +81,8 @@ class FallbackConfig:
     min_dwell_s: float = 5.0
     probe_s: float = 2.5
     max_backoff_s: float = 10.0
+    probe_nack_packets: int = 4
+    probe_nack_share: float = 0.10
     video_priority: tuple[str, ...] = ("exam-camera", "screen", "camera")
     audio_priority: tuple[str, ...] = ("stethoscope", "microphone")
 
@@ -89,6 +95,8 @@ class FallbackConfig:
             raise ValueError("down_samples and min_packets are at least 1")
         if min(self.settle_s, self.min_dwell_s, self.probe_s) < 0:
             raise ValueError("fallback times are not negative")
+        if self.probe_nack_packets < 1 or not 0 < self.probe_nack_share <= 1:
+            raise ValueError("probe_nack_packets is at least 1, probe_nack_share within (0, 1]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -352,11 +360,7 @@ class BandwidthController:
         if failed or not self._probe_proven:
             # Climbing needs evidence: a probe that measured nothing (the peer sent or
             # reported nothing, e.g. it paused its own senders) fails like a lossy one.
-            self.probe = None
-            self._probe_failures += 1
-            wait = cfg.min_dwell_s * (2 ** min(self._probe_failures, 6))
-            self._next_probe = now + min(cfg.max_backoff_s, wait)
-            self._settle_until = now + cfg.settle_s
+            self.abort_probe(now)
             return None
         target, self.probe = self.probe, None
         assert target is not None
@@ -364,6 +368,18 @@ class BandwidthController:
         self._last_climb = now
         self._climbing = True
         return self._set(now, target, "recovered")
+
+    def abort_probe(self, now: float) -> None:
+        """The running probe failed (judged on a sample, or by its owner before one: the
+        receiver NACKs its video): the mode stays, the next probe waits twice as long."""
+        if self.probe is None:
+            return
+        cfg = self.config
+        self.probe = None
+        self._probe_failures += 1
+        wait = cfg.min_dwell_s * (2 ** min(self._probe_failures, 6))
+        self._next_probe = now + min(cfg.max_backoff_s, wait)
+        self._settle_until = now + cfg.settle_s
 
     def _down(self, now: float, target: State, reason: str) -> Change | None:
         self._bad = 0

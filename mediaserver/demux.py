@@ -128,6 +128,8 @@ class Demux:
                 sub = subs.get(item.media_ssrc)
                 if sub is not None:
                     sub.on_nack(item.lost)
+                    if sub.kind == "video":
+                        self._fallback.video_nacked(arrival, sub, item.lost)
             elif isinstance(item, rtcp.KeyframeRequest):
                 sub = subs.get(item.media_ssrc)
                 if sub is not None:

@@ -72,6 +72,12 @@ class LinkFallback:
         self._interval = report_interval_s
         self._last_tick: float | None = None
         self._reported: dict[str, float] = {}  # time in mode already added to the counters
+        # A downlink video probe: per video subscription, (packets sent, last sequence number)
+        # at its start, and the packets of the probe the subscriber NACKed.
+        self._probe: State | None = None
+        self._probe_subs: dict[Subscription, tuple[int, int]] = {}
+        self._probe_nacked = 0
+        self._subs: list[Subscription] = []  # the last tick's
 
     def modes(self) -> dict[str, str]:
         return {"uplink": self.up.mode.value, "downlink": self.down.mode.value}
@@ -216,6 +222,16 @@ class LinkFallback:
         self.down.may_probe = not _probes_video(self.up)
         self._step("downlink", self.down, now, down, [(s.kind, s.publication.source) for s in subs])
         self._apply_downlink(subs)
+        self._subs = subs
+        probe = self.down.probe if _probes_video(self.down) else None
+        if probe is not self._probe:  # a video probe starts (or ends): count its NACKs
+            self._probe = probe
+            self._probe_nacked = 0
+            self._probe_subs = {
+                s: (s.packets_sent, s.forwarder.last_seq)
+                for s in subs
+                if s.kind == "video" and not s.paused and s.forwarder is not None
+            }
         self.up.may_probe = not _probes_video(self.down)
         self._step(
             "uplink",
@@ -260,6 +276,31 @@ class LinkFallback:
         if direction == "uplink":
             self._pause_reason = change.reason
         self._emit_mode(direction, change.mode.value, change.reason)
+
+    def video_nacked(self, now: float, sub: Subscription, lost: tuple[int, ...]) -> None:
+        """A subscriber NACKed video (`Demux`, per NACK message, never per packet). While a
+        downlink video probe runs, lost video of the probe is the probe failing: it ends now
+        rather than at the next receiver report, so a link too short for video loses audio for
+        a fraction of a second instead of for the whole probe. Only packets forwarded since
+        the probe began count: a receiver keeps asking for what it lost before (aiortc asked
+        again for 128 packets of the shaped period on a clean link)."""
+        if self._probe is None or self.down.probe is not self._probe:
+            return
+        start = self._probe_subs.get(sub)
+        if start is None:
+            return
+        self._probe_nacked += sum(1 for seq in lost if 0 < (seq - start[1]) & 0xFFFF < 0x8000)
+        nacked = self._probe_nacked
+        sent = sum(s.packets_sent - sent0 for s, (sent0, _) in self._probe_subs.items())
+        cfg = self.config
+        if nacked < cfg.probe_nack_packets or nacked < cfg.probe_nack_share * sent:
+            return
+        logger.debug(
+            "link %04x downlink probe ends: %d of %d NACKed", id(self) & 0xFFFF, nacked, sent
+        )
+        self.down.abort_probe(now)
+        self._probe, self._probe_subs = None, {}
+        self._apply_downlink([s for s in self._subs if not s.closed])
 
     def _apply_downlink(self, subs: list[Subscription]) -> None:
         state = self.down.effective

@@ -1,0 +1,187 @@
+"""A downlink video probe on a link too short for video ends at the subscriber's first NACKs,
+not at its next receiver report (issue 20: a probe's video cost the short link's audio for
+the whole probe). LinkFallback on real Publication and Subscription objects, packets in
+memory, time given by the test."""
+
+from __future__ import annotations
+
+import struct
+
+from mediaserver.bandwidth import FallbackConfig, Mode
+from mediaserver.codecs import CodecInfo
+from mediaserver.events import NodeCounters
+from mediaserver.fallback import LinkFallback
+from mediaserver.forwarder import ExtensionIds
+from mediaserver.publication import Publication
+from mediaserver.rtp.rtcp import ReportBlock
+from mediaserver.subscription import Subscription
+
+OPUS = CodecInfo("audio/opus", 48000, 2, {}, 111, 0, False)
+VP8 = CodecInfo("video/VP8", 90000, None, {}, 96, 97, False)
+CONFIG = FallbackConfig(settle_s=0.0, min_dwell_s=2.0, probe_s=2.5, min_packets=4)
+
+
+class Downlink:
+    """The doctor's audio and video forwarded to one subscriber; the subscriber reports every
+    second what it lost of what it was sent."""
+
+    def __init__(self) -> None:
+        self.counters = NodeCounters()
+        self.modes: list[tuple[str, str, str]] = []
+        self.fallback = LinkFallback(
+            CONFIG,
+            self.counters,
+            emit_mode=lambda d, m, r: self.modes.append((d, m, r)),
+            emit_pause=lambda sources, reason: None,
+        )
+        self.seq = {"audio": 0, "video": 0}
+        self.sent: dict[str, list[bytes]] = {"audio": [], "video": []}
+        self.pubs = {
+            "audio": self._publication("audio", "microphone", OPUS, 0x1111),
+            "video": self._publication("video", "camera", VP8, 0x2222),
+        }
+        self.subs = {kind: self._subscription(kind) for kind in ("audio", "video")}
+        self.lost_total = {"audio": 0, "video": 0}
+        self.now = 0.0
+
+    def _publication(self, kind: str, source: str, codec: CodecInfo, ssrc: int) -> Publication:
+        return Publication(
+            participant_id="doctor",
+            kind=kind,
+            source=source,
+            mid="0" if kind == "audio" else "1",
+            codec=codec,
+            ssrc=ssrc,
+            rtx_ssrc=None,
+            audio_level_id=0,
+            cache_size=1024,
+            counters=self.counters,
+            send_rtcp=lambda data: True,
+            rtcp_ssrc=1,
+            pli_throttle_s=1.0,
+        )
+
+    def _subscription(self, kind: str) -> Subscription:
+        out = self.sent[kind]
+
+        def send(data: bytes) -> bool:
+            out.append(data)
+            return True
+
+        sub = Subscription(self.pubs[kind], send_rtp=send, counters=self.counters)
+        codec = self.pubs[kind].codec
+        sub.start(
+            mid="0" if kind == "audio" else "1",
+            ssrc=0x5000 + len(kind),
+            rtx_ssrc=0,
+            payload_type=codec.payload_type,
+            rtx_payload_type=0,
+            ext=ExtensionIds(),
+        )
+        return sub
+
+    def second(self, *, loss: float) -> None:
+        """One second of media (50 audio, 30 video packets), then a receiver report per
+        stream that lost `loss` of what it was sent, then the fallback's tick."""
+        for kind, count, size in (("audio", 50, 100), ("video", 30, 1000)):
+            pub = self.pubs[kind]
+            before = len(self.sent[kind])
+            for _ in range(count):
+                seq = self.seq[kind]
+                self.seq[kind] += 1
+                head = struct.pack(
+                    "!BBHII", 0x80, pub.codec.payload_type, seq, seq * 3000, pub.ssrc
+                )
+                pub.on_rtp(head + b"\x10" + bytes(size), self.now)
+            forwarded = len(self.sent[kind]) - before
+            self.lost_total[kind] += int(forwarded * loss)
+            if self.sent[kind]:
+                highest = struct.unpack_from("!H", self.sent[kind][-1], 2)[0]
+                block = ReportBlock(
+                    ssrc=self.subs[kind].ssrc,
+                    fraction_lost=int(loss * 255),
+                    packets_lost=self.lost_total[kind],
+                    highest_seq=highest,
+                    jitter=0,
+                    lsr=0,
+                    dlsr=0,
+                )
+                self.subs[kind].on_report(block)
+        self.now += 1.0
+        self.fallback.last_rtcp = self.now  # the reports arrived (Demux)
+        self.fallback.tick(self.now, [], list(self.subs.values()))
+
+    def video_seqs(self, count: int, *, skip: int = 0) -> tuple[int, ...]:
+        """Sequence numbers of `count` video packets sent, the newest but `skip`."""
+        end = len(self.sent["video"]) - skip
+        return tuple(
+            struct.unpack_from("!H", p, 2)[0] for p in self.sent["video"][end - count : end]
+        )
+
+    def nack(self, seqs: tuple[int, ...]) -> None:
+        """The subscriber NACKs these video packets (the node retransmits them, `Demux` tells
+        the fallback)."""
+        self.subs["video"].on_nack(seqs)
+        self.fallback.video_nacked(self.now, self.subs["video"], seqs)
+
+    def nack_video(self, count: int) -> None:
+        self.nack(self.video_seqs(count))
+
+    def to_probe(self) -> None:
+        """A short link: the downlink steps down to audio-only, then probes video."""
+        for _ in range(4):
+            self.second(loss=0.3)
+            if self.fallback.down.mode is not Mode.VIDEO:
+                break
+        assert self.fallback.down.mode is Mode.AUDIO_ONLY, self.modes
+        assert self.subs["video"].paused
+        for _ in range(10):
+            self.second(loss=0.0)
+            if self.fallback.down.probe is not None:
+                break
+        assert self.fallback.down.probe is not None, "no probe"
+        assert not self.subs["video"].paused  # the probe's video flows
+
+
+def test_a_probe_whose_video_is_nacked_ends_at_once() -> None:
+    link = Downlink()
+    link.to_probe()
+    # Video forwarded during the probe, then the subscriber NACKs most of a burst of it.
+    for _ in range(10):
+        link.pubs["video"].on_rtp(
+            struct.pack("!BBHII", 0x80, 96, link.seq["video"], 0, 0x2222) + b"\x10" + bytes(1000),
+            link.now,
+        )
+        link.seq["video"] += 1
+    link.nack_video(6)
+    assert link.fallback.down.probe is None  # ended before any receiver report
+    assert link.subs["video"].paused  # video stops at once
+    assert link.fallback.down.mode is Mode.AUDIO_ONLY  # the mode stays: no event
+    assert ("downlink", "video", "recovered") not in link.modes
+    # The next probe waits longer (the failure doubled the wait).
+    link.second(loss=0.0)
+    assert link.fallback.down.probe is None
+
+
+def test_a_nack_or_two_on_a_probe_that_fits_does_not_end_it() -> None:
+    link = Downlink()
+    link.to_probe()
+    link.second(loss=0.0)  # 30 video packets of the probe
+    link.nack_video(2)  # a stray loss or two: fewer than probe_nack_packets
+    assert link.fallback.down.probe is not None and not link.subs["video"].paused
+    for _ in range(4):
+        link.second(loss=0.0)
+    assert link.fallback.down.mode is Mode.VIDEO, link.modes
+
+
+def test_nacks_for_video_lost_before_the_probe_do_not_end_it() -> None:
+    """A receiver keeps asking for what the short link lost before the probe (aiortc NACKed
+    128 packets of the shaped period on a clean link): that says nothing of the probe."""
+    link = Downlink()
+    link.to_probe()
+    link.second(loss=0.0)  # 30 video packets of the probe
+    own = link.video_seqs(6)
+    link.nack(link.video_seqs(20, skip=30))  # all sent before the probe began
+    assert link.fallback.down.probe is not None and not link.subs["video"].paused
+    link.nack(own)  # the probe's own: now it ends
+    assert link.fallback.down.probe is None and link.subs["video"].paused
