@@ -65,7 +65,9 @@ class BrowserCall:
 
     async def start_node(self) -> None:
         media = MediaConfig(ice=IceConfig(host_addresses=("127.0.0.1", self.link.host_ip)))
-        app = create_app(config=make_config(media=media, peer_timeout_s=30.0, dev=True))
+        # workers=0: it reads the in-process media objects (publication stats)
+        config = make_config(media=media, peer_timeout_s=30.0, dev=True, workers=0)
+        app = create_app(config=config)
         self.runner = web.AppRunner(app, access_log_class=AccessLogger)
         await self.runner.setup()
         self.hub = app[HUB]

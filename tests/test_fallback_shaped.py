@@ -92,7 +92,9 @@ class ShapedCall:
 
     async def start(self, *, wait_media: bool = True) -> None:
         media = MediaConfig(ice=IceConfig(host_addresses=("127.0.0.1", self.link.host_ip)))
-        config = make_config(media=media, peer_timeout_s=self.peer_timeout_s, resume_grace_s=30.0)
+        config = make_config(
+            media=media, peer_timeout_s=self.peer_timeout_s, resume_grace_s=30.0, workers=0
+        )  # workers=0: it reads the in-process media objects
         app = create_app(config=config)
         self.runner = web.AppRunner(app, access_log_class=AccessLogger)
         await self.runner.setup()

@@ -589,3 +589,42 @@ def test_workers_option_from_flag_and_env() -> None:
     assert not isinstance(_media_plane(config), WorkerPool)
     with pytest.raises(ValueError, match="workers"):
         config_from_args(parser.parse_args(["--dev", "--workers", "-1"]), env={})
+
+
+async def test_an_emptied_room_is_gone_at_once_and_a_rejoin_lands_in_a_fresh_one(
+    make_server: ServerFactory, clients: Clients
+) -> None:
+    """Closing a worker's media room is a round trip: signaling forgets the consultation at
+    once (its last participant left, or it was ended), and a join meanwhile creates the room
+    afresh once the old media room is closed, never landing in the ended one."""
+    server = await make_server(workers=2)
+    pool = pool_of(server)
+
+    def media_ids(room: str) -> set[str]:
+        snapshot = pool.room(room)
+        return {p.participant_id for p in snapshot.participants} if snapshot else set()
+
+    first = clients(server)
+    await first.connect(server.token("doctor", room="again", sub="u-0"))
+    await first.wait_state("admitted")
+    await first.chat("before")
+    await first.leave()
+    assert server.hub.get("again") is None  # at once: the worker's close is still on its way
+    for i in range(1, 4):  # a join right after the leave, then joins racing the leave
+        newcomer = clients(server)
+        await asyncio.gather(
+            first.leave() if i > 1 else asyncio.sleep(0),
+            newcomer.connect(server.token("doctor", room="again", sub=f"u-{i}")),
+        )
+        await newcomer.wait_state("admitted")
+        room = await newcomer.wait_for("room")
+        assert [m for m in room["chat"] if m["text"] == "before"] == []
+        pid = newcomer.participant_id
+        await until(lambda pid=pid: pid in media_ids("again"), 30, "its media")
+        consultation = server.hub.get("again")
+        assert consultation is not None and not consultation.ended
+        assert set(consultation.sessions) == {newcomer.participant_id}
+        first = newcomer
+    await first.leave()
+    assert server.hub.get("again") is None
+    await until(lambda: pool.room("again") is None, 30, "the media room closed")
