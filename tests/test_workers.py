@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import signal
 import socket
@@ -604,6 +605,9 @@ async def test_an_emptied_room_is_gone_at_once_and_a_rejoin_lands_in_a_fresh_one
         snapshot = pool.room(room)
         return {p.participant_id for p in snapshot.participants} if snapshot else set()
 
+    def has_media(participant_id: str | None) -> bool:
+        return participant_id in media_ids("again")
+
     first = clients(server)
     await first.connect(server.token("doctor", room="again", sub="u-0"))
     await first.wait_state("admitted")
@@ -619,8 +623,7 @@ async def test_an_emptied_room_is_gone_at_once_and_a_rejoin_lands_in_a_fresh_one
         await newcomer.wait_state("admitted")
         room = await newcomer.wait_for("room")
         assert [m for m in room["chat"] if m["text"] == "before"] == []
-        pid = newcomer.participant_id
-        await until(lambda pid=pid: pid in media_ids("again"), 30, "its media")
+        await until(functools.partial(has_media, newcomer.participant_id), 30, "its media")
         consultation = server.hub.get("again")
         assert consultation is not None and not consultation.ended
         assert set(consultation.sessions) == {newcomer.participant_id}
