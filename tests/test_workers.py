@@ -579,11 +579,22 @@ def test_workers_option_from_flag_and_env() -> None:
     import argparse
 
     from signaling.app import _media_plane
-    from signaling.config import add_run_arguments, config_from_args
+    from signaling.config import (
+        ServerConfig,
+        add_run_arguments,
+        config_from_args,
+        default_workers,
+    )
 
     parser = argparse.ArgumentParser()
     add_run_arguments(parser)
-    assert config_from_args(parser.parse_args(["--dev"]), env={}).workers == 0  # the default
+    config = config_from_args(parser.parse_args(["--dev"]), env={})
+    assert config.workers == (os.cpu_count() or 1)  # the default: the machine's cores
+    assert isinstance(_media_plane(config), WorkerPool)
+    narrow = parser.parse_args(["--dev", "--rtc-ports", "40000-40000"])
+    assert config_from_args(narrow, env={}).workers == 1  # one port: one slice
+    assert default_workers(cores=1000) == 256 and default_workers(40000, 40003, cores=8) == 4
+    assert ServerConfig(api_key="k", token_secret="s").workers == 0  # built in code: in-process
     config = config_from_args(parser.parse_args(["--dev"]), env={"CONSULT_WORKERS": "3"})
     assert config.workers == 3 and isinstance(_media_plane(config), WorkerPool)
     config = config_from_args(parser.parse_args(["--dev", "--workers", "0"]), env={})
