@@ -402,6 +402,7 @@ async def test_20_kbps_gives_chat_only_and_chat_still_flows(call: ShapedCall) ->
         assert all(s.paused for s in call.media().subscriptions.values() if s.kind == "video")
 
 
+@pytest.mark.parametrize("call", [0, 2], indirect=True, ids=["workers=0", "workers=2"])
 async def test_40_percent_loss_gives_chat_only(call: ShapedCall) -> None:
     since = call.mark()
     t0 = time.monotonic()
@@ -469,6 +470,7 @@ async def test_address_change_resumes_the_call(call: ShapedCall) -> None:
     assert call.media().transport_restarts >= 1
 
 
+@pytest.mark.parametrize("call", [0, 2], indirect=True, ids=["workers=0", "workers=2"])
 async def test_oscillating_link_does_not_flap(call: ShapedCall) -> None:
     since = call.mark()
     deadline = time.monotonic() + 24
