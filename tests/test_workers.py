@@ -45,7 +45,7 @@ from mediaserver.api import (
     bundle_data_channel,
 )
 from mediaserver.workers import WorkerPool, port_slices
-from signaling.client import ConsultClient
+from signaling.client import ConsultClient, JoinRefused
 
 from .conftest import Server, ServerFactory
 from .media_peers import PatternVideoTrack
@@ -642,3 +642,43 @@ async def test_an_emptied_room_is_gone_at_once_and_a_rejoin_lands_in_a_fresh_one
     await first.leave()
     assert server.hub.get("again") is None
     await until(lambda: pool.room("again") is None, 30, "the media room closed")
+
+
+async def test_a_join_on_its_way_into_an_ended_room_is_refused_not_landed(
+    make_server: ServerFactory, clients: Clients
+) -> None:
+    """The patient's join waits on the room's worker (stopped: SIGSTOP) when the room is ended:
+    the room is gone at once for signaling, the join finds it ended and is refused (4005),
+    never a session of the ended room; the end completes once the worker is found lost."""
+    server = await make_server(workers=2)
+    pool = pool_of(server)
+    status, _ = await server.api("POST", "/api/v1/rooms", json={"id": "x", "waiting_room": False})
+    assert status == 201
+    doctor = clients(server)
+    await doctor.connect(server.token("doctor", room="x"))
+    await doctor.wait_state("admitted")
+    worker = pool.room_worker("x")
+    assert worker is not None
+    pid = pool.worker_pids()[worker]
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)  # its replies stop: the patient's AddParticipant waits
+    try:
+        patient = clients(server)
+        joining = asyncio.create_task(patient.connect(server.token("patient", room="x")))
+        await asyncio.sleep(0.5)
+        consultation = server.hub.get("x")
+        assert consultation is not None and len(consultation.sessions) == 1  # on its way
+        ending = asyncio.create_task(server.api("DELETE", "/api/v1/rooms/x"))
+        await until(lambda: server.hub.get("x") is None, 5, "the room gone for signaling")
+        assert not ending.done()  # its media room's close waits for the stopped worker
+        assert await doctor.wait_closed() == 4005
+        with pytest.raises(JoinRefused) as info:
+            await asyncio.wait_for(joining, 30)
+        assert (info.value.code, info.value.reason) == (4005, "room ended")
+        status, _ = await asyncio.wait_for(ending, 60)
+        assert status == 200
+        assert consultation.sessions == {} and server.hub.get("x") is None
+        await until(lambda: pool.room("x") is None, 30, "the media room closed")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
