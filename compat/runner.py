@@ -90,6 +90,9 @@ class Node:
                 f"--api-key={self.ctx.api_key}",
                 "--ice-host",
                 "127.0.0.1",
+                # media in-process as before (`signaling run` now defaults to a worker a
+                # core); compat has not been run against workers yet
+                "--workers=0",
             ],
             cwd=ROOT,
             stdout=self.log.open("wb"),

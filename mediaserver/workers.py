@@ -399,7 +399,16 @@ class WorkerPool(MediaPlane):
                 await asyncio.wait_for(room.ready.wait(), RECOVERY_TIMEOUT_S)
             except TimeoutError:
                 raise WorkerLost(f"room {room_id} is being moved to another worker") from None
-        result = await self._call(room.worker, "cmd", command)
+        try:
+            result = await self._call(room.worker, "cmd", command)
+        except WorkerLost:
+            if not isinstance(command, (CloseRoom, CloseParticipant)):
+                raise
+            # The worker went away with the close in flight: its media went with it, and the
+            # close holds (the room is not moved with what was closed). Idempotent: no error.
+            result = None
+            if isinstance(command, CloseRoom):
+                room.ready.set()  # commands waiting on the move find the room gone
         self._record(room, command, result)
         return cast(R, result)
 
@@ -590,7 +599,11 @@ class WorkerPool(MediaPlane):
             except WorkerLost:
                 continue  # that one went too: another
             if self._rooms.get(room.room_id) is not room:
-                return  # closed meanwhile (CloseRoom waited for nothing: it is gone)
+                # Closed meanwhile (a CloseRoom in flight to the lost worker): what this move
+                # created on the target is closed too.
+                with contextlib.suppress(MediaPlaneError):
+                    await self._call(target, "cmd", CloseRoom(room_id=room.room_id))
+                return
             if not results[0][0]:
                 logger.error("room %s not created again: %r", room.room_id, results[0][1])
                 break

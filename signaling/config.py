@@ -86,7 +86,9 @@ class ServerConfig:
     pages: bool = False  # serve /consult/patient and /consult/doctor outside dev mode
     # -- end pages --
     # -- media worker processes (issue 13; docs/media.md "Workers") --
-    workers: int = 0  # 0: the media plane in this process; N: N worker processes
+    # 0: the media plane in this process; N: N worker processes. `signaling run` defaults to
+    # the machine's cores (default_workers); a ServerConfig built in code (tests) to 0.
+    workers: int = 0
     # -- end workers --
 
     def __post_init__(self) -> None:
@@ -316,7 +318,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     add(
         "--workers",
         type=int,
-        help="media worker processes (CONSULT_WORKERS; 0, the default: media in this process)",
+        help="media worker processes (CONSULT_WORKERS; default: the machine's cores, at most"
+        " one per --rtc-ports port; 0: media in this process)",
     )
     # -- secrets, TLS and exposure (issue 11, item 8) --
     add("--api-key-file", help="file holding the API key (CONSULT_API_KEY_FILE)")
@@ -466,6 +469,8 @@ def config_from_args(
         text = pick(flag, name)
         if text is not None:
             values[attr] = conv(text)
+    if "workers" not in values:
+        values["workers"] = default_workers(min_port, max_port)
     values.update(access_values(args, env))
     for name, _flag, limit_conv, _help in LIMIT_OPTIONS:  # limits (issue 11)
         text = pick(getattr(args, name, None), name.upper())
@@ -483,6 +488,15 @@ def config_from_args(
         metrics_key=metrics_key,
         **values,  # type: ignore[arg-type]
     )
+
+
+def default_workers(min_port: int = 0, max_port: int = 0, cores: int | None = None) -> int:
+    """`--workers` when not given: one media worker per core of the machine (issue 13), at
+    most 256 and at most one per port of the --rtc-ports range (each worker gets a slice)."""
+    count = max(1, min(cores or os.cpu_count() or 1, 256))
+    if min_port:
+        count = min(count, max(1, max_port - min_port + 1))
+    return count
 
 
 def random_secret() -> str:

@@ -21,13 +21,13 @@ from mediaserver.api import (
     CloseConnection,
     CloseParticipant,
     CloseReason,
-    CloseRoom,
     ConnectionState,
     DataMessage,
     DeviceState,
     MediaEvent,
     MediaLost,
     MediaPlane,
+    MediaPlaneError,
     ModeChanged,
     ParticipantClosed,
     ParticipantEvent,
@@ -77,6 +77,11 @@ MAX_NAME_CHARS = 64  # display names are cut to this (they are in every room mes
 
 class RoomUnavailable(Exception):
     """A join refused because of the room (full); the caller closes with 4007."""
+
+
+class RoomGone(Exception):
+    """The consultation ended (or its media room failed) while a join was on its way in:
+    the caller joins the room id afresh (a new consultation, or `ended`)."""
 
 
 class Barred(Exception):
@@ -144,10 +149,20 @@ class Consultation:
         )
         self.telemetry = TelemetryLog(max_bytes=config.room_telemetry_bytes)  # devices: vitals
         self.ended = False
+        self._media_ready = asyncio.Event()  # set once the hub created its media room
         # Access (issue 11): by the token's `sub`, in memory only and never logged. Entries come
         # only from platform-signed tokens; they last for the room's life.
         self.bars: dict[str, Bar] = {}
         self.denials: dict[str, int] = {}
+
+    def media_created(self) -> None:
+        """The hub created the media room: joins may add participants to it."""
+        self._media_ready.set()
+
+    def media_failed(self) -> None:
+        """The media room could not be created: the consultation never opens."""
+        self.ended = True
+        self._media_ready.set()
 
     # -- views --------------------------------------------------------------------------------
 
@@ -303,6 +318,10 @@ class Consultation:
         ws: web.WebSocketResponse,
         ref: str | None,
     ) -> Session:
+        if not self._media_ready.is_set():  # its media room is still being created
+            await self._media_ready.wait()
+        if self.ended:
+            raise RoomGone(self.id)
         bar = self.bars.get(claims.sub)
         if bar is not None:
             raise Barred(*BAR_CLOSE[bar.reason])
@@ -310,6 +329,8 @@ class Consultation:
         # the one still in its grace period, which would otherwise be offered to it as a peer.
         for old in [s for s in self.sessions.values() if s.owns_sub(claims.sub)]:
             await self.remove(old, CloseReason.REPLACED, end_if_empty=False)
+        if self.ended:
+            raise RoomGone(self.id)
         self.hub.check_capacity(self)  # RoomUnavailable or NodeFull (limits, issue 11)
         session = Session(
             consultation=self,
@@ -325,6 +346,12 @@ class Consultation:
                 await self._create_media(session)
             except RoomFull as exc:
                 raise RoomUnavailable("room is full") from exc
+            except MediaPlaneError:
+                if self.ended:  # its media room closed meanwhile
+                    raise RoomGone(self.id) from None
+                raise
+            if self.ended:  # the room's close takes the participant's media with it
+                raise RoomGone(self.id)
         self.sessions[session.id] = session
         session.attach(ws)
         logger.info(
@@ -630,7 +657,11 @@ class Consultation:
         logger.info(
             "participant %s left room %s (%s, was %s)", session.id, self.id, reason.value, was.value
         )
-        if session.has_media:
+        # Nobody left in a room nobody created: it ends at once (its media room's close takes
+        # the participant's media with it), before any await, so that a join from now on
+        # finds no consultation and creates a fresh one.
+        ends = end_if_empty and self.auto_created and not self.sessions and not self.ended
+        if session.has_media and not ends:
             try:
                 await self.plane.execute(
                     CloseParticipant(room_id=self.id, participant_id=session.id, reason=reason)
@@ -643,8 +674,8 @@ class Consultation:
         else:
             self._to_doctors(left)
             self._send_positions()
-        if end_if_empty and self.auto_created and not self.sessions:
-            await self.end(CloseReason.ENDED, final=False)  # nobody left in a room nobody created
+        if ends:
+            await self.end(CloseReason.ENDED, final=False)
 
     async def end(self, reason: CloseReason = CloseReason.ENDED, *, final: bool = True) -> None:
         """End the consultation: everyone gets `ended` and close 4005 (1001 on shutdown).
@@ -663,12 +694,13 @@ class Consultation:
             session.close_socket(code, reason.value)
         self.sessions.clear()
         self.waiting.clear()
-        try:
-            await self.plane.execute(CloseRoom(room_id=self.id, reason=reason))
-        except Exception:
-            logger.exception("closing media room %s failed", self.id)
+        # Gone at once for signaling (before any await): a join from now on creates the room
+        # afresh, once its media room closed (Hub.create waits for the close). The media
+        # room closes in a task of the hub, awaited here; a worker's close is a round trip.
         self.hub.forget(self, ended=final and reason is CloseReason.ENDED)
         logger.info("room %s ended (%s)", self.id, reason.value)
+        if self._media_ready.is_set():  # (still being created: Hub.create closes it)
+            await asyncio.shield(self.hub.close_media(self.id, reason))
 
 
 def _cancel(session: Session, attr: str) -> None:

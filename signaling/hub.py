@@ -11,7 +11,7 @@ from collections import OrderedDict
 from collections.abc import Coroutine
 from typing import Any
 
-from mediaserver.api import CloseReason, CreateRoom, MediaEvent, MediaPlane
+from mediaserver.api import CloseReason, CloseRoom, CreateRoom, MediaEvent, MediaPlane
 
 from .auth import CLOCK_LEEWAY_S, ResumeTokens
 from .config import ServerConfig
@@ -100,6 +100,9 @@ class Hub:
         self.draining = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._penalties: dict[tuple[str, str], float] = {}  # (room, sub) -> until (monotonic)
+        # Media rooms still closing after their consultation was forgotten (a worker's close
+        # is a round trip): a room created again under the same id waits for its close.
+        self._closing: dict[str, asyncio.Task[None]] = {}
         self._unsubscribe = plane.subscribe(self._on_media_event)
 
     def _on_media_event(self, event: MediaEvent) -> None:
@@ -146,10 +149,17 @@ class Hub:
         consultation = Consultation(room_id, options, hub=self, auto_created=auto_created)
         self.consultations[room_id] = consultation  # before the await: one create per id
         try:
+            closing = self._closing.get(room_id)
+            if closing is not None:  # the media room of the consultation ended before it
+                await asyncio.shield(closing)
             await self.plane.execute(CreateRoom(room_id=room_id, options=options.media_options()))
         except BaseException:
             self.forget(consultation)
+            consultation.media_failed()
             raise
+        if consultation.ended:  # ended while its media room was being created
+            self.close_media(room_id, CloseReason.ENDED)
+        consultation.media_created()
         logger.info("room %s created%s", room_id, " (auto)" if auto_created else "")
         return consultation
 
@@ -184,6 +194,29 @@ class Hub:
             del self.consultations[consultation.id]
         if ended:
             self.ended.add(consultation.id)
+
+    def close_media(self, room_id: str, reason: CloseReason) -> asyncio.Task[None]:
+        """Close a forgotten consultation's media room in the background (the caller may
+        await the task); creating the room id again waits for it."""
+        task = self.spawn(self._close_media(room_id, reason, self._closing.get(room_id)))
+        self._closing[room_id] = task
+
+        def done(_: asyncio.Task[Any]) -> None:
+            if self._closing.get(room_id) is task:
+                del self._closing[room_id]
+
+        task.add_done_callback(done)
+        return task
+
+    async def _close_media(
+        self, room_id: str, reason: CloseReason, previous: asyncio.Task[None] | None
+    ) -> None:
+        if previous is not None:  # closes of one id run in order
+            await asyncio.shield(previous)
+        try:
+            await self.plane.execute(CloseRoom(room_id=room_id, reason=reason))
+        except Exception:
+            logger.exception("closing media room %s failed", room_id)
 
     async def end(self, room_id: str, reason: CloseReason = CloseReason.ENDED) -> bool:
         consultation = self.consultations.get(room_id)

@@ -33,7 +33,7 @@ from mediaserver.api import (
 from . import safejson, telemetry
 from .auth import TokenError
 from .chat import parse_id
-from .consultation import Barred, Consultation, RoomUnavailable
+from .consultation import Barred, Consultation, RoomGone, RoomUnavailable
 from .hub import Draining, Hub, NodeFull, RoomEnded, RoomExists
 from .protocol import (
     ENVELOPE_BYTES,
@@ -55,6 +55,7 @@ logger = logging.getLogger(__name__)
 
 Handler = Callable[[Hub, Session, dict[str, Any]], Awaitable[None]]
 FLOOD_CLOSE_S = 1.0  # a flooding socket's close handshake, at most
+JOIN_ATTEMPTS = 3  # a join that meets a room ending on its way in tries the room id again
 
 
 async def _refuse(ws: web.WebSocketResponse, code: CloseCode, reason: str) -> None:
@@ -123,16 +124,21 @@ async def _handshake(hub: Hub, ws: web.WebSocketResponse) -> Session | None:
     except ProtocolError:
         await _refuse(ws, CloseCode.PROTOCOL, "bad join")
         return None
-    if consultation is None and claims.room in hub.ended:
+    try:
+        for _ in range(JOIN_ATTEMPTS):
+            if consultation is None and claims.room in hub.ended:
+                break
+            if consultation is None:
+                consultation = await _auto_create(hub, claims.room)
+                if consultation is None:
+                    await _refuse(ws, CloseCode.ROOM_UNAVAILABLE, "unknown room")
+                    return None
+            try:
+                return await consultation.join(claims, codecs=codecs, ws=ws, ref=msg["id"])
+            except RoomGone:  # it ended on the way in: the room id afresh (a new room or ended)
+                consultation = hub.get(claims.room)
         await _refuse(ws, CloseCode.ENDED, "room ended")
         return None
-    try:
-        if consultation is None:
-            consultation = await _auto_create(hub, claims.room)
-            if consultation is None:
-                await _refuse(ws, CloseCode.ROOM_UNAVAILABLE, "unknown room")
-                return None
-        return await consultation.join(claims, codecs=codecs, ws=ws, ref=msg["id"])
     except RoomUnavailable as exc:
         await _refuse(ws, CloseCode.ROOM_UNAVAILABLE, str(exc))
         return None

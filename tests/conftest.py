@@ -113,8 +113,9 @@ def make_config(**overrides: Any) -> ServerConfig:
         "resume_grace_s": 5.0,
         "stats_interval_s": 0.2,
         "media": MediaConfig(ice=IceConfig(host_addresses=("127.0.0.1",))),
-        # CONSULT_TEST_WORKERS=N runs the test servers' media in N worker processes (tests
-        # that reach live media objects, server.node and the like, need 0, the default)
+        # CONSULT_TEST_WORKERS=N runs the test servers' media in N worker processes (0, the
+        # default: in-process); a test marked `workers(n)` gets n whatever it says (tests that
+        # reach live media objects, server.node and the like, are marked workers(0))
         "workers": int(os.environ.get("CONSULT_TEST_WORKERS", "0")),
     }
     values.update(overrides)
@@ -124,11 +125,20 @@ def make_config(**overrides: Any) -> ServerConfig:
 ServerFactory = Callable[..., Awaitable[Server]]
 
 
+def marked_workers(request: pytest.FixtureRequest) -> int | None:
+    """n of the test's `workers(n)` marker (None: unmarked)."""
+    marker = request.node.get_closest_marker("workers")
+    return None if marker is None else int(marker.args[0])
+
+
 @pytest.fixture
-async def make_server() -> AsyncIterator[ServerFactory]:
+async def make_server(request: pytest.FixtureRequest) -> AsyncIterator[ServerFactory]:
     runners: list[web.AppRunner] = []
+    workers = marked_workers(request)
 
     async def start(**overrides: Any) -> Server:
+        if workers is not None:
+            overrides.setdefault("workers", workers)
         config = make_config(**overrides)
         app = create_app(config=config)
         runner = web.AppRunner(app, access_log_class=AccessLogger)

@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import re
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -26,6 +29,7 @@ from typing import Any
 import pytest
 
 from signaling.auth import encode_token
+from signaling.config import DEV_API_KEY
 from tests.netns import NetNS, netns  # noqa: F401  (netns is a fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -171,12 +175,13 @@ class Call:
     def page_errors(self) -> list[str]:
         return [c for c in self.console if c.startswith("pageerror")]
 
-    def start_server(self, secret: str) -> None:
+    def start_server(self, secret: str, workers: int = 0) -> None:
         self.server = self.ns.popen(
             [
                 sys.executable, "-m", "signaling", "run", "--dev",
                 "--host", "127.0.0.1", "--port", str(PORT),
                 f"--token-secret={secret}", "--ice-host", "127.0.0.1",
+                f"--workers={workers}",
             ],
             cwd=ROOT,
             stdout=self.server_log.open("wb"),
@@ -215,12 +220,32 @@ class Call:
                 return f"peer error: {r}"
         return None
 
+    async def api(self, path: str) -> Any:
+        """GET an API path of the server (from inside the namespace), its JSON body."""
+        probe = (
+            "import urllib.request as u, sys; r = u.Request(sys.argv[1],"
+            f" headers={{'Authorization': 'Bearer {DEV_API_KEY}'}});"
+            " sys.stdout.write(u.urlopen(r, timeout=5).read().decode())"
+        )
+        args = [sys.executable, "-c", probe, BASE + path]
+        res = await asyncio.to_thread(self.ns.run, args, timeout=10)
+        assert res.returncode == 0, res
+        return json.loads(res.stdout)
+
+    def worker_pid(self, name: str) -> int:
+        """The pid of the server's media worker `name`, as its last start logged it."""
+        found = re.findall(
+            rf"media worker {name} started \(pid (\d+)\)", _tail(self.server_log, 10_000)
+        )
+        assert found, f"no start of media worker {name} in the server log"
+        return int(found[-1])
+
 
 @pytest.fixture
-async def call(netns: NetNS, tmp_path: Path) -> Call:  # noqa: F811
-    """The real server running in the namespace."""
+async def call(netns: NetNS, tmp_path: Path, request: pytest.FixtureRequest) -> Call:  # noqa: F811
+    """The real server running in the namespace (`--workers` the test's parameter, else 0)."""
     c = Call(netns, tmp_path)
-    c.start_server(c.secret)
+    c.start_server(c.secret, workers=getattr(request, "param", 0))
     await c.wait_server()
     return c
 
@@ -244,6 +269,7 @@ async def browser(netns: NetNS, tmp_path: Path) -> AsyncIterator[Any]:  # noqa: 
             await b.close()
 
 
+@pytest.mark.parametrize("call", [0, 2], indirect=True, ids=["workers=0", "workers=2"])
 async def test_one_real_browser_call(call: Call, browser: Any) -> None:
     page = await call.open_page(browser, call.token("doctor", "Dr Test"))
     await _until(
@@ -361,4 +387,87 @@ async def test_browser_resumes_after_losing_its_socket(call: Call, browser: Any)
         call.diag,
     )
     assert await page.evaluate("document.querySelectorAll('#chat-log > div').length") == 2
+    assert not call.page_errors(), call.page_errors()
+
+
+async def _admitted(call: Call, page: Any, who: str) -> None:
+    await _until(
+        f"the {who} to be admitted",
+        lambda: page.evaluate("window.consultation && consultation.state === 'admitted'"),
+        30,
+        call.diag,
+    )
+
+
+async def _inbound(page: Any) -> dict[str, dict[str, int]]:
+    stats: dict[str, dict[str, int]] = await page.evaluate(INBOUND_STATS_JS)
+    return stats
+
+
+async def _media_flows(call: Call, pages: dict[str, Any], what: str, within: float) -> None:
+    """Each page decodes fresh video frames and receives fresh audio from the other."""
+    first = {who: await _inbound(page) for who, page in pages.items()}
+
+    async def flowing() -> bool:
+        for who, page in pages.items():
+            now = await _inbound(page)
+            if not (
+                now["video"]["frames"] > first[who]["video"]["frames"] + 10
+                and now["audio"]["packets"] > first[who]["audio"]["packets"] + 20
+            ):
+                return False
+        return True
+
+    await _until(what, flowing, within, call.diag)
+
+
+@pytest.mark.parametrize("call", [2], indirect=True, ids=["workers=2"])
+async def test_browsers_get_media_back_when_their_worker_is_killed(
+    call: Call, browser: Any
+) -> None:
+    """Doctor and patient, both Chromium pages on consult.js, through a node with two media
+    workers: media both ways; the room's worker killed (SIGKILL), the room moves to the other
+    worker and both pages get media back by themselves (`media-timeout` -> a fresh peer
+    connection), chat intact; the killed worker is started again."""
+    doctor = await call.open_page(browser, call.token("doctor", "Dr Test"))
+    await _admitted(call, doctor, "doctor")
+    await doctor.evaluate("consultation.sendChat('before the kill')")
+    patient = await call.open_page(browser, call.token("patient", "Patient"))
+    await _until(
+        "the patient's knock on the doctor's page",
+        lambda: doctor.evaluate("document.querySelectorAll('#knocks button.admit').length === 1"),
+        30,
+        call.diag,
+    )
+    await doctor.click("#knocks button.admit")
+    await _admitted(call, patient, "patient")
+    pages = {"doctor": doctor, "patient": patient}
+    await _media_flows(call, pages, "media both ways through the worker", 45)
+
+    held_by = (await call.api(f"/api/v1/rooms/{call.room}"))["worker"]
+    assert held_by in ("w0", "w1"), held_by
+    os.kill(call.worker_pid(held_by), signal.SIGKILL)
+    for page in pages.values():
+        await page.evaluate("""() => {
+          window.__events = [];
+          consultation.addEventListener('reconnecting', (e) => window.__events.push(e.detail));
+        }""")
+
+    async def moved() -> bool:
+        worker = (await call.api(f"/api/v1/rooms/{call.room}"))["worker"]
+        return worker not in (None, held_by)
+
+    await _until("the room on the other worker", moved, 30, call.diag)
+    await _media_flows(call, pages, "media both ways again after the kill", 60)
+    for page in pages.values():  # consult.js restarted its media; the socket stayed up
+        events = await page.evaluate("window.__events")
+        assert events and all(e.get("media") for e in events), events
+        assert await page.evaluate("consultation.connectionState") == "connected"
+        chat = await page.evaluate("consultation.chat.map((m) => m.text)")
+        assert chat == ["before the kill"], chat
+
+    async def restarted() -> bool:  # its first start, then the one after the kill
+        return _tail(call.server_log, 10_000).count(f"media worker {held_by} started") >= 2
+
+    await _until(f"media worker {held_by} started again", restarted, 30, call.diag)
     assert not call.page_errors(), call.page_errors()

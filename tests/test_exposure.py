@@ -42,6 +42,9 @@ NODE_KEY = "exposure-test-api-key-0123456789abcdef"  # 32+ bytes: the minimum ou
 NODE_SECRET = "exposure-test-token-secret-0123456789abcdef"
 METRICS_KEY = "exposure-test-metrics-key-0123456789abcdef"
 ALLOWED = "https://app.example.org"
+# The nodes started here keep their media in-process, as the test servers do (`signaling run`
+# defaults to a worker a core; the log tests read every stderr line of one process)
+WORKERS = ("--workers", "0")
 FORGED = "2026-01-01 00:00:00,000 WARNING signaling.auth: FORGED"
 
 
@@ -66,7 +69,7 @@ def _free_port() -> int:
 def _run_cli(*args: str, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """`python -m signaling run --port <free> ARGS`, for configurations that must not start."""
     return subprocess.run(
-        [sys.executable, "-m", "signaling", "run", "--port", str(_free_port()), *args],
+        [sys.executable, "-m", "signaling", "run", "--port", str(_free_port()), *WORKERS, *args],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -258,7 +261,7 @@ async def node_process(
     stderr = tmp_path / "node.stderr"
     with stderr.open("wb") as err:
         proc = await asyncio.create_subprocess_exec(
-            *(sys.executable, "-m", "signaling", "run", "--port", str(port)),
+            *(sys.executable, "-m", "signaling", "run", "--port", str(port), *WORKERS),
             *("--api-key", NODE_KEY, "--token-secret", NODE_SECRET, "--ice-host", "127.0.0.1"),
             *args,
             cwd=ROOT,

@@ -7,6 +7,8 @@ import asyncio
 import struct
 from collections.abc import Callable
 
+import pytest
+
 from mediaserver.bandwidth import LinkSample, Mode, State
 from mediaserver.rtc.peer import sender_enabled
 from signaling.client import ConsultClient
@@ -39,6 +41,7 @@ def test_paused_video_resumes_on_a_keyframe_with_continuous_numbering() -> None:
     assert (ts - first_ts) & 0xFFFFFFFF == 132000 - 39000  # the source clock is kept
 
 
+@pytest.mark.workers(0)  # reaches the in-process media objects
 async def test_modes_reach_everyone_the_api_and_the_metrics(
     server: Server, clients: Clients
 ) -> None:
@@ -88,6 +91,7 @@ async def test_modes_reach_everyone_the_api_and_the_metrics(
     )
 
 
+@pytest.mark.workers(0)  # reaches the in-process media objects
 async def test_pause_reaches_the_publisher_and_stops_its_sender(
     server: Server, clients: Clients
 ) -> None:
@@ -111,6 +115,7 @@ async def test_pause_reaches_the_publisher_and_stops_its_sender(
     assert sender_enabled(sender) is True
 
 
+@pytest.mark.workers(0)  # reaches the in-process media objects
 async def test_reconnect_replaces_the_transport_and_keeps_publications(
     server: Server, clients: Clients
 ) -> None:
@@ -131,6 +136,7 @@ async def test_reconnect_replaces_the_transport_and_keeps_publications(
     assert doctor.negotiations == negotiations
 
 
+@pytest.mark.workers(0)  # reaches the in-process media objects
 async def test_a_resume_restores_modes_and_pause(server: Server, clients: Clients) -> None:
     """What `mode` and `pause` said while the socket was down reaches the client on resume."""
     _, patient = await admitted(server, clients)

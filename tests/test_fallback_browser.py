@@ -26,7 +26,7 @@ import pytest
 from aiohttp import web
 
 from compat.synth import ToneTrack
-from mediaserver.api import IceConfig, MediaConfig
+from mediaserver.api import IceConfig, MediaConfig, ParticipantSnapshot
 from mediaserver.participant import Participant
 from mediaserver.plane import LocalMediaPlane
 from signaling.app import HUB, AccessLogger, create_app
@@ -48,13 +48,24 @@ from .test_browser import (
 from .test_fallback_shaped import WebcamVideo, browser_like_opus
 
 ROOM = "shaped-browser"
+# Video packets the page sent, summed over its outbound streams.
+OUTBOUND_VIDEO_JS = """async () => {
+  let packets = 0;
+  (await window.consultation.getStats()).forEach((r) => {
+    if (r.type === 'outbound-rtp' && r.kind === 'video') packets += r.packetsSent || 0;
+  });
+  return packets;
+}"""
 pytestmark = pytest.mark.timeout(240)
 
 
 class BrowserCall:
-    def __init__(self, ns: NetNS, link: ShapedLink) -> None:
+    def __init__(self, ns: NetNS, link: ShapedLink, *, workers: int = 0) -> None:
         self.ns = ns
         self.link = link
+        # 0: the media in this process (`media`, `received` read its live objects); N: in N
+        # media worker processes (only the plane's snapshots: `snapshot`)
+        self.workers = workers
         self.runner: web.AppRunner | None = None
         self.hub: Hub | None = None
         self.doctor: ConsultClient | None = None
@@ -65,7 +76,8 @@ class BrowserCall:
 
     async def start_node(self) -> None:
         media = MediaConfig(ice=IceConfig(host_addresses=("127.0.0.1", self.link.host_ip)))
-        app = create_app(config=make_config(media=media, peer_timeout_s=30.0, dev=True))
+        config = make_config(media=media, peer_timeout_s=30.0, dev=True, workers=self.workers)
+        app = create_app(config=config)
         self.runner = web.AppRunner(app, access_log_class=AccessLogger)
         await self.runner.setup()
         self.hub = app[HUB]
@@ -84,8 +96,15 @@ class BrowserCall:
         if self.runner is not None:
             await self.runner.cleanup()
 
+    def snapshot(self) -> ParticipantSnapshot | None:
+        """The media plane's snapshot of the patient: any number of workers."""
+        assert self.hub is not None
+        return self.hub.plane.participant(ROOM, self.patient_id) if self.patient_id else None
+
     def media(self) -> Participant | None:
         assert self.hub is not None
+        if self.workers:
+            return None  # the live media objects are in-process only
         plane = self.hub.plane  # the live objects of the in-process media plane
         assert isinstance(plane, LocalMediaPlane)
         room = plane.node.get_room(ROOM)
@@ -106,7 +125,7 @@ class BrowserCall:
             except Exception as exc:  # the page may be gone; the rest still helps
                 page = f"(page state unavailable: {exc!r})"
         media = self.media()
-        info = media.info() if media is not None else None
+        info = media.info() if media is not None else self.snapshot()
         return f"page: {page}\nserver view: {info}\nconsole:\n" + "\n".join(self.console[-30:])
 
     async def pill(self) -> str:
@@ -114,14 +133,17 @@ class BrowserCall:
 
 
 @pytest.fixture
-async def shaped_call(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[BrowserCall]:
-    """The node on the host and a namespace behind a shaped veth, for a browser to run in."""
+async def shaped_call(
+    monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> AsyncIterator[BrowserCall]:
+    """The node on the host and a namespace behind a shaped veth, for a browser to run in;
+    its media in `request.param` worker processes (indirect), else 0."""
     ok, why = shaping_available()
     if not ok:
         pytest.fail(f"cannot shape links here (make test runs as root): {why}")
     browser_like_opus(monkeypatch)
     with NetNS("consult5b") as ns, ShapedLink(ns) as link:
-        call = BrowserCall(ns, link)
+        call = BrowserCall(ns, link, workers=getattr(request, "param", 0))
         try:
             await call.start_node()
             yield call
@@ -160,6 +182,7 @@ async def shaped_browser(
         yield shaped_call, browser
 
 
+@pytest.mark.parametrize("shaped_call", [0, 2], indirect=True, ids=["workers=0", "workers=2"])
 async def test_demo_page_shows_audio_only_on_a_short_link_and_video_back(
     shaped_browser: tuple[BrowserCall, Any],
 ) -> None:
@@ -191,12 +214,23 @@ async def test_demo_page_shows_audio_only_on_a_short_link_and_video_back(
         await asyncio.sleep(seconds)
         return (await inbound())[kind][key] >= before + by
 
-    async def flowing() -> bool:
+    async def outbound_video() -> int:
+        packets: int = await page.evaluate(OUTBOUND_VIDEO_JS)
+        return packets
+
+    async def uplink_flowing() -> bool:
+        if not call.workers:
+            return call.received("camera") > 100 and call.received("microphone") > 100
+        snapshot = call.snapshot()  # with workers: what the plane's snapshots say
         return (
-            call.received("camera") > 100
-            and call.received("microphone") > 100
-            and await rising("video", "frames", 10)
+            snapshot is not None
+            and len(snapshot.tracks) == 2
+            and snapshot.link.uplink.bitrate_bps > 0
+            and await outbound_video() > 100
         )
+
+    async def flowing() -> bool:
+        return await uplink_flowing() and await rising("video", "frames", 10)
 
     await _until("media both ways between the browser and the node", flowing, 60, call.diag)
     assert (await call.pill()).startswith("video")
@@ -208,10 +242,11 @@ async def test_demo_page_shows_audio_only_on_a_short_link_and_video_back(
 
     await _until("the demo's mode pill to show audio-only", audio_only, 40, call.diag)
     media = call.media()
-    assert media is not None
-    modes = media.info()["modes"]
+    snapshot = call.snapshot()
+    assert snapshot is not None
+    modes = media.info()["modes"] if media is not None else dict(snapshot.modes)
     assert "audio-only" in modes.values(), modes
-    if modes["downlink"] == "audio-only":
+    if modes["downlink"] == "audio-only" and not call.workers:
         # The node stops forwarding the doctor's video to the browser (between the probes
         # back up, which forward it for a moment); the doctor's audio keeps playing there.
         async def video_held() -> bool:
@@ -220,6 +255,7 @@ async def test_demo_page_shows_audio_only_on_a_short_link_and_video_back(
             return any(s.kind == "video" and s.paused for s in subs)
 
         await _until("the node to hold the doctor's video back", video_held, 20, call.diag)
+    if modes["downlink"] == "audio-only":
         await _until(
             "the doctor's audio in the browser",
             lambda: rising("audio", "packets", 40),
@@ -229,6 +265,10 @@ async def test_demo_page_shows_audio_only_on_a_short_link_and_video_back(
     if modes["uplink"] == "audio-only":
         # The browser obeyed `pause`: its camera stops reaching the node, audio goes on.
         async def camera_stopped() -> bool:
+            if call.workers:  # the browser's own count of what it sends
+                sent = await outbound_video()
+                await asyncio.sleep(2.0)
+                return await outbound_video() - sent < 10
             before = call.received("camera")
             await asyncio.sleep(2.0)
             return call.received("camera") - before < 10

@@ -31,7 +31,7 @@ from aiortc import VideoStreamTrack
 from av import VideoFrame
 
 from compat.synth import ToneTrack
-from mediaserver.api import IceConfig, MediaConfig
+from mediaserver.api import IceConfig, MediaConfig, ParticipantSnapshot
 from mediaserver.participant import Participant
 from mediaserver.plane import LocalMediaPlane
 from mediaserver.rtc.media import OpusEncoder, set_opus_bitrate
@@ -78,10 +78,15 @@ def browser_like_opus(monkeypatch: pytest.MonkeyPatch) -> None:
 class ShapedCall:
     """A doctor on loopback and a patient behind a shaped veth, in one consultation."""
 
-    def __init__(self, ns: NetNS, link: ShapedLink, *, peer_timeout_s: float = 30.0) -> None:
+    def __init__(
+        self, ns: NetNS, link: ShapedLink, *, peer_timeout_s: float = 30.0, workers: int = 0
+    ) -> None:
         self.ns = ns
         self.link = link
         self.peer_timeout_s = peer_timeout_s
+        # 0: the media in this process (the views below read its live objects); N: in N
+        # media worker processes (only the plane's snapshots: `snapshot`, `info`)
+        self.workers = workers
         self.events: list[dict[str, Any]] = []
         self.runner: web.AppRunner | None = None
         self.proc: subprocess.Popen[str] | None = None
@@ -92,7 +97,12 @@ class ShapedCall:
 
     async def start(self, *, wait_media: bool = True) -> None:
         media = MediaConfig(ice=IceConfig(host_addresses=("127.0.0.1", self.link.host_ip)))
-        config = make_config(media=media, peer_timeout_s=self.peer_timeout_s, resume_grace_s=30.0)
+        config = make_config(
+            media=media,
+            peer_timeout_s=self.peer_timeout_s,
+            resume_grace_s=30.0,
+            workers=self.workers,
+        )
         app = create_app(config=config)
         self.runner = web.AppRunner(app, access_log_class=AccessLogger)
         await self.runner.setup()
@@ -155,8 +165,23 @@ class ShapedCall:
             await self.runner.cleanup()
 
     # -- views of the server -------------------------------------------------------------------
+    def snapshot(self, pid: str | None = None) -> ParticipantSnapshot | None:
+        """The media plane's snapshot of the patient (or `pid`): any number of workers."""
+        assert self.hub is not None
+        return self.hub.plane.participant(ROOM, pid or self.patient_id)
+
+    def info(self) -> dict[str, Any]:
+        """The patient's media as the room API shows it (modes, paused sources...)."""
+        assert self.hub is not None
+        consultation = self.hub.get(ROOM)
+        assert consultation is not None
+        entry = next(p for p in consultation.info()["participants"] if p["id"] == self.patient_id)
+        media: dict[str, Any] = entry["media"]
+        return media
+
     def media(self, pid: str | None = None) -> Participant:
         assert self.hub is not None
+        assert not self.workers, "the live media objects are in-process only"
         plane = self.hub.plane  # the live objects of the in-process media plane
         assert isinstance(plane, LocalMediaPlane)
         room = plane.node.get_room(ROOM)
@@ -176,6 +201,18 @@ class ShapedCall:
         return -1
 
     def media_flowing(self) -> bool:
+        if self.workers:  # the snapshots: both tracks in, both out, bits both ways
+            snapshot = self.snapshot()
+            link = snapshot.link if snapshot is not None else None
+            return (
+                snapshot is not None
+                and link is not None
+                and snapshot.connection == "connected"
+                and len(snapshot.tracks) == 2
+                and snapshot.subscriptions == 2
+                and link.uplink.bitrate_bps > 0
+                and link.downlink.bitrate_bps > 0
+            )
         try:
             media = self.media()
         except KeyError:
@@ -266,13 +303,16 @@ class ShapedCall:
 
 
 @pytest.fixture
-async def call(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[ShapedCall]:
+async def call(
+    monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> AsyncIterator[ShapedCall]:
+    """The shaped call; its media in `request.param` worker processes (indirect), else 0."""
     ok, why = shaping_available()
     if not ok:
         pytest.fail(f"cannot shape links here (make test runs as root): {why}")
     browser_like_opus(monkeypatch)
     with NetNS("consult5") as ns, ShapedLink(ns) as link:
-        shaped = ShapedCall(ns, link)
+        shaped = ShapedCall(ns, link, workers=getattr(request, "param", 0))
         try:
             await shaped.start()
             yield shaped
@@ -335,6 +375,7 @@ async def test_150_kbps_gives_audio_only_then_video_back(call: ShapedCall) -> No
     await call.until(lambda: video.packets_sent > sent + 50, 10, "video forwarded again")
 
 
+@pytest.mark.parametrize("call", [0, 2], indirect=True, ids=["workers=0", "workers=2"])
 async def test_20_kbps_gives_chat_only_and_chat_still_flows(call: ShapedCall) -> None:
     since = call.mark()
     t0 = time.monotonic()
@@ -353,13 +394,15 @@ async def test_20_kbps_gives_chat_only_and_chat_still_flows(call: ShapedCall) ->
     await call.doctor.wait_for(
         "chat", lambda m: m["message"]["text"] == "Yes, no sound here", timeout_s=20
     )
-    info = call.media().info()
+    info = call.info()  # what the media plane says, whatever holds the media
     assert info["modes"] == {"uplink": "chat-only", "downlink": "chat-only"}
     # The microphone may be un-paused for a probe back up to audio-only at this moment.
     assert "camera" in info["paused_sources"]
-    assert all(s.paused for s in call.media().subscriptions.values() if s.kind == "video")
+    if not call.workers:  # the live objects
+        assert all(s.paused for s in call.media().subscriptions.values() if s.kind == "video")
 
 
+@pytest.mark.parametrize("call", [0, 2], indirect=True, ids=["workers=0", "workers=2"])
 async def test_40_percent_loss_gives_chat_only(call: ShapedCall) -> None:
     since = call.mark()
     t0 = time.monotonic()
@@ -427,6 +470,7 @@ async def test_address_change_resumes_the_call(call: ShapedCall) -> None:
     assert call.media().transport_restarts >= 1
 
 
+@pytest.mark.parametrize("call", [0, 2], indirect=True, ids=["workers=0", "workers=2"])
 async def test_oscillating_link_does_not_flap(call: ShapedCall) -> None:
     since = call.mark()
     deadline = time.monotonic() + 24

@@ -139,6 +139,7 @@ async def _publish_and_leave(
 @pytest.mark.parametrize(
     "when", ["media-flowing", "offer-to-doctor-pending", "right-after-publish"]
 )
+@pytest.mark.workers(0)  # reaches the in-process media objects
 async def test_a_departed_publisher_is_collected(
     server: Server, clients: Clients, when: str
 ) -> None:
@@ -153,6 +154,7 @@ async def test_a_departed_publisher_is_collected(
     ]
 
 
+@pytest.mark.workers(0)  # reaches the in-process media objects
 async def test_join_publish_leave_cycles_leave_the_doctor_as_before(
     server: Server, clients: Clients
 ) -> None:
@@ -178,6 +180,7 @@ async def test_join_publish_leave_cycles_leave_the_doctor_as_before(
 # -- item 6: media sessions that never connect ---------------------------------------------------
 
 
+@pytest.mark.workers(0)  # reaches the in-process media objects
 async def test_an_unanswered_media_session_is_closed_and_reported(
     make_server: ServerFactory, clients: Clients
 ) -> None:
@@ -210,6 +213,7 @@ async def test_an_unanswered_media_session_is_closed_and_reported(
         await silent.close()
 
 
+@pytest.mark.workers(0)  # reaches the in-process media objects
 async def test_a_lost_answer_is_recovered_by_the_client_itself(
     make_server: ServerFactory, clients: Clients
 ) -> None:
@@ -242,6 +246,7 @@ async def test_a_lost_answer_is_recovered_by_the_client_itself(
     assert _media(server, patient.participant_id).connection_state == "connected"
 
 
+@pytest.mark.workers(0)  # reaches the in-process media objects
 async def test_tracks_a_client_offered_on_a_connection_that_never_connected_are_asked_again(
     make_server: ServerFactory, clients: Clients
 ) -> None:

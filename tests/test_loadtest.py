@@ -150,6 +150,8 @@ def _start_node(port: int) -> subprocess.Popen[bytes]:
             NODE_SECRET,
             "--ice-host",
             "127.0.0.1",
+            "--workers",  # in-process, as the test servers (the default: a worker a core)
+            "0",
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Callable
 
 import aiohttp
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from signaling.client import ConsultClient
@@ -31,6 +32,7 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     return out
 
 
+@pytest.mark.workers(0)  # reaches the in-process media objects
 async def test_metrics_content_and_no_pii(server: Server, clients: Clients) -> None:
     doctor = clients(server)
     await doctor.connect(server.token("doctor", sub="sub-doc-4471", name="Doctor Quinn"))

@@ -165,6 +165,7 @@ async def _hears_tone(track: MediaStreamTrack, freq: float) -> None:
             return
 
 
+@pytest.mark.workers(0)  # reaches the in-process media objects
 async def test_churning_patients_reuse_the_doctors_m_lines(
     server: Server, clients: Clients
 ) -> None:
@@ -207,6 +208,7 @@ async def test_churning_patients_reuse_the_doctors_m_lines(
     assert not media.negotiator.sub_by_transceiver and not media.demux.sub_by_ssrc
 
 
+@pytest.mark.workers(0)  # reaches the in-process media objects
 async def test_a_subscription_recycles_an_m_line_whose_inactive_offer_is_unanswered(
     server: Server, clients: Clients
 ) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from mediaserver.api import GetRoom
 from signaling.app import CONFIG
 from signaling.client import ConsultClient, JoinRefused, ServerError
 from signaling.ws import HANDLERS
@@ -145,6 +146,7 @@ async def test_internal_error_is_contained(
 # -- waiting room -----------------------------------------------------------------------------
 
 
+@pytest.mark.workers(0)  # reaches the in-process media objects
 async def test_waiting_room_admit(server: Server, clients: Clients) -> None:
     doctor = await join(server, clients, "doctor", name="Dr Alice")
     await doctor.chat("before the patient")
@@ -337,6 +339,7 @@ async def test_vanished_peer_removed_after_grace(
 # -- kick, end, leave -------------------------------------------------------------------------
 
 
+@pytest.mark.workers(0)  # reaches the in-process media objects
 async def test_kick(server: Server, clients: Clients) -> None:
     doctor, patient = await admitted_pair(server, clients)
     await doctor.kick(patient.participant_id or "")
@@ -354,8 +357,12 @@ async def test_end(server: Server, clients: Clients) -> None:
     for client in (doctor, patient, waiting):
         assert await client.wait_closed() == 4005
         assert (await client.wait_for("ended"))["reason"] == "ended"
-    assert server.hub.get("r1") is None
-    assert server.node.get_room("r1") is None
+    assert server.hub.get("r1") is None  # gone at once for signaling
+    for _ in range(100):  # its media room closes in the background (a round trip to a worker)
+        if server.hub.plane.query(GetRoom(room_id="r1")) is None:
+            break
+        await asyncio.sleep(0.1)
+    assert server.hub.plane.query(GetRoom(room_id="r1")) is None
 
 
 async def test_leave(server: Server, clients: Clients) -> None:
@@ -446,7 +453,7 @@ async def test_shutdown_closes_sockets_going_away(clients: Clients) -> None:
 
     from .conftest import make_config
 
-    app = create_app(config=make_config())
+    app = create_app(config=make_config(workers=0))  # it reads the in-process node
     runner = web.AppRunner(app)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import signal
 import socket
@@ -44,7 +45,7 @@ from mediaserver.api import (
     bundle_data_channel,
 )
 from mediaserver.workers import WorkerPool, port_slices
-from signaling.client import ConsultClient
+from signaling.client import ConsultClient, JoinRefused
 
 from .conftest import Server, ServerFactory
 from .media_peers import PatternVideoTrack
@@ -578,14 +579,106 @@ def test_workers_option_from_flag_and_env() -> None:
     import argparse
 
     from signaling.app import _media_plane
-    from signaling.config import add_run_arguments, config_from_args
+    from signaling.config import (
+        ServerConfig,
+        add_run_arguments,
+        config_from_args,
+        default_workers,
+    )
 
     parser = argparse.ArgumentParser()
     add_run_arguments(parser)
-    assert config_from_args(parser.parse_args(["--dev"]), env={}).workers == 0  # the default
+    config = config_from_args(parser.parse_args(["--dev"]), env={})
+    assert config.workers == (os.cpu_count() or 1)  # the default: the machine's cores
+    assert isinstance(_media_plane(config), WorkerPool)
+    narrow = parser.parse_args(["--dev", "--rtc-ports", "40000-40000"])
+    assert config_from_args(narrow, env={}).workers == 1  # one port: one slice
+    assert default_workers(cores=1000) == 256 and default_workers(40000, 40003, cores=8) == 4
+    assert ServerConfig(api_key="k", token_secret="s").workers == 0  # built in code: in-process
     config = config_from_args(parser.parse_args(["--dev"]), env={"CONSULT_WORKERS": "3"})
     assert config.workers == 3 and isinstance(_media_plane(config), WorkerPool)
     config = config_from_args(parser.parse_args(["--dev", "--workers", "0"]), env={})
     assert not isinstance(_media_plane(config), WorkerPool)
     with pytest.raises(ValueError, match="workers"):
         config_from_args(parser.parse_args(["--dev", "--workers", "-1"]), env={})
+
+
+async def test_an_emptied_room_is_gone_at_once_and_a_rejoin_lands_in_a_fresh_one(
+    make_server: ServerFactory, clients: Clients
+) -> None:
+    """Closing a worker's media room is a round trip: signaling forgets the consultation at
+    once (its last participant left, or it was ended), and a join meanwhile creates the room
+    afresh once the old media room is closed, never landing in the ended one."""
+    server = await make_server(workers=2)
+    pool = pool_of(server)
+
+    def media_ids(room: str) -> set[str]:
+        snapshot = pool.room(room)
+        return {p.participant_id for p in snapshot.participants} if snapshot else set()
+
+    def has_media(participant_id: str | None) -> bool:
+        return participant_id in media_ids("again")
+
+    first = clients(server)
+    await first.connect(server.token("doctor", room="again", sub="u-0"))
+    await first.wait_state("admitted")
+    await first.chat("before")
+    await first.leave()
+    assert server.hub.get("again") is None  # at once: the worker's close is still on its way
+    for i in range(1, 4):  # a join right after the leave, then joins racing the leave
+        newcomer = clients(server)
+        await asyncio.gather(
+            first.leave() if i > 1 else asyncio.sleep(0),
+            newcomer.connect(server.token("doctor", room="again", sub=f"u-{i}")),
+        )
+        await newcomer.wait_state("admitted")
+        room = await newcomer.wait_for("room")
+        assert [m for m in room["chat"] if m["text"] == "before"] == []
+        await until(functools.partial(has_media, newcomer.participant_id), 30, "its media")
+        consultation = server.hub.get("again")
+        assert consultation is not None and not consultation.ended
+        assert set(consultation.sessions) == {newcomer.participant_id}
+        first = newcomer
+    await first.leave()
+    assert server.hub.get("again") is None
+    await until(lambda: pool.room("again") is None, 30, "the media room closed")
+
+
+async def test_a_join_on_its_way_into_an_ended_room_is_refused_not_landed(
+    make_server: ServerFactory, clients: Clients
+) -> None:
+    """The patient's join waits on the room's worker (stopped: SIGSTOP) when the room is ended:
+    the room is gone at once for signaling, the join finds it ended and is refused (4005),
+    never a session of the ended room; the end completes once the worker is found lost."""
+    server = await make_server(workers=2)
+    pool = pool_of(server)
+    status, _ = await server.api("POST", "/api/v1/rooms", json={"id": "x", "waiting_room": False})
+    assert status == 201
+    doctor = clients(server)
+    await doctor.connect(server.token("doctor", room="x"))
+    await doctor.wait_state("admitted")
+    worker = pool.room_worker("x")
+    assert worker is not None
+    pid = pool.worker_pids()[worker]
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)  # its replies stop: the patient's AddParticipant waits
+    try:
+        patient = clients(server)
+        joining = asyncio.create_task(patient.connect(server.token("patient", room="x")))
+        await asyncio.sleep(0.5)
+        consultation = server.hub.get("x")
+        assert consultation is not None and len(consultation.sessions) == 1  # on its way
+        ending = asyncio.create_task(server.api("DELETE", "/api/v1/rooms/x"))
+        await until(lambda: server.hub.get("x") is None, 5, "the room gone for signaling")
+        assert not ending.done()  # its media room's close waits for the stopped worker
+        assert await doctor.wait_closed() == 4005
+        with pytest.raises(JoinRefused) as info:
+            await asyncio.wait_for(joining, 30)
+        assert (info.value.code, info.value.reason) == (4005, "room ended")
+        status, _ = await asyncio.wait_for(ending, 60)
+        assert status == 200
+        assert consultation.sessions == {} and server.hub.get("x") is None
+        await until(lambda: pool.room("x") is None, 30, "the media room closed")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
