@@ -33,11 +33,13 @@ from loadtest.report import machine_summary, write_section
 LOADTEST = [sys.executable, "-m", "loadtest.cli"]
 
 
-def loadtest_command(kind: str, workers: int, args: argparse.Namespace, out: Path) -> list[str]:
+def loadtest_command(
+    kind: str, workers: int, args: argparse.Namespace, out: Path, n: int = 0
+) -> list[str]:
     """The `loadtest` command line of one run (as written in the docs, `.venv/bin/loadtest`)."""
     cmd = [kind]
     if kind == "run":
-        cmd += ["-n", str(args.consultations), "--duration", str(args.duration)]
+        cmd += ["-n", str(n), "--duration", f"{args.duration:g}"]
     cmd += ["--workers", str(workers)]
     if kind == "capacity" and workers >= 2:
         cmd += ["--server-cpus", args.shared_cpus, "--gen-cpus", args.shared_cpus]
@@ -68,6 +70,7 @@ def run_row(label: str, r: dict[str, Any]) -> list[str]:
     node, gen = r.get("node", {}), r.get("generator", {})
     return [
         label,
+        str(r["consultations"]),
         str(r.get("workers", 0)),
         str(r.get("server_processes", "-")),
         f"{r.get('sustained', 0)}/{r['consultations']}",
@@ -82,24 +85,28 @@ def run_row(label: str, r: dict[str, Any]) -> list[str]:
 def per_packet(args: argparse.Namespace) -> None:
     root = Path(args.out or f"loadtest-results/{time.strftime('%Y%m%d-%H%M%S')}-workers-cost")
     rows: list[list[str]] = []
-    costs: dict[int, list[float]] = {0: [], 1: []}
+    costs: dict[tuple[int, int], list[float]] = {}
     commands: list[str] = []
     for i in range(args.rounds):
-        for workers in (0, 1):
-            out = root / f"r{i + 1}-w{workers}"
-            cmd = loadtest_command("run", workers, args, out)
-            if i == 0:
-                commands.append(".venv/bin/loadtest " + " ".join(cmd[:-2]))
-            r = run_loadtest(cmd, out, "run")
-            if r.get("error"):
-                raise SystemExit(f"loadtest run failed: {r['error']}")
-            costs[workers].append(r["node"]["us_per_packet"])
-            rows.append(run_row(f"{i + 1}{'AB'[workers]}", r))
-    med = {w: statistics.median(v) for w, v in costs.items()}
-    summary = (
-        f"Median node us/pkt: single process {med[0]:.1f}, one worker {med[1]:.1f} "
-        f"({(med[1] / med[0] - 1) * 100:+.0f}%)."
-    )
+        for n in args.consultations:
+            for workers in (0, 1):
+                out = root / f"r{i + 1}-n{n}-w{workers}"
+                cmd = loadtest_command("run", workers, args, out, n)
+                if i == 0:
+                    commands.append(".venv/bin/loadtest " + " ".join(cmd[:-2]))
+                r = run_loadtest(cmd, out, "run")
+                if r.get("error"):
+                    raise SystemExit(f"loadtest run failed: {r['error']}")
+                costs.setdefault((n, workers), []).append(r["node"]["us_per_packet"])
+                rows.append(run_row(f"{i + 1}{'AB'[workers]}", r))
+    lines = []
+    for n in args.consultations:
+        a, b = statistics.median(costs[n, 0]), statistics.median(costs[n, 1])
+        lines.append(
+            f"- N={n}: median node us/pkt, single process (A) {a:.1f}, one worker (B) {b:.1f}"
+            f" ({(b / a - 1) * 100:+.0f}%)"
+        )
+    summary = "\n".join(lines)
     print(table(HEADERS, rows))
     print(summary)
     if args.docs:
@@ -108,6 +115,7 @@ def per_packet(args: argparse.Namespace) -> None:
 
 HEADERS = [
     "run",
+    "N",
     "workers",
     "node processes",
     "sustained",
@@ -126,13 +134,12 @@ def per_packet_doc(
 
 Command: `{args.command}`, which runs, alternated {args.rounds} times (A, B, A, B...):
 
-- A: `{commands[0]}`
-- B: `{commands[1]}`
+{chr(10).join(f"- {'AB'[i % 2]}: `{c}`" for i, c in enumerate(commands))}
 
 Machine: {machine_summary()}.
 Measured {time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}.
 
-{args.consultations} consultations through the real signaling (docs/loadtest.md), node in
+N consultations through the real signaling (docs/loadtest.md), node in
 a network namespace pinned to CPU {args.server_cpus}, generators on CPU {args.gen_cpus}. A: media
 in the node's process (`--workers 0`); B: media in one worker process (`--workers 1`, the node
 is then 2 processes). `node us/pkt` = CPU of the node and its workers / packets forwarded
@@ -206,7 +213,7 @@ the generators took from the two workers. `node CPU` is the node and its workers
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("-n", "--consultations", type=int, default=6)
+    parser.add_argument("-n", "--consultations", type=int, nargs="+", default=[6])
     parser.add_argument("--duration", type=float, default=30.0, help="window of each run (s)")
     parser.add_argument("--rounds", type=int, default=2, help="A/B pairs")
     parser.add_argument("--server-cpus", default="0")
@@ -216,7 +223,8 @@ def main() -> None:
     parser.add_argument("--out", help="folder of the loadtest reports")
     parser.add_argument("--docs", action="store_true", help="write docs/benchmarks.md")
     args = parser.parse_args()
-    args.command = ".venv/bin/python -m benchmarks.workers_cost " + " ".join(sys.argv[1:])
+    shown = [a for a in sys.argv[1:] if a != "--out" and a != args.out]  # (its own folder)
+    args.command = ".venv/bin/python -m benchmarks.workers_cost " + " ".join(shown)
     if args.capacity:
         capacity(args)
     else:
