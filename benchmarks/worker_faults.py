@@ -179,6 +179,17 @@ class Watch:
             self.times.append(time.monotonic())
             self.tracks.append(id(track))
 
+    def state(self) -> str:
+        """For a diagnosis: frames, the last one's age, the track, the task, the connection."""
+        track, pc, task = self.current(), self.client.pc, self.task
+        age = time.monotonic() - self.times[-1] if self.times else None
+        return (
+            f"{self.client.participant_id}: {len(self.times)} frames, last {fmt_s(age)} ago, "
+            f"track {track.readyState if track else None}, "
+            f"task {'done: ' + repr(task.exception()) if task and task.done() else 'running'}, "
+            f"pc {pc.connectionState if pc else None}, reconnects {self.client.reconnects}"
+        )
+
     def first_new_frame(self, after: float, old_track: int) -> float | None:
         """Time of the first frame decoded after `after` from a track other than `old_track`."""
         found = None
@@ -330,7 +341,7 @@ async def flowing(c: Consultation, timeout_s: float, frames: int = 10) -> None:
     deadline = time.monotonic() + timeout_s
     while any(len(w.times) < s + frames for w, s in zip(c.watches, start, strict=True)):
         if time.monotonic() > deadline:
-            raise TimeoutError(f"no media in {c.room}")
+            raise TimeoutError(f"no media in {c.room}: " + "; ".join(w.state() for w in c.watches))
         await asyncio.sleep(0.05)
 
 
