@@ -240,7 +240,7 @@ class Node:
         }  # w0, w1: mediaserver.workers names its workers so, in order
         cmd = [
             *(sys.executable, "-m", "signaling", "run", "--dev", "--port", str(self.port)),
-            *("--ice-host", "127.0.0.1", "--workers", "2", "--log-level", "WARNING"),
+            *("--ice-host", "127.0.0.1", "--workers", "2", "--log-level", args.node_log_level),
             *("--rtc-ports", f"{low}-{high}", "--peer-timeout", "30"),
         ]
         self.log = log.open("w")
@@ -558,6 +558,7 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=60.0, help="s to wait for recovery")
     parser.add_argument("--rtc-ports", type=int, nargs=2, default=(47000, 47999))
     parser.add_argument("--log", default="/tmp/worker-faults-node.log", help="node's log")
+    parser.add_argument("--node-log-level", default="WARNING", help="the node's --log-level")
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--docs", action="store_true", help="write docs/benchmarks.md")
     args = parser.parse_args()
