@@ -41,6 +41,10 @@ def loadtest_command(
     if kind == "run":
         cmd += ["-n", str(n), "--duration", f"{args.duration:g}"]
     cmd += ["--workers", str(workers)]
+    if kind == "capacity":
+        for flag in ("start", "max_consultations", "resolution"):
+            if getattr(args, flag) is not None:
+                cmd += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]
     if kind == "capacity" and workers >= 2:
         cmd += ["--server-cpus", args.shared_cpus, "--gen-cpus", args.shared_cpus]
     else:
@@ -181,7 +185,10 @@ def capacity(args: argparse.Namespace) -> None:
         commands.append(".venv/bin/loadtest " + " ".join(cmd[:-2]))
         res = run_loadtest(cmd, out, "capacity")
         cap = res.get("results", {}).get("ours", res)
-        rows.append(capacity_row(commands[-1].split(" ", 2)[2], cap))
+        row = capacity_row(commands[-1].split(" ", 2)[2], cap)
+        if cap.get("capacity") == (args.max_consultations or 64):  # loadtest's default top
+            row[1] = f">= {row[1]} (the ramp's top)"
+        rows.append(row)
     headers = [
         "command",
         "capacity",
@@ -220,6 +227,9 @@ def main() -> None:
     parser.add_argument("--gen-cpus", default="1")
     parser.add_argument("--shared-cpus", default="0-1", help="--capacity, two workers: all CPUs")
     parser.add_argument("--capacity", action="store_true", help="one worker against two")
+    parser.add_argument("--start", type=int, help="--capacity: loadtest's first N")
+    parser.add_argument("--max-consultations", type=int, help="--capacity: loadtest's top N")
+    parser.add_argument("--resolution", type=int, help="--capacity: loadtest's bisection step")
     parser.add_argument("--out", help="folder of the loadtest reports")
     parser.add_argument("--docs", action="store_true", help="write docs/benchmarks.md")
     args = parser.parse_args()
