@@ -386,7 +386,7 @@ class Negotiator:
         yet) goes at once; one that waited its time goes anyway (a transport slow to connect
         must not keep a subscription from being offered).
         """
-        return self.pc.remoteDescription is not None and self.pc.connectionState in (
+        return self.pc.has_remote_description and self.pc.connectionState in (
             "new",
             "connecting",
         )

@@ -310,16 +310,20 @@ class Participant(Emitter, TapHooks):
         if self._closed:
             return
         self._closed = True
-        await self.reporter.close()
-        await self.negotiator.stop()
-        self.fallback.close(time.monotonic())
-        for pub in list(self.publications.values()):
-            await pub._parent_closed(reason)
-        for sub in list(self.subscriptions.values()):
-            await sub._parent_closed(reason)
-        await self.pc.close()
-        self.emit("close", reason)
-        self.remove_all_listeners()
+        try:
+            await self.reporter.close()
+            await self.negotiator.stop()
+            self.fallback.close(time.monotonic())
+            for pub in list(self.publications.values()):
+                await pub._parent_closed(reason)
+            for sub in list(self.subscriptions.values()):
+                await sub._parent_closed(reason)
+            await self.pc.close()
+        finally:
+            # Whatever a step raised, the room forgets the participant (else it stays counted
+            # against max_participants until the room ends).
+            self.emit("close", reason)
+            self.remove_all_listeners()
 
     async def _parent_closed(self, reason: CloseReason) -> None:
         await self.close(reason)

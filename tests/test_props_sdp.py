@@ -38,6 +38,11 @@ FIXTURES = Path(__file__).parent / "fixtures"
 OFFERS = [f.sdp for f in load_fixtures(FIXTURES / "sdp")] + [
     json.loads((FIXTURES / "chromium_offer.json").read_text())["offer"]
 ]
+# A c= address aiortc parses but cannot write back (found by the test below, 2026-12-05): the
+# participant's connection-state handler read `pc.remoteDescription`, which serialises it, so
+# every state change raised and the participant's close never finished (it stayed in its room).
+_head, _c, _tail = OFFERS[0].rpartition("c=IN IP4 ")
+UNWRITABLE_C_LINE = _head + _c + "9" * 400 + ".0.0.0" + _tail[_tail.index("\r\n") :]
 DEVICE_SDP = "\r\n".join(
     [
         "v=0",
@@ -179,8 +184,10 @@ def test_handle_offer_raises_only_negotiation_error() -> None:
 
         @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
         @given(offers)
+        @example(UNWRITABLE_C_LINE)
         def run(sdp: str) -> None:
             loop.run_until_complete(one(sdp))
+            assert not room.participants, "a closed participant stayed in its room"
 
         run()
     finally:

@@ -269,6 +269,12 @@ class ServerPeerConnection(RTCPeerConnection):
         self.media_transport: MediaTransport | None = None
         self.ice_restart: IceRestart | None = None
 
+    @property
+    def has_remote_description(self) -> bool:
+        """Whether a remote description is applied. aiortc's `remoteDescription` property
+        serialises it anew on each read (and raises on a c= line it parsed but cannot write)."""
+        return self._RTCPeerConnection__remoteDescription() is not None  # type: ignore[attr-defined]
+
     async def setLocalDescription(
         self, sessionDescription: RTCSessionDescription | None = None
     ) -> None:
