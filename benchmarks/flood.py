@@ -194,6 +194,7 @@ async def scenario(flooding: bool, flags: list[str], args: argparse.Namespace) -
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     node_args = ["--dev", "--port", str(port), "--log-level", "ERROR", "--ice-host", "127.0.0.1"]
+    node_args += ["--workers", str(args.workers)]
     node = await asyncio.create_subprocess_exec(
         sys.executable,
         *("-m", "signaling", "run", *node_args, *flags),
@@ -289,10 +290,11 @@ Command: `{args.command}`
 Machine: {machine_summary()}.
 Measured {time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}, load average {load:.1f} at the end.
 
-A node (`python -m signaling run --dev`, its own process) with two rooms. In room `flood` one
-socket (its own process) sends pings and 4000-character chats alternately as fast as its socket
-takes them and never waits for replies; when the node closes it (4009, rate limit) it tries to
-join again at once, and again whenever that join is refused (a join in the flood penalty is
+A node (`python -m signaling run --dev --workers {args.workers}`, its own process; 0 workers: the
+media in it) with two rooms. In room `flood` one socket (its own process) sends pings and
+4000-character chats alternately as fast as its socket takes them and never waits for
+replies; when the node closes it (4009, rate limit) it tries to join again
+at once, and again whenever that join is refused (a join in the flood penalty is
 held until it ends, then closed 4009). `node CPU`: the node process's user + system time over
 the probe's time. In room `probe` one socket sends a ping every {args.interval * 1000:.0f} ms and
 waits for its pong, for {args.seconds:.0f} s; its round trip is what another room sees.
@@ -319,6 +321,9 @@ def cli() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=20.0, help="probe time per scenario")
     parser.add_argument("--interval", type=float, default=0.01, help="probe ping interval (s)")
+    parser.add_argument(
+        "--workers", type=int, default=0, help="the node's media workers (0, as recorded)"
+    )
     parser.add_argument("--docs", action="store_true", help="write docs/benchmarks.md")
     parser.add_argument("--only", action="append", help="run this scenario only (repeatable)")
     parser.add_argument("--flooder", help=argparse.SUPPRESS)  # the flooder process: its URL

@@ -3,7 +3,8 @@
     .venv/bin/python -m benchmarks.soak --duration 1800 --write      # the 30-minute run
     .venv/bin/python -m benchmarks.soak --duration 150 --warmup 45   # a quick check
 
-A real node (`python -m signaling run` on 127.0.0.1, its own process) and, in this process,
+A real node (`python -m signaling run --workers 0` on 127.0.0.1, its own process; `--workers N` for
+N media workers) and, in this process,
 the cheap generator's peers (`loadtest.generator.SyntheticPeer`: aiortc negotiation, ICE and
 DTLS, pre-encoded VP8 + Opus, never decoding) driven through the real signaling
 (`loadtest.worker.LoadClient`). Each of N rooms (created through the HTTP API, waiting room
@@ -103,7 +104,7 @@ def slope(xs: list[float], ys: list[float]) -> float | None:
 class Node:
     """`python -m signaling run` on loopback, logging to a file; killed on close."""
 
-    def __init__(self, log_path: str) -> None:
+    def __init__(self, log_path: str, workers: int) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.api_key = secrets.token_hex(32)
@@ -112,6 +113,7 @@ class Node:
         args = [
             *(sys.executable, "-m", "signaling", "run", "--host", "127.0.0.1"),
             *("--port", str(self.port), "--ice-host", "127.0.0.1", "--log-level", "WARNING"),
+            *("--workers", str(workers)),
         ]
         env = os.environ | {  # secrets in the environment, not in `ps`
             "CONSULT_API_KEY": self.api_key,
@@ -357,6 +359,7 @@ def report(args: argparse.Namespace, stats: Stats, command: str, elapsed: float)
         "## Soak: steady consultations with join/leave churn\n\n"
         f"Command: `{command}`\n\n"
         f"Machine: {machine_summary()}; node and generator share it (and whatever else ran).\n\n"
+        f"The node with {args.workers} media workers (0: the media in its own process). "
         f"{args.consultations} rooms, each a doctor who stays (publishing audio + video) and a "
         f"patient place that churns (join, knock, admit, publish, media both ways for "
         f"{args.hold:g} s, leave, {args.gap:g} s pause); {elapsed:.0f} s, {stats.joins} patient "
@@ -377,6 +380,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--hold", type=float, default=3.0, help="seconds a patient stays (3)")
     p.add_argument("--gap", type=float, default=0.5, help="seconds before the next patient")
     p.add_argument("--interval", type=float, default=5.0, help="seconds between samples (5)")
+    p.add_argument(
+        "--workers", type=int, default=0, help="the node's media workers (0, as recorded)"
+    )
     p.add_argument("--log", default="/tmp/soak-node.log", help="the node's log file")
     p.add_argument("--write", action="store_true", help="write docs/benchmarks.md (soak)")
     return p
@@ -384,7 +390,7 @@ def parser() -> argparse.ArgumentParser:
 
 async def main_async(args: argparse.Namespace) -> int:
     command = "python -m benchmarks.soak " + shlex.join(sys.argv[1:])
-    node = Node(args.log)
+    node = Node(args.log, args.workers)
     try:
         async with aiohttp.ClientSession() as http:
             await node.wait_ready(http)
