@@ -54,6 +54,11 @@ class Subscription(Emitter):
         self.own_expected = 0
         self._upstream_at_report: tuple[int, int] | None = None
         self._count_from: int | None = None  # own loss counts from this output sequence on
+        # A downlink that delivers nothing while its reports still come back shows no loss:
+        # its reports' highest sequence stands still. What the subscriber has still not got
+        # one report after it was sent is counted as lost then (`_overdue`), once.
+        self._sent_at_report: int | None = None  # output sequence sent when the last report came
+        self._overdue_upto: int | None = None  # counted as lost (overdue) up to this sequence
         self.paused = False
         self._send_rtp = send_rtp
         self._counters = counters
@@ -97,6 +102,7 @@ class Subscription(Emitter):
         )
         self.highest_reported = None
         self._upstream_at_report = None
+        self._sent_at_report = self._overdue_upto = None
         self.publication.attach(self)
         if self.kind == "video":
             self.publication.request_keyframe(force=True)
@@ -190,8 +196,14 @@ class Subscription(Emitter):
                     forwarded = max(0, forwarded - before)
                     if (block.highest_seq - mark) & 0xFFFF < 0x8000:
                         self._count_from = None  # the next window starts past the mark
+                overdue = self._overdue_covered(block.highest_seq, expected)
+                forwarded = max(0, forwarded - overdue)  # counted when they were overdue
+                lost = max(0, lost - overdue)
                 self.own_lost += min(lost, forwarded)
                 self.own_expected += forwarded
+                self._overdue(block.highest_seq)
+        fwd = self.forwarder
+        self._sent_at_report = None if fwd is None else fwd.last_seq
         self._upstream_at_report = upstream
         self.highest_reported = block.highest_seq
         self.packets_lost = block.packets_lost
@@ -203,6 +215,35 @@ class Subscription(Emitter):
             rtt = time.monotonic() - sent - block.dlsr / 65536
             if rtt >= 0:
                 self.rtt = rtt if self.rtt is None else RTT_ALPHA * self.rtt + (1 - RTT_ALPHA) * rtt
+
+    def _overdue(self, highest: int) -> None:
+        """What was sent before the previous report and is still past this one's highest
+        sequence has been in flight a whole report interval (0.5-1.5 s from aiortc, about 1 s
+        from browsers): lost, or queued behind a link that delivers nothing. Counted as lost
+        now (each packet once), so a downlink starved that way is seen."""
+        sent = self._sent_at_report
+        if sent is None or self._count_from is not None:
+            return  # nothing sent yet, or the window after a change (its own accounting)
+        start = highest
+        upto = self._overdue_upto
+        if upto is not None and (upto - highest) & 0xFFFF < 0x8000:
+            start = upto  # counted up to there already
+        overdue = (sent - start) & 0xFFFF
+        if 0 < overdue < 0x8000:
+            self.own_lost += overdue
+            self.own_expected += overdue
+            self._overdue_upto = sent
+
+    def _overdue_covered(self, highest: int, expected: int) -> int:
+        """How many of the packets this report covers (`expected` past the previous highest)
+        were counted as overdue already."""
+        upto = self._overdue_upto
+        if upto is None or self.highest_reported is None:
+            return 0
+        ahead = (upto - self.highest_reported) & 0xFFFF
+        if (highest - upto) & 0xFFFF < 0x8000:
+            self._overdue_upto = None  # the receiver is past all of them
+        return 0 if ahead >= 0x8000 else min(ahead, expected)
 
     def count_loss_from_now(self) -> None:
         """What flows to this subscriber changed (bandwidth fallback): own loss counts only

@@ -293,7 +293,16 @@ class ConsultClient:
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._spawned_done)
+
+    def _spawned_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if task.cancelled() or task.exception() is None:
+            return
+        if self._closing:  # an answer in flight as the client closed: its socket is gone
+            logger.debug("client task ended as the client closed: %r", task.exception())
+        else:
+            logger.warning("client task failed: %r", task.exception())
 
     async def wait_for(
         self,

@@ -130,3 +130,59 @@ def test_a_report_straddling_a_change_counts_the_losses_that_must_follow_it() ->
     # link that stays short after the change keeps showing, even when reports are scarce).
     sub.on_report(report(sent, 70))
     assert sub.own_expected == 50 and sub.own_lost == 20
+
+
+def reported_up_to(highest: int, lost: int) -> ReportBlock:
+    """A report whose highest sequence is `highest` (output numbering) with `lost` lost."""
+    return ReportBlock(
+        ssrc=0x5678,
+        fraction_lost=0,
+        packets_lost=lost,
+        highest_seq=highest & 0xFFFF,
+        jitter=0,
+        lsr=0,
+        dlsr=0,
+    )
+
+
+def starved() -> tuple[Publication, Subscription, list[bytes], int]:
+    """Reported up to the 50th packet; 100 more forwarded; the subscriber's reports still come
+    but say it got nothing more (a link that delivers nothing, its reports getting through)."""
+    pub, sub, sent = setup()
+    feed(pub, 0, 50)
+    first = struct.unpack_from("!H", sent[0], 2)[0]
+    last = first + 49
+    sub.on_report(reported_up_to(last, 0))
+    feed(pub, 50, 100)  # sent before the next report: overdue at the one after it
+    sub.on_report(reported_up_to(last, 0))
+    assert sub.own_expected == 0 and sub.own_lost == 0  # in flight: nothing is known yet
+    feed(pub, 100, 150)
+    sub.on_report(reported_up_to(last, 0))
+    return pub, sub, sent, first
+
+
+def test_what_is_still_not_received_a_report_later_counts_as_lost_once() -> None:
+    _, sub, _, first = starved()
+    assert sub.own_expected == 50 and sub.own_lost == 50  # packets 50-99
+    sub.on_report(reported_up_to(first + 49, 0))
+    assert sub.own_expected == 100 and sub.own_lost == 100  # 100-149, not 50-99 again
+
+
+def test_overdue_packets_that_arrive_late_are_not_counted_again() -> None:
+    _, sub, _, first = starved()
+    sub.on_report(reported_up_to(first + 149, 0))  # all of it came, late
+    assert sub.own_expected == 100 and sub.own_lost == 50  # 50-99 once (as lost), 100-149 got
+
+
+def test_overdue_packets_reported_lost_later_are_not_counted_again() -> None:
+    _, sub, _, first = starved()
+    sub.on_report(reported_up_to(first + 149, 50))  # 50-99 lost, 100-149 got
+    assert sub.own_expected == 100 and sub.own_lost == 50
+
+
+def test_a_link_that_delivers_counts_nothing_overdue() -> None:
+    pub, sub, sent = setup()
+    for start in range(0, 500, 50):
+        feed(pub, start, start + 50)
+        sub.on_report(report(sent, 0))
+    assert sub.own_lost == 0 and sub.own_expected == 450
