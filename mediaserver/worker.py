@@ -6,7 +6,7 @@ over one stream socket inherited as fd N. Frames are length-prefixed pickles (`w
 `read_frame`); nothing per packet crosses the channel, only:
 
 control -> worker
-    ("init", name, MediaConfig, refresh_s, heartbeat_s, log_level)   first frame
+    ("init", name, MediaConfig, refresh_s, heartbeat_s, log_level, log_format)   first frame
     ("cmd", id, Command)              answered by ("reply", id, ok, value, rooms)
     ("batch", id, [Command, ...])     run in order; ("reply", id, True, [(ok, value)], rooms)
     ("close", CloseReason)            close every room, answer ("closed",), exit
@@ -43,9 +43,10 @@ from typing import Any
 from .api import Command, MediaEvent, MediaPlaneError, RoomSnapshot, WorkerSnapshot
 from .config import MediaConfig
 from .events import CloseReason
+from .logs import configure_logging
 from .plane import LocalMediaPlane
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("mediaserver.worker")  # not `__main__` (run with -m)
 
 HEADER = struct.Struct(">I")
 MAX_FRAME = 64 << 20
@@ -232,10 +233,8 @@ async def run(fd: int, parent: int) -> None:
     sock = socket.socket(fileno=fd)
     reader, writer = await asyncio.open_unix_connection(sock=sock)
     init = await read_frame(reader)
-    _, name, config, refresh_s, heartbeat_s, log_level = init
-    logging.basicConfig(
-        level=log_level, format=f"%(asctime)s %(levelname)s [{name}] %(name)s: %(message)s"
-    )
+    _, name, config, refresh_s, heartbeat_s, log_level, log_format = init
+    configure_logging(logging.getLevelName(log_level), log_format, process=name)
     assert isinstance(config, MediaConfig)
     plane = LocalMediaPlane(config)
     await plane.start()

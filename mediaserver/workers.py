@@ -65,6 +65,7 @@ from .api import (
 )
 from .config import MediaConfig
 from .events import CloseReason, LinkStats, TrackMeta
+from .logs import current_format
 from .room import RoomOptions
 from .worker import encode_frame, read_frame
 
@@ -243,12 +244,9 @@ class WorkerPool(MediaPlane):
         try:
             reader, writer = await asyncio.open_unix_connection(sock=parent)
             worker.writer = writer
-            level = logging.getLogger().getEffectiveLevel()
-            writer.write(
-                encode_frame(
-                    ("init", worker.name, worker.config, self.refresh_s, self.heartbeat_s, level)
-                )
-            )
+            level = logging.getLogger().getEffectiveLevel()  # the worker logs as we do
+            init = (worker.name, worker.config, self.refresh_s, self.heartbeat_s, level)
+            writer.write(encode_frame(("init", *init, current_format())))
             frame = await asyncio.wait_for(read_frame(reader), START_TIMEOUT_S)
             if frame[0] != "ready":
                 raise RuntimeError(f"media worker {worker.name} said {frame[0]!r}")

@@ -16,11 +16,11 @@ from urllib.parse import urlencode
 from aiohttp import web
 
 from mediaserver.api import Role
+from mediaserver.logs import LOG_FORMATS, configure_logging
 
 from .app import TLS, AccessLogger, create_app
 from .auth import encode_token
 from .config import DEV_TOKEN_SECRET, ENV_PREFIX, ServerConfig, add_run_arguments, config_from_args
-from .logs import LOG_FORMATS, configure_logging
 
 DEMO_ROOM = "demo"
 DEMO_TTL_S = 12 * 3600

@@ -16,13 +16,13 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web_request import BaseRequest
 
 from mediaserver.api import MediaPlane
+from mediaserver.logs import escape
 from mediaserver.plane import LocalMediaPlane
 from mediaserver.workers import WorkerPool
 
 from .config import ServerConfig, normalize_origin, tls_context
 from .http_api import HUB, add_routes, api_key_middleware
 from .hub import Hub
-from .logs import escape
 from .metrics import CONTENT_TYPE, Metrics
 from .ws import serve_socket
 

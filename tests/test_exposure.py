@@ -13,6 +13,7 @@ import dataclasses
 import datetime
 import ipaddress
 import json
+import logging
 import os
 import socket
 import ssl
@@ -412,6 +413,26 @@ async def test_json_log_format(tmp_path: Path) -> None:
     assert "\n" not in access[0]["message"]
 
 
+async def test_media_workers_log_as_the_node_does(tmp_path: Path) -> None:
+    """A media worker's records come out in the node's format (JSON here), tagged with the
+    worker's name, and escaped like the node's own."""
+    async with node_process(tmp_path, "--log-format", "json", "--workers", "1") as node:
+        lines = await node.wait_for_log("media worker w0 ready")
+    records = [json.loads(line) for line in lines]  # the worker's lines are JSON too
+    ready = [r for r in records if r["message"].startswith("media worker w0 ready")]
+    assert len(ready) == 1 and ready[0]["process"] == "w0", ready
+    assert ready[0]["logger"] == "mediaserver.worker"
+    assert all("process" not in r for r in records if r["logger"].startswith("signaling"))
+
+
+def test_escaping_formatter_tags_a_workers_records() -> None:
+    from mediaserver.logs import EscapingFormatter
+
+    record = logging.LogRecord("mediaserver.room", logging.INFO, "x", 1, "a\nb", None, None)
+    line = EscapingFormatter(process="w1").format(record)
+    assert line.endswith(" INFO [w1] mediaserver.room: a\\nb"), line
+
+
 def test_env_log_format_is_checked() -> None:
     proc = _run_cli("--dev", env={**os.environ, "CONSULT_LOG_FORMAT": "xml"})
     assert proc.returncode == 2, proc.stderr
@@ -419,7 +440,7 @@ def test_env_log_format_is_checked() -> None:
 
 
 def test_escape_covers_c0_c1_del_and_line_separators() -> None:
-    from signaling.logs import escape
+    from mediaserver.logs import escape
 
     text = "".join(map(chr, [*range(0x20), 0x7F, *range(0x80, 0xA0), 0x2028, 0x2029]))
     escaped = escape("a" + text + "é\\z")

@@ -1,4 +1,6 @@
-"""Log output: every record on one line, control characters escaped, as text or JSON.
+"""Log output: every record on one line, control characters escaped, as text or JSON; the
+node's control process and its media workers (mediaserver/worker.py) log alike, a worker's
+records tagged with its name.
 
 A request path, a header or any other value a client sends can hold CR, LF or other control
 characters (`GET /nothing%0A...` decodes to a newline). Escaped in the formatter, no logger of
@@ -35,13 +37,23 @@ def escape(text: str) -> str:
 class EscapingFormatter(logging.Formatter):
     """The usual text format, escaped as a whole: a traceback becomes one line too."""
 
+    def __init__(self, fmt: str = TEXT_FORMAT, process: str | None = None) -> None:
+        if process is not None:  # a media worker: `[w0]` before the logger's name
+            fmt = fmt.replace("%(name)s", f"[{escape(process)}] %(name)s", 1)
+        super().__init__(fmt)
+
     def format(self, record: logging.LogRecord) -> str:
         return escape(super().format(record))
 
 
 class JsonFormatter(logging.Formatter):
     """One JSON object a line: `time` (UTC, ISO 8601), `level`, `logger`, `message` and, with an
-    exception, `exc`; the values escaped like the text format's."""
+    exception, `exc`; a media worker's records have `process` (its name); the values escaped
+    like the text format's."""
+
+    def __init__(self, process: str | None = None) -> None:
+        super().__init__()
+        self.process = process
 
     def format(self, record: logging.LogRecord) -> str:
         seconds = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
@@ -51,6 +63,8 @@ class JsonFormatter(logging.Formatter):
             "logger": escape(record.name),
             "message": escape(record.getMessage()),
         }
+        if self.process is not None:
+            line["process"] = escape(self.process)
         if record.exc_info and not record.exc_text:
             record.exc_text = self.formatException(record.exc_info)
         if record.exc_text:
@@ -60,12 +74,15 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, ensure_ascii=False)
 
 
-def configure_logging(level: str, log_format: str = "text") -> None:
-    """The root logger's only handler: stderr, escaped `text` or `json`."""
+def configure_logging(level: str, log_format: str = "text", process: str | None = None) -> None:
+    """The root logger's only handler: stderr, escaped `text` or `json`; `process`: a media
+    worker's name, on each of its records."""
     if log_format not in LOG_FORMATS:
         raise ValueError(f"log format must be one of {', '.join(LOG_FORMATS)}")
     handler = logging.StreamHandler()
-    formatter = JsonFormatter() if log_format == "json" else EscapingFormatter(TEXT_FORMAT)
+    formatter: logging.Formatter = (
+        JsonFormatter(process) if log_format == "json" else EscapingFormatter(TEXT_FORMAT, process)
+    )
     handler.setFormatter(formatter)
     root = logging.getLogger()
     for old in list(root.handlers):
@@ -75,3 +92,10 @@ def configure_logging(level: str, log_format: str = "text") -> None:
     logging.captureWarnings(True)  # warnings too: through the same formatter
     if root.level > logging.DEBUG:
         logging.getLogger("aioice").setLevel(logging.WARNING)  # per-pair lines with addresses
+
+
+def current_format() -> str:
+    """How the root logger writes: `json` where configure_logging set JSON, else `text` (what
+    a media worker is told, so that it logs as its control process does)."""
+    handlers = logging.getLogger().handlers
+    return "json" if any(isinstance(h.formatter, JsonFormatter) for h in handlers) else "text"
