@@ -62,7 +62,9 @@ class FallbackConfig:
     probe_nack_packets / probe_nack_share: a downlink video probe ends at once, before the
         next receiver report, when the subscriber has NACKed at least this many of the video
         packets forwarded since it began and at least this share of them (its video does not
-        fit: every further packet of it costs the link's audio).
+        fit: every further packet of it costs the link's audio). An uplink video probe ends
+        likewise when the participant's publications have lost that many and that share of
+        their packets since it began (the node sees the gaps as they arrive).
     video_priority / audio_priority: source labels, most important first; a source not listed
         ranks after the listed ones.
     """

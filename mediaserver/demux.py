@@ -82,7 +82,8 @@ class Demux:
         ssrc = int.from_bytes(data[8:12], "big")
         pub = self.pub_by_ssrc.get(ssrc)
         if pub is not None:
-            pub.on_rtp(data, arrival)
+            if pub.on_rtp(data, arrival):  # after a gap: an uplink probe may be failing
+                self._fallback.uplink_gap(arrival, pub)
             return
         pub = self.rtx_by_ssrc.get(ssrc)
         if pub is not None:

@@ -78,6 +78,10 @@ class LinkFallback:
         self._probe_subs: dict[Subscription, tuple[int, int]] = {}
         self._probe_nacked = 0
         self._subs: list[Subscription] = []  # the last tick's
+        # An uplink video probe: per started publication, (expected, received) at its start.
+        self._up_probe: State | None = None
+        self._up_probe_pubs: dict[Publication, tuple[int, int]] = {}
+        self._pubs: list[Publication] = []  # the last tick's (all, started or not)
 
     def modes(self) -> dict[str, str]:
         return {"uplink": self.up.mode.value, "downlink": self.down.mode.value}
@@ -240,7 +244,12 @@ class LinkFallback:
             self._uplink_sample(pubs, elapsed, now),
             [(p.kind, p.source) for p in publications],
         )
-        self._apply_uplink(list(publications))
+        up_probe = self.up.probe if _probes_video(self.up) else None
+        if up_probe is not self._up_probe:  # an uplink video probe starts (or ends)
+            self._up_probe = up_probe
+            self._up_probe_pubs = {p: (p.stats.expected, p.stats.received) for p in pubs}
+        self._pubs = list(publications)
+        self._apply_uplink(self._pubs)
         self._sub_prior = {k: v for k, v in self._sub_prior.items() if k in {id(s) for s in subs}}
 
     def _step(
@@ -301,6 +310,36 @@ class LinkFallback:
         self.down.abort_probe(now)
         self._probe, self._probe_subs = None, {}
         self._apply_downlink([s for s in self._subs if not s.closed])
+
+    def uplink_gap(self, now: float, pub: Publication) -> None:
+        """A packet of the participant's arrived after a sequence gap (`Demux`, on a gap only,
+        never per packet). While an uplink video probe runs, what the probe's publications lose
+        is the probe failing: it ends now (the camera's REMB cap and `pause` go at once) rather
+        than at the next tick, as a downlink probe ends at its NACKs. The video's first packet
+        after its pause may carry the gap of what was lost before the pause: not counted."""
+        if self._up_probe is None or self.up.probe is not self._up_probe:
+            return
+        start = self._up_probe_pubs.get(pub)
+        if start is None:
+            return
+        stats = pub.stats
+        if stats.received - start[1] <= 1:
+            self._up_probe_pubs[pub] = (stats.expected - 1, stats.received - 1)
+            return
+        lost = expected = 0
+        for p, (e0, r0) in self._up_probe_pubs.items():
+            de = p.stats.expected - e0
+            expected += de
+            lost += de - (p.stats.received - r0)
+        cfg = self.config
+        if lost < cfg.probe_nack_packets or lost < cfg.probe_nack_share * expected:
+            return
+        logger.debug(
+            "link %04x uplink probe ends: %d of %d lost", id(self) & 0xFFFF, lost, expected
+        )
+        self.up.abort_probe(now)
+        self._up_probe, self._up_probe_pubs = None, {}
+        self._apply_uplink(self._pubs)
 
     def _apply_downlink(self, subs: list[Subscription]) -> None:
         state = self.down.effective

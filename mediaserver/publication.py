@@ -98,14 +98,16 @@ class Publication(Emitter):
 
     # -- the packet path -------------------------------------------------------------------
 
-    def on_rtp(self, data: bytes, arrival: float) -> None:
+    def on_rtp(self, data: bytes, arrival: float) -> int:
+        """A packet from the publisher; returns how many packets its sequence number says were
+        skipped before it (0 in order)."""
         try:
             off = payload_offset(data)
         except IndexError:
-            return
+            return 0
         n = len(data)
         if off > n:
-            return
+            return 0
         seq = (data[2] << 8) | data[3]
         ts = int.from_bytes(data[4:8], "big")
         counters = self._counters
@@ -116,6 +118,7 @@ class Publication(Emitter):
             self._nack_upstream([(seq - i) & 0xFFFF for i in range(skipped, 0, -1)])
         self.cache.put(seq, data)
         self._fan_out(data, off, seq, ts, arrival)
+        return skipped
 
     def _fan_out(self, data: bytes, off: int, seq: int, ts: int, arrival: float) -> None:
         if not self.subscriptions:

@@ -9,6 +9,7 @@ import struct
 
 from mediaserver.bandwidth import FallbackConfig, Mode
 from mediaserver.codecs import CodecInfo
+from mediaserver.demux import Demux
 from mediaserver.events import NodeCounters
 from mediaserver.fallback import LinkFallback
 from mediaserver.forwarder import ExtensionIds
@@ -185,3 +186,117 @@ def test_nacks_for_video_lost_before_the_probe_do_not_end_it() -> None:
     assert link.fallback.down.probe is not None and not link.subs["video"].paused
     link.nack(own)  # the probe's own: now it ends
     assert link.fallback.down.probe is None and link.subs["video"].paused
+
+
+class Uplink:
+    """A patient's camera and microphone reaching the node through a `Demux`; the patient
+    obeys the `pause` (its camera sends nothing while paused)."""
+
+    def __init__(self) -> None:
+        self.counters = NodeCounters()
+        self.modes: list[tuple[str, str, str]] = []
+        self.pauses: list[tuple[list[str], str]] = []
+        self.fallback = LinkFallback(
+            CONFIG,
+            self.counters,
+            emit_mode=lambda d, m, r: self.modes.append((d, m, r)),
+            emit_pause=lambda sources, reason: self.pauses.append((sources, reason)),
+        )
+        self.pubs = {
+            "audio": self._publication("audio", "microphone", OPUS, 0x3333),
+            "video": self._publication("video", "camera", VP8, 0x4444),
+        }
+        self.demux = Demux({p.mid: p for p in self.pubs.values()}, self.fallback)
+        for pub in self.pubs.values():
+            self.demux.add_publication(pub)
+        self.seq = {"audio": 0, "video": 0}
+        self.now = 0.0
+
+    def _publication(self, kind: str, source: str, codec: CodecInfo, ssrc: int) -> Publication:
+        return Publication(
+            participant_id="patient",
+            kind=kind,
+            source=source,
+            mid="0" if kind == "audio" else "1",
+            codec=codec,
+            ssrc=ssrc,
+            rtx_ssrc=None,
+            audio_level_id=0,
+            cache_size=1024,
+            counters=self.counters,
+            send_rtcp=lambda data: True,
+            rtcp_ssrc=1,
+            pli_throttle_s=1.0,
+        )
+
+    @property
+    def camera_paused(self) -> bool:
+        return "camera" in self.fallback.paused_sources()
+
+    def send(self, kind: str, count: int, *, loss: float = 0.0) -> None:
+        """`count` packets of `kind` leave the patient; the link loses `loss` of them."""
+        pub = self.pubs[kind]
+        dropped = 0.0
+        for _ in range(count):
+            seq = self.seq[kind]
+            self.seq[kind] = (seq + 1) & 0xFFFF
+            dropped += loss
+            if dropped >= 1.0:
+                dropped -= 1.0
+                continue
+            head = struct.pack("!BBHII", 0x80, pub.codec.payload_type, seq, seq * 960, pub.ssrc)
+            self.demux.on_rtp(head + b"\x10" + bytes(100 if kind == "audio" else 1000), self.now)
+
+    def second(self, *, loss: float) -> None:
+        """One second of media (50 audio packets, 30 video unless paused), then the tick."""
+        self.send("audio", 50, loss=loss)
+        if not self.camera_paused:
+            self.send("video", 30, loss=loss)
+        self.now += 1.0
+        self.fallback.last_rtcp = self.now
+        self.fallback.tick(self.now, list(self.pubs.values()), [])
+
+    def to_probe(self) -> None:
+        """A short link: the uplink steps down to audio-only, then probes video."""
+        for _ in range(4):
+            self.second(loss=0.3)
+            if self.fallback.up.mode is not Mode.VIDEO:
+                break
+        assert self.fallback.up.mode is Mode.AUDIO_ONLY, self.modes
+        assert self.camera_paused
+        for _ in range(10):
+            self.second(loss=0.0)
+            if self.fallback.up.probe is not None:
+                break
+        assert self.fallback.up.probe is not None, "no probe"
+        assert not self.camera_paused  # the probe lets the camera send again
+
+
+def test_an_uplink_probe_that_loses_packets_ends_at_once() -> None:
+    link = Uplink()
+    link.to_probe()
+    link.send("video", 1)  # the camera resumes
+    link.send("video", 12, loss=0.5)  # its keyframe does not fit the link
+    assert link.fallback.up.probe is None  # ended before the next tick
+    assert link.camera_paused  # the `pause` (and the REMB cap) go again at once
+    assert link.pauses[-1][0] == ["camera"]
+    assert link.fallback.up.mode is Mode.AUDIO_ONLY
+    assert ("uplink", "video", "recovered") not in link.modes
+
+
+def test_an_uplink_probe_that_fits_climbs() -> None:
+    link = Uplink()
+    link.to_probe()
+    link.send("video", 30, loss=1 / 30)  # one stray loss: fewer than probe_nack_packets
+    assert link.fallback.up.probe is not None and not link.camera_paused
+    for _ in range(4):
+        link.second(loss=0.0)
+    assert link.fallback.up.mode is Mode.VIDEO, link.modes
+
+
+def test_the_gap_of_what_the_camera_lost_before_its_pause_does_not_end_the_probe() -> None:
+    link = Uplink()
+    link.to_probe()
+    link.seq["video"] += 40  # the tail of the congested period, lost before the pause
+    link.send("video", 30)
+    assert link.fallback.up.probe is not None and not link.camera_paused
