@@ -216,7 +216,12 @@ async def _on_shutdown(app: web.Application) -> None:
 def _media_plane(config: ServerConfig) -> MediaPlane:
     """--workers 0: the media plane in this process; N: N worker processes."""
     if config.workers:
-        return WorkerPool(config.media, config.workers, refresh_s=min(config.stats_interval_s, 5))
+        return WorkerPool(
+            config.media,
+            config.workers,
+            refresh_s=min(config.stats_interval_s, 5),
+            heartbeat_timeout_s=config.worker_heartbeat_timeout_s,
+        )
     return LocalMediaPlane(config.media)
 
 

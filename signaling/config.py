@@ -89,6 +89,8 @@ class ServerConfig:
     # 0: the media plane in this process; N: N worker processes. `signaling run` defaults to
     # the machine's cores (default_workers); a ServerConfig built in code (tests) to 0.
     workers: int = 0
+    # a worker without a heartbeat for this long is hung: killed and restarted, its rooms moved
+    worker_heartbeat_timeout_s: float = 3.0
     # -- end workers --
 
     def __post_init__(self) -> None:
@@ -102,6 +104,9 @@ class ServerConfig:
         self._check_limits()
         if not 0 <= self.workers <= 256:
             raise ValueError("workers must be within 0..256")
+        if not 1.0 <= self.worker_heartbeat_timeout_s <= 600:
+            # heartbeats come every 0.5 s: under a second, a busy worker would be killed
+            raise ValueError("worker_heartbeat_timeout_s must be within 1..600")
         for name in ("resume_grace_s", "peer_timeout_s", "join_timeout_s", "stats_interval_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
@@ -321,6 +326,12 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         help="media worker processes (CONSULT_WORKERS; default: the machine's cores, at most"
         " one per --rtc-ports port; 0: media in this process)",
     )
+    add(
+        "--worker-heartbeat-timeout",
+        type=float,
+        help="seconds without a heartbeat before a media worker is taken as hung, killed and"
+        " restarted (CONSULT_WORKER_HEARTBEAT_TIMEOUT_S, default 3)",
+    )
     # -- secrets, TLS and exposure (issue 11, item 8) --
     add("--api-key-file", help="file holding the API key (CONSULT_API_KEY_FILE)")
     add("--token-secret-file", help="file holding the token secret (CONSULT_TOKEN_SECRET_FILE)")
@@ -465,6 +476,12 @@ def config_from_args(
         ("metrics_host", args.metrics_host, "METRICS_HOST", str),
         ("metrics_port", args.metrics_port, "METRICS_PORT", int),
         ("workers", getattr(args, "workers", None), "WORKERS", int),
+        (
+            "worker_heartbeat_timeout_s",
+            getattr(args, "worker_heartbeat_timeout", None),
+            "WORKER_HEARTBEAT_TIMEOUT_S",
+            float,
+        ),
     ):
         text = pick(flag, name)
         if text is not None:

@@ -601,6 +601,15 @@ def test_workers_option_from_flag_and_env() -> None:
     assert not isinstance(_media_plane(config), WorkerPool)
     with pytest.raises(ValueError, match="workers"):
         config_from_args(parser.parse_args(["--dev", "--workers", "-1"]), env={})
+    # how long a silent worker is given before it is taken as hung
+    assert config.worker_heartbeat_timeout_s == 3.0
+    flag = parser.parse_args(["--dev", "--workers", "2", "--worker-heartbeat-timeout", "7.5"])
+    pool = _media_plane(config_from_args(flag, env={}))
+    assert isinstance(pool, WorkerPool) and pool.heartbeat_timeout_s == 7.5
+    env = {"CONSULT_WORKER_HEARTBEAT_TIMEOUT_S": "12"}
+    assert config_from_args(parser.parse_args(["--dev"]), env=env).worker_heartbeat_timeout_s == 12
+    with pytest.raises(ValueError, match="worker_heartbeat_timeout_s"):
+        config_from_args(parser.parse_args(["--dev", "--worker-heartbeat-timeout", "0.2"]), env={})
 
 
 async def test_an_emptied_room_is_gone_at_once_and_a_rejoin_lands_in_a_fresh_one(
