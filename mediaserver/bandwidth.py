@@ -359,7 +359,12 @@ class BandwidthController:
             self._probe_proven = True
         if not failed and now < self._probe_until:
             return None
-        if failed or not self._probe_proven:
+        if not failed and not measured and now < self._probe_until + cfg.probe_s:
+            # The probe's end is judged on a measured sample: a report of the burst a token
+            # bucket passed can arrive late, in the second half, and nothing after it yet
+            # (20 kbit/s: an audio probe climbed on it and filled the link; issue 20).
+            return None
+        if failed or not self._probe_proven or not measured:
             # Climbing needs evidence: a probe that measured nothing (the peer sent or
             # reported nothing, e.g. it paused its own senders) fails like a lossy one.
             self.abort_probe(now)

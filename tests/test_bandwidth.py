@@ -172,6 +172,32 @@ def test_a_probe_is_proven_only_in_its_second_half() -> None:
     quiet = LinkSample(packets=0)
     assert ctl.update(t + 1.6, quiet, 1, 1) is None
     assert ctl.update(t + CFG.probe_s + 0.1, quiet, 1, 1) is None
+    assert ctl.update(t + 2 * CFG.probe_s + 0.1, quiet, 1, 1) is None
+    assert ctl.probe is None and ctl.mode is Mode.AUDIO_ONLY
+
+
+def test_a_probe_climbs_only_on_a_measured_sample_at_its_end() -> None:
+    ctl = started()
+    run(ctl, [CONGESTED], t0=3)
+    t = 4.0
+    while ctl.probe is None:
+        t += 1
+        ctl.update(t, GOOD, 1, 1)
+    # The report of the burst a token bucket passed arrives late, in the second half; at the
+    # probe's end no fresh report has come yet: no climb on that.
+    assert ctl.update(t + 1.6, GOOD, 1, 1) is None
+    quiet = LinkSample(packets=0)
+    assert ctl.update(t + CFG.probe_s + 0.1, quiet, 1, 1) is None
+    assert ctl.probe is not None and ctl.mode is Mode.AUDIO_ONLY  # still waiting for one
+    assert ctl.update(t + CFG.probe_s + 0.6, LOSSY, 1, 1) is None  # it shows the link short
+    assert ctl.probe is None and ctl.mode is Mode.AUDIO_ONLY
+    # No measured sample at all after the probe's time: it fails after another probe_s.
+    while ctl.probe is None:
+        t += 1
+        ctl.update(t, GOOD, 1, 1)
+    assert ctl.update(t + 1.6, GOOD, 1, 1) is None
+    assert ctl.update(t + CFG.probe_s + 0.1, quiet, 1, 1) is None
+    assert ctl.update(t + 2 * CFG.probe_s + 0.1, quiet, 1, 1) is None
     assert ctl.probe is None and ctl.mode is Mode.AUDIO_ONLY
 
 
