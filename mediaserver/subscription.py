@@ -59,6 +59,7 @@ class Subscription(Emitter):
         # one report after it was sent is counted as lost then (`_overdue`), once.
         self._sent_at_report: int | None = None  # output sequence sent when the last report came
         self._overdue_upto: int | None = None  # counted as lost (overdue) up to this sequence
+        self._overdue_from = 0  # ... from past this one (valid while _overdue_upto is set)
         self.paused = False
         self._send_rtp = send_rtp
         self._counters = counters
@@ -220,30 +221,40 @@ class Subscription(Emitter):
         """What was sent before the previous report and is still past this one's highest
         sequence has been in flight a whole report interval (0.5-1.5 s from aiortc, about 1 s
         from browsers): lost, or queued behind a link that delivers nothing. Counted as lost
-        now (each packet once), so a downlink starved that way is seen."""
+        now (each packet once), so a downlink starved that way is seen. After a change of what
+        flows (`count_loss_from_now`) only packets past its mark count: a receiver that gets
+        nothing never reports past the mark, and the change must not hide that."""
         sent = self._sent_at_report
-        if sent is None or self._count_from is not None:
-            return  # nothing sent yet, or the window after a change (its own accounting)
+        if sent is None:
+            return  # nothing sent yet
         start = highest
+        mark = self._count_from
+        if mark is not None and _ahead(mark, start) > 0:
+            start = mark
         upto = self._overdue_upto
-        if upto is not None and (upto - highest) & 0xFFFF < 0x8000:
+        if upto is not None and _ahead(upto, start) > 0:
             start = upto  # counted up to there already
-        overdue = (sent - start) & 0xFFFF
-        if 0 < overdue < 0x8000:
+        overdue = _ahead(sent, start)
+        if overdue > 0:
             self.own_lost += overdue
             self.own_expected += overdue
+            if upto is None:
+                self._overdue_from = start
             self._overdue_upto = sent
 
     def _overdue_covered(self, highest: int, expected: int) -> int:
         """How many of the packets this report covers (`expected` past the previous highest)
         were counted as overdue already."""
-        upto = self._overdue_upto
-        if upto is None or self.highest_reported is None:
+        upto, first = self._overdue_upto, self._overdue_from
+        previous = self.highest_reported
+        if upto is None or previous is None:
             return 0
-        ahead = (upto - self.highest_reported) & 0xFFFF
-        if (highest - upto) & 0xFFFF < 0x8000:
+        covered = min(expected, _ahead(upto, previous)) - max(0, _ahead(first, previous))
+        if _ahead(highest, upto) >= 0:
             self._overdue_upto = None  # the receiver is past all of them
-        return 0 if ahead >= 0x8000 else min(ahead, expected)
+        elif _ahead(highest, first) > 0:
+            self._overdue_from = highest
+        return max(0, covered)
 
     def count_loss_from_now(self) -> None:
         """What flows to this subscriber changed (bandwidth fallback): own loss counts only
@@ -299,3 +310,9 @@ class Subscription(Emitter):
 
     async def _parent_closed(self, reason: CloseReason) -> None:
         await self.close(reason)
+
+
+def _ahead(a: int, b: int) -> int:
+    """How far sequence number `a` is past `b` (negative: behind), 16-bit wrap."""
+    d = (a - b) & 0xFFFF
+    return d - 0x10000 if d >= 0x8000 else d

@@ -186,3 +186,23 @@ def test_a_link_that_delivers_counts_nothing_overdue() -> None:
         feed(pub, start, start + 50)
         sub.on_report(report(sent, 0))
     assert sub.own_lost == 0 and sub.own_expected == 450
+
+
+def test_after_a_change_a_receiver_that_gets_nothing_is_seen() -> None:
+    """What flows changed (video shed, say) and the receiver gets nothing any more: its reports
+    never pass the change's mark, and the packets after the mark still count as overdue."""
+    pub, sub, sent = setup()
+    feed(pub, 0, 50)
+    first = struct.unpack_from("!H", sent[0], 2)[0]
+    sub.on_report(reported_up_to(first + 49, 0))
+    feed(pub, 50, 100)
+    sub.count_loss_from_now()  # the mark: packet 99
+    sub.on_report(reported_up_to(first + 49, 0))
+    feed(pub, 100, 150)
+    sub.on_report(reported_up_to(first + 49, 0))
+    assert sub.own_expected == 0  # 50-99 were before the change; 100-149 are in flight
+    feed(pub, 150, 200)
+    sub.on_report(reported_up_to(first + 49, 0))
+    assert sub.own_expected == 50 and sub.own_lost == 50  # 100-149, after the change
+    sub.on_report(reported_up_to(first + 199, 100))  # 50-149 lost, 150-199 got, at last
+    assert sub.own_expected == 100 and sub.own_lost == 50  # 100-149 not counted again
