@@ -65,6 +65,10 @@ class FallbackConfig:
         fit: every further packet of it costs the link's audio). An uplink video probe ends
         likewise when the participant's publications have lost that many and that share of
         their packets since it began (the node sees the gaps as they arrive).
+    report_gap_s: a downlink whose subscriber sends no receiver report for this long while
+        media is forwarded to it (other RTCP from it still arriving, so not an outage) counts
+        as starved: its reports are lost on an uplink its own unobeyed media fills, because
+        the `pause` is stuck behind the downlink's audio (20 kbit/s).
     video_priority / audio_priority: source labels, most important first; a source not listed
         ranks after the listed ones.
     """
@@ -85,6 +89,7 @@ class FallbackConfig:
     max_backoff_s: float = 10.0
     probe_nack_packets: int = 4
     probe_nack_share: float = 0.10
+    report_gap_s: float = 4.0
     video_priority: tuple[str, ...] = ("exam-camera", "screen", "camera")
     audio_priority: tuple[str, ...] = ("stethoscope", "microphone")
 
@@ -99,6 +104,8 @@ class FallbackConfig:
             raise ValueError("fallback times are not negative")
         if self.probe_nack_packets < 1 or not 0 < self.probe_nack_share <= 1:
             raise ValueError("probe_nack_packets is at least 1, probe_nack_share within (0, 1]")
+        if self.report_gap_s <= 0:
+            raise ValueError("report_gap_s must be positive")
 
 
 @dataclass(frozen=True, slots=True)

@@ -65,6 +65,9 @@ class LinkFallback:
         self._pub_silent: set[int] = set()  # publications that sent nothing last interval
         self._down_stalled = False
         self._sub_prior: dict[int, tuple[int, int, int, int]] = {}  # reports, octets, own loss
+        # id -> (reports, when that count was first seen, packets sent then, the mean time
+        # between its reports or 0 while unknown): report droughts
+        self._sub_reported: dict[int, tuple[int, float, int, float]] = {}
         self._paused_sources: list[str] = []
         self._down_applied: State | None = None
         self._pause_reason = "bandwidth"
@@ -170,8 +173,24 @@ class LinkFallback:
             now_counts = (sub.reports, sub.octets_sent, sub.own_lost, sub.own_expected)
             reports0, octets0, lost0, expected0 = self._sub_prior.get(key, now_counts)
             self._sub_prior[key] = now_counts
+            seen = self._sub_reported.get(key)
+            if seen is None or seen[0] != sub.reports or sub.paused or self._down_stalled:
+                # A fresh report (its pace learnt), or nothing owed (paused; an outage ending).
+                pace = 0.0 if seen is None else seen[3]
+                if seen is not None and sub.reports > seen[0] and not self._down_stalled:
+                    gap = (now - seen[1]) / (sub.reports - seen[0])
+                    pace = gap if pace == 0.0 else 0.8 * pace + 0.2 * gap
+                seen = self._sub_reported[key] = (sub.reports, now, sub.packets_sent, pace)
             if sub.paused:
                 continue
+            if self._report_drought(seen, now, sub.packets_sent):
+                # Media flows to it and its reports stopped while other RTCP still comes: the
+                # link is starved (docs/fallback.md, "Report droughts"). All of it counts lost.
+                packets += sub.packets_sent - seen[2]
+                loss = 1.0
+                if sub.kind == "audio":
+                    audio_loss = 1.0
+                self._sub_reported[key] = (sub.reports, now, sub.packets_sent, seen[3])
             octets += sub.octets_sent - octets0
             if sub.kind == "video":
                 video_octets += sub.octets_sent - octets0
@@ -200,6 +219,15 @@ class LinkFallback:
             stalled=self._stalled(now),
             video_bps=int(video_octets * 8 / elapsed) if elapsed > 0 else 0,
         )
+
+    def _report_drought(self, seen: tuple[int, float, int, float], now: float, sent: int) -> bool:
+        """No report from a subscriber for `report_gap_s` and three of its usual intervals (a
+        browser reports audio about every 5 s, aiortc every 0.5-1.5 s), though media was
+        forwarded to it meanwhile. Unknown until its pace is learnt."""
+        _, since, sent0, pace = seen
+        if pace <= 0.0 or sent - sent0 < self.config.min_packets:
+            return False
+        return now - since > max(self.config.report_gap_s, 3 * pace)
 
     # -- the interval's decision -------------------------------------------------------------
 
@@ -250,7 +278,9 @@ class LinkFallback:
             self._up_probe_pubs = {p: (p.stats.expected, p.stats.received) for p in pubs}
         self._pubs = list(publications)
         self._apply_uplink(self._pubs)
-        self._sub_prior = {k: v for k, v in self._sub_prior.items() if k in {id(s) for s in subs}}
+        live = {id(s) for s in subs}
+        self._sub_prior = {k: v for k, v in self._sub_prior.items() if k in live}
+        self._sub_reported = {k: v for k, v in self._sub_reported.items() if k in live}
 
     def _step(
         self,

@@ -81,9 +81,10 @@ class Downlink:
         )
         return sub
 
-    def second(self, *, loss: float) -> None:
+    def second(self, *, loss: float, report: tuple[str, ...] = ("audio", "video")) -> None:
         """One second of media (50 audio, 30 video packets), then a receiver report per
-        stream that lost `loss` of what it was sent, then the fallback's tick."""
+        stream in `report` that lost `loss` of what it was sent, then the fallback's tick
+        (other RTCP from the subscriber arrived: not an outage)."""
         for kind, count, size in (("audio", 50, 100), ("video", 30, 1000)):
             pub = self.pubs[kind]
             before = len(self.sent[kind])
@@ -96,7 +97,7 @@ class Downlink:
                 pub.on_rtp(head + b"\x10" + bytes(size), self.now)
             forwarded = len(self.sent[kind]) - before
             self.lost_total[kind] += int(forwarded * loss)
-            if self.sent[kind]:
+            if self.sent[kind] and kind in report:
                 highest = struct.unpack_from("!H", self.sent[kind][-1], 2)[0]
                 block = ReportBlock(
                     ssrc=self.subs[kind].ssrc,

@@ -1,0 +1,61 @@
+"""A downlink whose subscriber's receiver reports stop while media still flows to it (and other
+RTCP from it still arrives: not an outage) is starved: at 20 kbit/s the patient's reports were
+lost on an uplink its own media filled, because the `pause` that would have stopped that media
+sat behind the downlink's audio (issue 20). LinkFallback on real Publication and Subscription
+objects (tests/test_fallback_probe.py's Downlink), time given by the test."""
+
+from __future__ import annotations
+
+from mediaserver.bandwidth import Mode
+
+from .test_fallback_probe import CONFIG, Downlink
+
+
+def audio_only() -> Downlink:
+    link = Downlink()
+    for _ in range(3):
+        link.second(loss=0.0)  # reports every second: the subscriber's pace is learnt
+    for _ in range(4):
+        link.second(loss=0.3)
+        if link.fallback.down.mode is not Mode.VIDEO:
+            break
+    assert link.fallback.down.mode is Mode.AUDIO_ONLY, link.modes
+    return link
+
+
+def test_reports_that_stop_while_audio_flows_step_down_to_chat_only() -> None:
+    link = audio_only()
+    for _ in range(8):
+        link.second(loss=0.0, report=())  # audio flows, no report comes back
+        if link.fallback.down.mode is Mode.CHAT_ONLY:
+            break
+    assert link.fallback.down.mode is Mode.CHAT_ONLY, link.modes
+    assert link.subs["audio"].paused  # the downlink's audio stops: the link is free again
+    assert CONFIG.report_gap_s == 4.0
+
+
+def test_a_subscriber_that_reports_audio_every_5_s_is_not_starved() -> None:
+    """A browser reports received audio about every 5 s (randomized, 2.5-7.5 s), video about
+    every second: each stream's own pace, not the default gap, sets what a drought is."""
+    link = Downlink()
+    for i in range(15):  # a good link: the paces are learnt
+        link.second(loss=0.0, report=("audio", "video") if i % 5 == 4 else ("video",))
+    for _ in range(4):  # the video's reports show loss: its video is shed
+        link.second(loss=0.3, report=("video",))
+        if link.fallback.down.mode is not Mode.VIDEO:
+            break
+    assert link.fallback.down.mode is Mode.AUDIO_ONLY, link.modes
+    for i in range(21):  # 21 s of a good link in audio-only, an audio report every 7 s
+        link.second(loss=0.0, report=("audio",) if i % 7 == 6 else ())
+    assert link.fallback.down.mode is Mode.AUDIO_ONLY, link.modes
+
+
+def test_an_outage_is_not_a_drought() -> None:
+    """No RTCP at all: the link is stalled and holds its mode; its return starts afresh."""
+    link = audio_only()
+    link.now += 6.0  # 6 s with nothing from the subscriber at all
+    link.fallback.tick(link.now, [], list(link.subs.values()))
+    assert link.fallback.down.mode is Mode.AUDIO_ONLY
+    link.second(loss=0.0)  # back, with its reports
+    link.second(loss=0.0)
+    assert link.fallback.down.mode is Mode.AUDIO_ONLY, link.modes
