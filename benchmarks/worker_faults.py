@@ -41,15 +41,12 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import numpy as np
-from aiortc import MediaStreamTrack, VideoStreamTrack
+from aiortc import MediaStreamTrack
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamError
-from av import VideoFrame
 
 from benchmarks.common import percentile, table
 from loadtest.report import machine_summary, write_section
@@ -58,27 +55,10 @@ from mediaserver.workers import port_slices
 from signaling.auth import encode_token
 from signaling.client import ConsultClient
 from signaling.config import DEV_API_KEY, DEV_TOKEN_SECRET
+from tests.test_e2e_media import SyntheticVideo
+from tests.test_workers import worker_processes
 
 FREEZE_S = 0.5  # a gap between decoded frames longer than this is a freeze (loadtest's)
-
-
-class BarVideo(VideoStreamTrack):
-    """A moving bar: something to encode, frames to decode."""
-
-    def __init__(self, shade: int) -> None:
-        super().__init__()
-        self.shade = shade
-        self.count = 0
-
-    async def recv(self) -> VideoFrame:
-        pts, time_base = await self.next_timestamp()
-        img = np.full((240, 320, 3), self.shade, np.uint8)
-        x = (self.count * 8) % 320
-        img[:, x : x + 16] = 255
-        self.count += 1
-        frame = VideoFrame.from_ndarray(img, format="bgr24")
-        frame.pts, frame.time_base = pts, Fraction(time_base)
-        return frame
 
 
 # -- processes --------------------------------------------------------------------------------
@@ -89,26 +69,6 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
-
-
-def worker_processes(parent: int) -> list[int]:
-    """Live media worker processes of the node `parent` (their --parent)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-            with open(f"/proc/{entry}/stat") as f:
-                state = f.read().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if b"mediaserver.worker" not in argv or b"--parent" not in argv or state in "ZX":
-            continue
-        if argv[argv.index(b"--parent") + 1] == str(parent).encode():
-            found.append(int(entry))
-    return found
 
 
 def udp_ports(pid: int) -> set[int]:
@@ -311,8 +271,8 @@ async def consultation(node: Node, room: str, shade: int) -> Consultation:
     await patient.connect(token(room, "patient"))
     await doctor.wait_state("admitted")
     await patient.wait_state("admitted")
-    await doctor.publish(BarVideo(shade), AudioStreamTrack())
-    await patient.publish(BarVideo(255 - shade), AudioStreamTrack())
+    await doctor.publish(SyntheticVideo(shade), AudioStreamTrack())
+    await patient.publish(SyntheticVideo(255 - shade), AudioStreamTrack())
     assert doctor.participant_id and patient.participant_id
     watches = [Watch(doctor, patient.participant_id), Watch(patient, doctor.participant_id)]
     for w in watches:

@@ -49,6 +49,15 @@ def started() -> BandwidthController:
     return ctl
 
 
+def to_probe(ctl: BandwidthController, t: float = 4.0) -> float:
+    """Congestion sheds video, then good samples until a probe starts; returns its time."""
+    run(ctl, [CONGESTED], t0=t - 1)
+    while ctl.probe is None:
+        t += 1
+        ctl.update(t, GOOD, 1, 1)
+    return t
+
+
 def test_congestion_sheds_video_quickly_and_not_on_one_blip() -> None:
     ctl = started()
     blip = LinkSample(loss=0.15, audio_loss=0.15, packets=100, goodput_bps=500_000)
@@ -150,11 +159,7 @@ def test_climbing_from_chat_only_takes_both_levels_without_a_second_dwell() -> N
 
 def test_a_probe_on_a_link_still_short_ends_at_its_first_lossy_sample() -> None:
     ctl = started()
-    run(ctl, [CONGESTED], t0=3)
-    t = 4.0
-    while ctl.probe is None:
-        t += 1
-        ctl.update(t, GOOD, 1, 1)
+    t = to_probe(ctl)
     # Each second of a probe on a short link costs audio: the first bad sample ends it.
     assert ctl.update(t + 1, LOSSY, 1, 1) is None
     assert ctl.probe is None and ctl.mode is Mode.AUDIO_ONLY
@@ -162,11 +167,7 @@ def test_a_probe_on_a_link_still_short_ends_at_its_first_lossy_sample() -> None:
 
 def test_a_probe_is_proven_only_in_its_second_half() -> None:
     ctl = started()
-    run(ctl, [CONGESTED], t0=3)
-    t = 4.0
-    while ctl.probe is None:
-        t += 1
-        ctl.update(t, GOOD, 1, 1)
+    t = to_probe(ctl)
     # A good first report (a token bucket's burst passes), then no report at all.
     assert ctl.update(t + 0.5, GOOD, 1, 1) is None
     quiet = LinkSample(packets=0)
@@ -178,11 +179,7 @@ def test_a_probe_is_proven_only_in_its_second_half() -> None:
 
 def test_a_probe_climbs_only_on_a_measured_sample_at_its_end() -> None:
     ctl = started()
-    run(ctl, [CONGESTED], t0=3)
-    t = 4.0
-    while ctl.probe is None:
-        t += 1
-        ctl.update(t, GOOD, 1, 1)
+    t = to_probe(ctl)
     # The report of the burst a token bucket passed arrives late, in the second half; at the
     # probe's end no fresh report has come yet: no climb on that.
     assert ctl.update(t + 1.6, GOOD, 1, 1) is None

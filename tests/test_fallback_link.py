@@ -16,9 +16,12 @@ OPUS = CodecInfo("audio/opus", 48000, 2, {}, 111, 0, False)
 VP8 = CodecInfo("video/VP8", 90000, None, {}, 96, 97, False)
 
 
-def publication(kind: str, source: str, codec: CodecInfo, ssrc: int) -> Publication:
+def publication(
+    kind: str, source: str, codec: CodecInfo, ssrc: int, *, participant: str = "p", cache: int = 64
+) -> Publication:
+    """A publication as the node makes one, its packets given by the test."""
     return Publication(
-        participant_id="p",
+        participant_id=participant,
         kind=kind,
         source=source,
         mid="0" if kind == "audio" else "1",
@@ -26,7 +29,7 @@ def publication(kind: str, source: str, codec: CodecInfo, ssrc: int) -> Publicat
         ssrc=ssrc,
         rtx_ssrc=None,
         audio_level_id=0,
-        cache_size=64,
+        cache_size=cache,
         counters=NodeCounters(),
         send_rtcp=lambda data: True,
         rtcp_ssrc=1,

@@ -8,17 +8,15 @@ from __future__ import annotations
 import struct
 
 from mediaserver.bandwidth import FallbackConfig, Mode
-from mediaserver.codecs import CodecInfo
 from mediaserver.demux import Demux
 from mediaserver.events import NodeCounters
 from mediaserver.fallback import LinkFallback
 from mediaserver.forwarder import ExtensionIds
-from mediaserver.publication import Publication
 from mediaserver.rtp.rtcp import ReportBlock
 from mediaserver.subscription import Subscription
 
-OPUS = CodecInfo("audio/opus", 48000, 2, {}, 111, 0, False)
-VP8 = CodecInfo("video/VP8", 90000, None, {}, 96, 97, False)
+from .test_fallback_link import OPUS, VP8, publication
+
 CONFIG = FallbackConfig(settle_s=0.0, min_dwell_s=2.0, probe_s=2.5, min_packets=4)
 
 
@@ -38,29 +36,14 @@ class Downlink:
         self.seq = {"audio": 0, "video": 0}
         self.sent: dict[str, list[bytes]] = {"audio": [], "video": []}
         self.pubs = {
-            "audio": self._publication("audio", "microphone", OPUS, 0x1111),
-            "video": self._publication("video", "camera", VP8, 0x2222),
+            "audio": publication(
+                "audio", "microphone", OPUS, 0x1111, participant="doctor", cache=1024
+            ),
+            "video": publication("video", "camera", VP8, 0x2222, participant="doctor", cache=1024),
         }
         self.subs = {kind: self._subscription(kind) for kind in ("audio", "video")}
         self.lost_total = {"audio": 0, "video": 0}
         self.now = 0.0
-
-    def _publication(self, kind: str, source: str, codec: CodecInfo, ssrc: int) -> Publication:
-        return Publication(
-            participant_id="doctor",
-            kind=kind,
-            source=source,
-            mid="0" if kind == "audio" else "1",
-            codec=codec,
-            ssrc=ssrc,
-            rtx_ssrc=None,
-            audio_level_id=0,
-            cache_size=1024,
-            counters=self.counters,
-            send_rtcp=lambda data: True,
-            rtcp_ssrc=1,
-            pli_throttle_s=1.0,
-        )
 
     def _subscription(self, kind: str) -> Subscription:
         out = self.sent[kind]
@@ -204,31 +187,14 @@ class Uplink:
             emit_pause=lambda sources, reason: self.pauses.append((sources, reason)),
         )
         self.pubs = {
-            "audio": self._publication("audio", "microphone", OPUS, 0x3333),
-            "video": self._publication("video", "camera", VP8, 0x4444),
+            "audio": publication("audio", "microphone", OPUS, 0x3333, participant="patient"),
+            "video": publication("video", "camera", VP8, 0x4444, participant="patient"),
         }
         self.demux = Demux({p.mid: p for p in self.pubs.values()}, self.fallback)
         for pub in self.pubs.values():
             self.demux.add_publication(pub)
         self.seq = {"audio": 0, "video": 0}
         self.now = 0.0
-
-    def _publication(self, kind: str, source: str, codec: CodecInfo, ssrc: int) -> Publication:
-        return Publication(
-            participant_id="patient",
-            kind=kind,
-            source=source,
-            mid="0" if kind == "audio" else "1",
-            codec=codec,
-            ssrc=ssrc,
-            rtx_ssrc=None,
-            audio_level_id=0,
-            cache_size=1024,
-            counters=self.counters,
-            send_rtcp=lambda data: True,
-            rtcp_ssrc=1,
-            pli_throttle_s=1.0,
-        )
 
     @property
     def camera_paused(self) -> bool:
