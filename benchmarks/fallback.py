@@ -384,12 +384,19 @@ def audio_counts(call: Patient) -> tuple[int, int, int, int]:
     return (*call.downlink_audio(), up.stats.expected, up.stats.received)
 
 
-def loss_between(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
+def losses_between(
+    a: tuple[int, int, int, int], b: tuple[int, int, int, int]
+) -> tuple[float, float]:
+    """(downlink, uplink) audio loss between two `audio_counts`."""
     down = (b[0] - a[0]) & 0xFFFF
     down_loss = (b[1] - a[1]) / down if down > 0 else 1.0
     up = b[2] - a[2]
     up_loss = ((b[2] - a[2]) - (b[3] - a[3])) / up if up > 0 else 1.0
-    return max(down_loss, up_loss)
+    return down_loss, up_loss
+
+
+def loss_between(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
+    return max(losses_between(a, b))
 
 
 async def climb(call: Patient, rec: Recorder, run: Run) -> bool:
@@ -444,11 +451,12 @@ async def scenario_150k(call: Patient, rec: Recorder, run: Run) -> bool:
     await asyncio.sleep(1.5)  # queues drain
     a = audio_counts(call)
     await asyncio.sleep(15 - (time.monotonic() - t0))
-    run.audio_loss = loss_between(a, audio_counts(call))
+    down_loss, up_loss = losses_between(a, audio_counts(call))
+    run.audio_loss = max(down_loss, up_loss)
     end = time.monotonic()
-    run.audio_gap_s = max(
-        rec.gap_up(stepped, min(end, stepped + 10)), rec.gap_down(stepped, min(end, stepped + 10))
-    )
+    gap_up = rec.gap_up(stepped, min(end, stepped + 10))
+    gap_down = rec.gap_down(stepped, min(end, stepped + 10))
+    run.audio_gap_s = max(gap_up, gap_down)
     modes = [m for _, _, m in rec.modes(t0, end)]
     if "chat-only" in modes:
         run.why = f"chat-only at 150 kbit/s ({rec.modes(t0, end)})"
@@ -457,9 +465,17 @@ async def scenario_150k(call: Patient, rec: Recorder, run: Run) -> bool:
         run.why = "never audio-only"
         return False
     if run.audio_gap_s > 1.0 or run.audio_loss > 0.02:
-        run.why = f"audio gap {run.audio_gap_s:.1f} s, loss {run.audio_loss:.1%}"
+        run.why = (
+            f"audio gap {run.audio_gap_s:.1f} s, loss {run.audio_loss:.1%} (downlink: gap "
+            f"{gap_down:.1f} s, loss {down_loss:.1%}; uplink: gap {gap_up:.1f} s, "
+            f"loss {up_loss:.1%})"
+        )
         return False
     return True
+
+
+def _also(why: str, more: str) -> str:
+    return f"{why}; {more}" if why else more
 
 
 async def scenario_20k(call: Patient, rec: Recorder, run: Run) -> bool:
@@ -494,11 +510,16 @@ async def scenario_20k(call: Patient, rec: Recorder, run: Run) -> bool:
         max(0.1, 12 - (time.monotonic() - sent)),
     )
     if to_patient is None or to_doctor is None:
-        run.why = run.why or "a chat was not delivered within 12 s"
+        missing = [
+            w
+            for w, t in (("to the patient", to_patient), ("to the doctor", to_doctor))
+            if t is None
+        ]
+        run.why = _also(run.why, f"a chat was not delivered within 12 s ({', '.join(missing)})")
         return False
     run.chat_s = max(to_patient, to_doctor) - sent
     if run.chat_s > 5:
-        run.why = run.why or f"chat took {run.chat_s:.1f} s"
+        run.why = _also(run.why, f"chat took {run.chat_s:.1f} s")
         ok = False
     await asyncio.sleep(max(0.0, 25 - (time.monotonic() - t0)))
     return ok
@@ -522,7 +543,8 @@ async def scenario_outage(call: Patient, rec: Recorder, run: Run) -> bool:
     await asyncio.sleep(max(0.0, 15 - (time.monotonic() - t_back)))
     steps = [(d, m) for _, d, m in rec.modes(t_back) if m != "video"]
     if up_t is None or down_t is None:
-        run.why = "media did not resume within 10 s"
+        gone = [w for w, t in (("uplink", up_t), ("downlink", down_t)) if t is None]
+        run.why = f"media did not resume within 10 s ({', '.join(gone)})"
         return False
     run.step_down_s = max(up_t, down_t) - t_back  # here: media back after the return
     if steps:
@@ -641,7 +663,7 @@ def row(scenario: str, client: str, mine: list[Run]) -> list[str]:
 PATIENTS = {
     "aiortc": "`aiortc`: the aiortc client (`ConsultClient`, obeys `pause` and nothing else), "
     "moving bars and a tone (Opus 40 kbit/s); what it received from its own reports (decoded "
-    "frames every 0.5 s, chats as they arrive).",
+    "frames every 0.5 s, chats as they arrive) and, for audio loss, its RTCP receiver reports.",
     "chromium": "`chromium`: Debian's Chromium (headless, Playwright) on the demo page "
     "(consult.js: obeys `pause` and the REMB cap), its fake camera and microphone; what it "
     "received from the page: getStats every 0.5 s (inbound-rtp audio packets received and "
@@ -674,7 +696,7 @@ def report(runs: list[Run], command: str, load: str) -> str:
             "`audio gap` the longest silence either way in the 10 s after the step-down; "
             "`mode changes` the most in one direction (oscillating); `climb` both directions "
             "back to video after clearing; `first frame` after the downlink's `video` event "
-            "(0.5 s resolution). `-`: not measured in that scenario.",
+            "(0.5 s resolution). `-`: not measured (not in that scenario, or no run got that far).",
             "",
             table(HEADERS, rows(runs)),
             "",
