@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import shlex
@@ -344,9 +345,20 @@ class Recorder:
             ]
         )
 
+    def sample_step(self, since: float, until: float) -> float:
+        """Longest time between two of the patient's stats samples: a downlink gap up to this
+        long may be the sampling's (a busy patient or page), not the audio's."""
+        return _longest_step(
+            [t for t, e in self.patient if e.get("event") == "stats" and since <= t <= until]
+        )
+
     def video_frames(self) -> int:
         stats = [e for _, e in self.patient if e.get("event") == "stats"]
         return int(stats[-1]["video_frames"]) if stats else 0
+
+
+def _longest_step(times: list[float]) -> float:
+    return max((b - a for a, b in itertools.pairwise(times)), default=0.0)
 
 
 def _longest_flat(series: list[tuple[float, int]]) -> float:
@@ -467,8 +479,9 @@ async def scenario_150k(call: Patient, rec: Recorder, run: Run) -> bool:
     if run.audio_gap_s > 1.0 or run.audio_loss > 0.02:
         run.why = (
             f"audio gap {run.audio_gap_s:.1f} s, loss {run.audio_loss:.1%} (downlink: gap "
-            f"{gap_down:.1f} s, loss {down_loss:.1%}; uplink: gap {gap_up:.1f} s, "
-            f"loss {up_loss:.1%})"
+            f"{gap_down:.1f} s, patient samples up to "
+            f"{rec.sample_step(stepped, min(end, stepped + 10)):.1f} s apart, loss "
+            f"{down_loss:.1%}; uplink: gap {gap_up:.1f} s, loss {up_loss:.1%})"
         )
         return False
     return True

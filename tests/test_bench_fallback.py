@@ -6,7 +6,17 @@ from typing import Any
 
 import pytest
 
-from benchmarks.fallback import HEADERS, Run, _longest_flat, first_at, fmt, loss_between, rows
+from benchmarks.fallback import (
+    HEADERS,
+    Run,
+    _longest_flat,
+    _longest_step,
+    first_at,
+    fmt,
+    loss_between,
+    losses_between,
+    rows,
+)
 
 
 def test_rows_one_per_scenario_and_client_in_order() -> None:
@@ -66,3 +76,14 @@ def test_first_at_uses_the_event_stamp() -> None:
     ]
     assert first_at(events, lambda e: e["event"] == "chat") == 1.2
     assert first_at(events, lambda e: e["event"] == "mode") is None
+
+
+def test_longest_step_between_samples() -> None:
+    assert _longest_step([]) == 0.0
+    assert _longest_step([1.0]) == 0.0
+    assert _longest_step([0.0, 0.5, 4.5, 5.0]) == pytest.approx(4.0)
+
+
+def test_losses_between_per_direction() -> None:
+    down, up = losses_between((0, 0, 0, 0), (100, 4, 200, 198))
+    assert (down, up) == (pytest.approx(0.04), pytest.approx(0.01))
