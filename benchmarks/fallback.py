@@ -423,7 +423,9 @@ async def climb(call: Patient, rec: Recorder, run: Run) -> bool:
         lambda: mode_now("uplink") == "video" and mode_now("downlink") == "video", CLIMB_S + 5
     )
     if back is None:
-        run.why = run.why or f"no climb back to video (modes {call.media().info()['modes']})"
+        run.why = _also(
+            run.why, f"no climb back to video in 20 s (modes {call.media().info()['modes']})"
+        )
         return False
     run.climb_s = back - t0
 
@@ -447,7 +449,7 @@ async def climb(call: Patient, rec: Recorder, run: Run) -> bool:
 
 
 def _too_slow(run: Run) -> bool:
-    run.why = run.why or f"back to video only after {run.climb_s:.1f} s"
+    run.why = _also(run.why, f"back to video only after {run.climb_s:.1f} s")
     return False
 
 
@@ -709,7 +711,8 @@ def report(runs: list[Run], command: str, load: str) -> str:
             "`audio gap` the longest silence either way in the 10 s after the step-down; "
             "`mode changes` the most in one direction (oscillating); `climb` both directions "
             "back to video after clearing; `first frame` after the downlink's `video` event "
-            "(0.5 s resolution). `-`: not measured (not in that scenario, or no run got that far).",
+            "(0.5 s resolution). `-`: not measured (not in that scenario, or no run got there: "
+            "see the failures).",
             "",
             table(HEADERS, rows(runs)),
             "",
