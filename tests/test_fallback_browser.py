@@ -128,6 +128,31 @@ class BrowserCall:
         info = media.info() if media is not None else self.snapshot()
         return f"page: {page}\nserver view: {info}\nconsole:\n" + "\n".join(self.console[-30:])
 
+    async def join(self, browser: Any) -> Any:
+        """The doctor (aiortc, on loopback: webcam-like video and a tone) joins and publishes;
+        the demo page opens in `browser` as the patient and knocks; the doctor admits it (the
+        page then publishes its fake camera and microphone). Returns the page."""
+        doctor = self.doctor = ConsultClient(f"http://127.0.0.1:{self.port}")
+        await doctor.connect(self.token("doctor"))
+        await doctor.publish(WebcamVideo(), ToneTrack())
+
+        page = self.page = await browser.new_page()
+        page.on("console", lambda m: self.console.append(f"{m.type}: {m.text}"))
+        page.on("pageerror", lambda e: self.console.append(f"pageerror: {e}"))
+        url = (
+            f"http://{self.link.host_ip}:{self.port}/demo?token={self.token('patient')}&room={ROOM}"
+        )
+        await page.goto(url)
+
+        async def knocked() -> bool:
+            return any(m.get("type") == "knock" for m in doctor.messages)
+
+        await _until("the browser patient's knock", knocked, 30, self.diag)
+        knock = await doctor.wait_for("knock")
+        self.patient_id = knock["participant"]["id"]
+        await doctor.admit(self.patient_id)
+        return page
+
     async def pill(self) -> str:
         return str(await self.page.evaluate("document.getElementById('mode').textContent"))
 
@@ -187,23 +212,7 @@ async def test_demo_page_shows_audio_only_on_a_short_link_and_video_back(
     shaped_browser: tuple[BrowserCall, Any],
 ) -> None:
     call, browser = shaped_browser
-    doctor = call.doctor = ConsultClient(f"http://127.0.0.1:{call.port}")
-    await doctor.connect(call.token("doctor"))
-    await doctor.publish(WebcamVideo(), ToneTrack())
-
-    page = call.page = await browser.new_page()
-    page.on("console", lambda m: call.console.append(f"{m.type}: {m.text}"))
-    page.on("pageerror", lambda e: call.console.append(f"pageerror: {e}"))
-    url = f"http://{call.link.host_ip}:{call.port}/demo?token={call.token('patient')}&room={ROOM}"
-    await page.goto(url)
-
-    async def knocked() -> bool:
-        return any(m.get("type") == "knock" for m in doctor.messages)
-
-    await _until("the browser patient's knock", knocked, 30, call.diag)
-    knock = await doctor.wait_for("knock")
-    call.patient_id = knock["participant"]["id"]
-    await doctor.admit(call.patient_id)
+    page = await call.join(browser)
 
     async def inbound() -> dict[str, dict[str, int]]:
         stats: dict[str, dict[str, int]] = await page.evaluate(INBOUND_STATS_JS)
