@@ -59,6 +59,9 @@ class FallbackConfig:
     min_dwell_s: time in a lower mode before the first probe up.
     probe_s: how long a probe lets the next level's media flow before climbing.
     max_backoff_s: ceiling of the probe wait and of the dwell after repeated failures.
+    audio_backoff_s: ceiling of the wait between audio probes (chat-only -> audio-only): they
+        cost one audio stream for a probe's time, and a link that comes back must be found
+        soon enough for video within 15 s of its return (two probes, one per level).
     probe_nack_packets / probe_nack_share: a downlink video probe ends at once, before the
         next receiver report, when the subscriber has NACKed at least this many of the video
         packets forwarded since it began and at least this share of them (its video does not
@@ -87,6 +90,7 @@ class FallbackConfig:
     min_dwell_s: float = 5.0
     probe_s: float = 2.5
     max_backoff_s: float = 10.0
+    audio_backoff_s: float = 5.0
     probe_nack_packets: int = 4
     probe_nack_share: float = 0.10
     report_gap_s: float = 4.0
@@ -106,6 +110,8 @@ class FallbackConfig:
             raise ValueError("probe_nack_packets is at least 1, probe_nack_share within (0, 1]")
         if self.report_gap_s <= 0:
             raise ValueError("report_gap_s must be positive")
+        if not 0 <= self.audio_backoff_s <= self.max_backoff_s:
+            raise ValueError("audio_backoff_s is within [0, max_backoff_s]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +135,7 @@ class LinkSample:
     sent_bps: int = 0
     video_bps: int = 0
     stalled: bool = False
+    report_pace_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -338,8 +345,11 @@ class BandwidthController:
         # A probe starts on a measured good sample: where media flows, silence (reports lost
         # on a short uplink) is no evidence of a good link. In chat-only nothing flows and
         # nothing can be measured: there the probe itself is the measurement.
-        good = sample.loss <= cfg.good_loss and (measured or state.mode is Mode.CHAT_ONLY)
-        good = good and self.may_probe
+        # Right after a proven climb the climb's own sample was that evidence: a receiver
+        # that reports audio every 5 s (a browser) would otherwise hold the next level back
+        # until its next report.
+        evidence = measured or state.mode is Mode.CHAT_ONLY or self._climbing
+        good = sample.loss <= cfg.good_loss and evidence and self.may_probe
         upper = step_up(state, n_video, n_audio)
         # After a proven climb (chat-only -> audio-only) the next level is probed once the
         # settle time ends: the link just proved itself, and the dwell exists against flapping
@@ -366,7 +376,10 @@ class BandwidthController:
             self._probe_proven = True
         if not failed and now < self._probe_until:
             return None
-        if not failed and not measured and now < self._probe_until + cfg.probe_s:
+        # A receiver that reports seldom (a browser's audio: every 5 s) gets 1.5 of its
+        # intervals for the evidence, never more than the backoff ceiling.
+        wait = max(cfg.probe_s, min(cfg.max_backoff_s, 1.5 * sample.report_pace_s))
+        if not failed and not measured and now < self._probe_until + wait:
             # The probe's end is judged on a measured sample: a report of the burst a token
             # bucket passed can arrive late, in the second half, and nothing after it yet
             # (20 kbit/s: an audio probe climbed on it and filled the link; issue 20).
@@ -385,14 +398,17 @@ class BandwidthController:
 
     def abort_probe(self, now: float) -> None:
         """The running probe failed (judged on a sample, or by its owner before one: the
-        receiver NACKs its video): the mode stays, the next probe waits twice as long."""
+        receiver NACKs its video): the mode stays, the next probe waits twice as long (an
+        audio probe, from chat-only, at most `audio_backoff_s`)."""
         if self.probe is None:
             return
         cfg = self.config
+        ceiling = cfg.audio_backoff_s if self.state.mode is Mode.CHAT_ONLY else cfg.max_backoff_s
         self.probe = None
+        self._climbing = False  # the link failed a probe: the next one needs fresh evidence
         self._probe_failures += 1
         wait = cfg.min_dwell_s * (2 ** min(self._probe_failures, 6))
-        self._next_probe = now + min(cfg.max_backoff_s, wait)
+        self._next_probe = now + min(ceiling, wait)
         self._settle_until = now + cfg.settle_s
 
     def _down(self, now: float, target: State, reason: str) -> Change | None:

@@ -168,6 +168,7 @@ class LinkFallback:
         packets = octets = 0
         estimate: int | None = None
         video_octets = 0
+        pace = 0.0  # the shortest learnt report interval among the streams that flow
         for sub in subs:
             key = id(sub)
             now_counts = (sub.reports, sub.octets_sent, sub.own_lost, sub.own_expected)
@@ -176,13 +177,15 @@ class LinkFallback:
             seen = self._sub_reported.get(key)
             if seen is None or seen[0] != sub.reports or sub.paused or self._down_stalled:
                 # A fresh report (its pace learnt), or nothing owed (paused; an outage ending).
-                pace = 0.0 if seen is None else seen[3]
+                learnt = 0.0 if seen is None else seen[3]
                 if seen is not None and sub.reports > seen[0] and not self._down_stalled:
                     gap = (now - seen[1]) / (sub.reports - seen[0])
-                    pace = gap if pace == 0.0 else 0.8 * pace + 0.2 * gap
-                seen = self._sub_reported[key] = (sub.reports, now, sub.packets_sent, pace)
+                    learnt = gap if learnt == 0.0 else 0.8 * learnt + 0.2 * gap
+                seen = self._sub_reported[key] = (sub.reports, now, sub.packets_sent, learnt)
             if sub.paused:
                 continue
+            if seen[3] > 0.0:
+                pace = seen[3] if pace == 0.0 else min(pace, seen[3])
             if self._report_drought(seen, now, sub.packets_sent):
                 # Media flows to it and its reports stopped while other RTCP still comes: the
                 # link is starved (docs/fallback.md, "Report droughts"). All of it counts lost.
@@ -218,6 +221,7 @@ class LinkFallback:
             sent_bps=sent_bps,
             stalled=self._stalled(now),
             video_bps=int(video_octets * 8 / elapsed) if elapsed > 0 else 0,
+            report_pace_s=pace,
         )
 
     def _report_drought(self, seen: tuple[int, float, int, float], now: float, sent: int) -> bool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from mediaserver.bandwidth import (
@@ -366,3 +368,46 @@ def test_config_is_validated() -> None:
         FallbackConfig(good_loss=0.2, video_loss=0.1)
     with pytest.raises(ValueError):
         FallbackConfig(down_samples=0)
+
+
+def test_audio_probes_from_chat_only_back_off_less_than_video_probes() -> None:
+    """A probe from chat-only costs one audio stream: however often it failed, the next one
+    comes within `audio_backoff_s`, so a link that returns is found in time for video within
+    15 s (two probes); video probes back off to `max_backoff_s`."""
+    ctl = started()
+    run(ctl, [STARVED] * 4, t0=3)
+    assert ctl.mode is Mode.CHAT_ONLY
+    t, starts = 7.0, list[float]()
+    while len(starts) < 5:
+        t += 0.5
+        ctl.update(t, LinkSample(packets=0), 1, 1)
+        if ctl.probe is not None:
+            starts.append(t)
+            t += 1.0
+            ctl.update(t, STARVED, 1, 1)  # the link is still short: the probe fails
+            assert ctl.probe is None and ctl.mode is Mode.CHAT_ONLY
+    waits = [b - a for a, b in itertools.pairwise(starts)]
+    assert max(waits) <= 1.0 + CFG.audio_backoff_s + 0.5, waits
+    assert CFG.audio_backoff_s < CFG.max_backoff_s
+
+
+def test_after_a_climb_the_next_level_is_probed_without_waiting_for_a_report() -> None:
+    """A browser reports received audio every 5 s: after the climb to audio-only (proven by a
+    report), the video probe starts once the settle time ends, not at the next report. After
+    a failed probe, silence is no evidence again."""
+    ctl = started()
+    run(ctl, [STARVED] * 4, t0=3)
+    assert ctl.mode is Mode.CHAT_ONLY
+    t = 7.0
+    while ctl.probe is None:
+        t += 0.5
+        ctl.update(t, LinkSample(packets=0), 1, 1)
+    t += CFG.probe_s
+    change = ctl.update(t, GOOD, 1, 1)  # the audio's report, at the probe's end
+    assert change is not None and change.mode is Mode.AUDIO_ONLY
+    quiet = LinkSample(packets=0)  # no report in the next seconds
+    run(ctl, [quiet] * 4, t0=t, dt=0.5)
+    assert ctl.probe is not None and ctl.probe.mode is Mode.VIDEO
+    ctl.abort_probe(t + 2.5)  # the video probe failed: silence proves nothing now
+    run(ctl, [quiet] * 40, t0=t + 2.5, dt=0.5)
+    assert ctl.probe is None and ctl.mode is Mode.AUDIO_ONLY

@@ -59,3 +59,26 @@ def test_an_outage_is_not_a_drought() -> None:
     link.second(loss=0.0)  # back, with its reports
     link.second(loss=0.0)
     assert link.fallback.down.mode is Mode.AUDIO_ONLY, link.modes
+
+
+def test_a_subscriber_that_reports_audio_every_5_s_climbs_back_from_chat_only() -> None:
+    """Chromium reports received audio about every 5 s: a probe of audio alone (chat-only ->
+    audio-only) waits for its evidence one and a half of the stream's own intervals, not
+    `probe_s`, or an audio probe whose report falls after it ends unmeasured, every time
+    (issue 20's scorecard: Chromium's downlink did not climb back in 20 s). Each phase of the
+    reports against the probes climbs back to video."""
+    for phase in range(5):
+        link = Downlink()
+        for i in range(15):  # a good link: audio reported every 5 s, video every second
+            link.second(loss=0.0, report=("audio", "video") if i % 5 == 4 else ("video",))
+        for i in range(20):  # the link fails: video shed, then audio lost
+            link.second(loss=0.9, report=("audio", "video") if i % 5 == 4 else ("video",))
+            if link.fallback.down.mode is Mode.CHAT_ONLY:
+                break
+        assert link.fallback.down.mode is Mode.CHAT_ONLY, link.modes
+        assert link.subs["audio"].paused
+        for i in range(30):  # the link is good again; audio still reported every 5 s
+            report = ("audio", "video") if (i + phase) % 5 == 4 else ("video",)
+            link.second(loss=0.0, report=report)
+        assert [m for _, m, _ in link.modes[-2:]] == ["audio-only", "video"], (phase, link.modes)
+        assert link.fallback.down.mode is Mode.VIDEO
