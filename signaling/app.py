@@ -24,6 +24,7 @@ from .config import ServerConfig, normalize_origin, tls_context
 from .http_api import HUB, add_routes, api_key_middleware
 from .hub import Hub
 from .metrics import CONTENT_TYPE, Metrics
+from .tcp import cap_retransmissions
 from .ws import serve_socket
 
 logger = logging.getLogger(__name__)
@@ -100,6 +101,8 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         max_msg_size=max(4 * config.max_message_bytes, 1 << 20),
     )
     await ws.prepare(request)
+    if request.transport is not None:
+        cap_retransmissions(request.transport.get_extra_info("socket"), config.ws_rto_max_ms)
     request.app[SOCKETS].add(ws)
     await serve_socket(request.app[HUB], ws)
     return ws

@@ -36,6 +36,8 @@ from aiortc import (
 from mediaserver.rtc.jitter import install as install_skipping_jitter_buffer
 from mediaserver.rtc.peer import bundle_data_channel, set_sender_enabled, watch_inbound
 
+from .tcp import cap_retransmissions
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_S = 15.0
@@ -111,6 +113,7 @@ class ConsultClient:
         self.auto_reconnect = auto_reconnect
         self.media_timeout_s = 8.0
         self.heartbeat_s = 20.0  # shorter closes sockets that a slow link would still carry
+        self.rto_max_ms = 1000  # the socket's TCP retransmission ceiling (signaling/tcp.py)
         self._media_started = 0.0
         self._media_wanted = False
         self.modes: dict[tuple[str, str], dict[str, Any]] = {}
@@ -155,6 +158,9 @@ class ConsultClient:
             self._http.ws_connect(self.ws_url, autoping=True, heartbeat=heartbeat),
             DEFAULT_TIMEOUT_S,
         )
+        # A `pause` or chat sent on a link that was congested goes within about a second
+        # of its clearing, not after TCP's backoff (signaling/tcp.py).
+        cap_retransmissions(self.ws.get_extra_info("socket"), self.rto_max_ms)
         future = self._expect(ref if isinstance(ref, str) else "\0no-ref")
         await self.ws.send_str(first)
         self._reader = asyncio.create_task(self._read(self.ws))

@@ -41,6 +41,7 @@ class ServerConfig:
     peer_timeout_s: float = 15.0
     join_timeout_s: float = 10.0
     ws_heartbeat_s: float = 20.0
+    ws_rto_max_ms: int = 1000  # TCP retransmission ceiling of a WebSocket (0: the kernel's)
     max_message_bytes: int = 65536
     max_chat_chars: int = 4000
     auto_create_rooms: bool | None = None
