@@ -82,3 +82,22 @@ def test_a_subscriber_that_reports_audio_every_5_s_climbs_back_from_chat_only() 
             link.second(loss=0.0, report=report)
         assert [m for _, m, _ in link.modes[-2:]] == ["audio-only", "video"], (phase, link.modes)
         assert link.fallback.down.mode is Mode.VIDEO
+
+
+def test_reports_of_another_stream_still_arriving_are_no_drought() -> None:
+    """Chromium reports received audio with its video's reports while video flows (about every
+    second), alone every 2.5-7.5 s; it goes on reporting the paused video for about 8 s. At 150
+    kbit/s that audio's first 5 s without a report counted as a drought (3 learnt intervals)
+    and took the downlink to chat-only (benchmarks.fallback, 2026-12-06): reports of another
+    stream prove an uplink that carries them."""
+    link = Downlink()
+    for _ in range(5):
+        link.second(loss=0.0)  # both streams reported every second: a 1 s pace is learnt
+    for _ in range(4):
+        link.second(loss=0.3)
+        if link.fallback.down.mode is not Mode.VIDEO:
+            break
+    assert link.fallback.down.mode is Mode.AUDIO_ONLY, link.modes
+    for i in range(8):  # the paused video still reported every second, the audio every 6 s
+        link.second(loss=0.0, report=("audio", "video") if i % 6 == 5 else ("video",))
+    assert "chat-only" not in [m for _, m, _ in link.modes], link.modes
