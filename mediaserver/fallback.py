@@ -129,8 +129,11 @@ class LinkFallback:
             de, dr = stats.expected - e0, stats.received - r0
             octets += stats.bytes - b0
             received += max(dr, 0)
-            if dr <= 0 and elapsed >= self._interval / 2:
-                self._pub_silent.add(key)
+            if dr <= 0:
+                if elapsed >= self._interval / 2:
+                    self._pub_silent.add(key)
+                if key in self._pub_silent:
+                    continue  # still silent (a short tick: the skip below waits for packets)
             elif key in self._pub_silent:
                 # Its first packets after a silence (a pause, an outage): the sequence gap
                 # includes what was lost before the silence (the tail of a congested period),

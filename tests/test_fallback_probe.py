@@ -290,3 +290,24 @@ def test_the_gap_of_what_the_camera_lost_before_its_pause_does_not_end_the_probe
     link.seq["video"] += 40  # the tail of the congested period, lost before the pause
     link.send("video", 30)
     assert link.fallback.up.probe is not None and not link.camera_paused
+
+
+def test_the_gap_before_the_pause_is_not_charged_after_a_short_tick() -> None:
+    """A tick can come a fraction of a second after the probe began (a settle ends, `due`),
+    before the camera's first packet: the skip of the gap it carries must wait for that packet
+    (the aiortc patient's probe after 20 kbit/s failed on a 224-packet gap, counted as 86%
+    loss on a clean link, and its uplink stayed audio-only; 2026-12-06)."""
+    link = Uplink()
+    link.to_probe()
+    link.now += 0.1  # a short tick: nothing from the camera yet
+    link.fallback.tick(link.now, list(link.pubs.values()), [])
+    link.seq["video"] += 200  # the tail of the congested period, lost before the pause
+    link.send("video", 1)  # ... carried by the camera's first packet
+    link.send("audio", 50)
+    link.send("video", 29)
+    link.now += 1.0
+    link.fallback.tick(link.now, list(link.pubs.values()), [])
+    assert link.fallback.up.probe is not None and not link.camera_paused
+    for _ in range(4):
+        link.second(loss=0.0)
+    assert link.fallback.up.mode is Mode.VIDEO, link.modes
