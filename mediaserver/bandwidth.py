@@ -396,6 +396,14 @@ class BandwidthController:
         self._climbing = True
         return self._set(now, target, "recovered")
 
+    def hasten_probe(self, now: float) -> None:
+        """The other direction of the link just climbed (a probe proved it): the next probe
+        here need not wait out its backoff, which counted on a link still short. The dwell
+        and the settle time still apply, and a failure backs off as before. Links mostly
+        recover both ways at once; the backoff alone made the two directions' video probes
+        (one at a time) take up to 2 x `max_backoff_s` after a clearing."""
+        self._next_probe = min(self._next_probe, now)
+
     def abort_probe(self, now: float) -> None:
         """The running probe failed (judged on a sample, or by its owner before one: the
         receiver NACKs its video): the mode stays, the next probe waits twice as long (an

@@ -332,6 +332,8 @@ class LinkFallback:
         self._reported[spent] = controller.time_in_mode.get(change.previous, 0.0)
         if direction == "uplink":
             self._pause_reason = change.reason
+        if change.reason == "recovered":
+            (self.down if controller is self.up else self.up).hasten_probe(now)
         self._emit_mode(direction, change.mode.value, change.reason)
 
     def video_nacked(self, now: float, sub: Subscription, lost: tuple[int, ...]) -> None:

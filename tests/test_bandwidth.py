@@ -411,3 +411,26 @@ def test_after_a_climb_the_next_level_is_probed_without_waiting_for_a_report() -
     ctl.abort_probe(t + 2.5)  # the video probe failed: silence proves nothing now
     run(ctl, [quiet] * 40, t0=t + 2.5, dt=0.5)
     assert ctl.probe is None and ctl.mode is Mode.AUDIO_ONLY
+
+
+def test_a_climb_in_the_other_direction_hastens_the_next_probe() -> None:
+    """After failed probes the next one waits up to `max_backoff_s`; once the other direction
+    of the link climbed (`LinkFallback` calls `hasten_probe`), it may start at the next good
+    sample: the two directions' video probes, one at a time, took up to twice the backoff
+    after a clearing (issue 20: video within 15 s)."""
+    ctl = started()
+    run(ctl, [CONGESTED], t0=3)
+    t = 4.0
+    while ctl.probe is None:
+        t += 1
+        ctl.update(t, GOOD, 1, 1)
+    t += 1
+    ctl.update(t, CONGESTED, 1, 1)  # the probe fails: the next waits 10 s
+    assert ctl.probe is None
+    t += CFG.settle_s + 0.5
+    ctl.update(t, GOOD, 1, 1)
+    assert ctl.probe is None  # still backing off
+    ctl.hasten_probe(t)
+    t += 0.5
+    ctl.update(t, GOOD, 1, 1)
+    assert ctl.probe is not None and ctl.probe.mode is Mode.VIDEO
