@@ -65,9 +65,9 @@ class LinkFallback:
         self._pub_silent: set[int] = set()  # publications that sent nothing last interval
         self._down_stalled = False
         self._sub_prior: dict[int, tuple[int, int, int, int]] = {}  # reports, octets, own loss
-        # subscription -> (reports, when that count was first seen, packets sent then, the mean
-        # time between its reports or 0 while unknown): report droughts
-        self._sub_reported: dict[Subscription, tuple[int, float, int, float]] = {}
+        # id -> (reports, when that count was first seen, packets sent then, the mean time
+        # between its reports or 0 while unknown): report droughts
+        self._sub_reported: dict[int, tuple[int, float, int, float]] = {}
         self._last_report = 0.0  # the subscriber's last receiver report, of any stream
         self._paused_sources: list[str] = []
         self._down_applied: State | None = None
@@ -174,7 +174,7 @@ class LinkFallback:
         video_octets = 0
         pace = 0.0  # the shortest learnt report interval among the streams that flow
         for sub in subs:
-            seen = self._sub_reported.get(sub)
+            seen = self._sub_reported.get(id(sub))
             if seen is not None and seen[0] != sub.reports:
                 self._last_report = now  # a report of any of its streams, paused ones too
         for sub in subs:
@@ -182,14 +182,14 @@ class LinkFallback:
             now_counts = (sub.reports, sub.octets_sent, sub.own_lost, sub.own_expected)
             reports0, octets0, lost0, expected0 = self._sub_prior.get(key, now_counts)
             self._sub_prior[key] = now_counts
-            seen = self._sub_reported.get(sub)
+            seen = self._sub_reported.get(key)
             if seen is None or seen[0] != sub.reports or sub.paused or self._down_stalled:
                 # A fresh report (its pace learnt), or nothing owed (paused; an outage ending).
                 learnt = 0.0 if seen is None else seen[3]
                 if seen is not None and sub.reports > seen[0] and not self._down_stalled:
                     gap = (now - seen[1]) / (sub.reports - seen[0])
                     learnt = gap if learnt == 0.0 else 0.8 * learnt + 0.2 * gap
-                seen = self._sub_reported[sub] = (sub.reports, now, sub.packets_sent, learnt)
+                seen = self._sub_reported[key] = (sub.reports, now, sub.packets_sent, learnt)
             if sub.paused:
                 continue
             if seen[3] > 0.0:
@@ -201,7 +201,7 @@ class LinkFallback:
                 loss = 1.0
                 if sub.kind == "audio":
                     audio_loss = 1.0
-                self._sub_reported[sub] = (sub.reports, now, sub.packets_sent, seen[3])
+                self._sub_reported[key] = (sub.reports, now, sub.packets_sent, seen[3])
             octets += sub.octets_sent - octets0
             if sub.kind == "video":
                 video_octets += sub.octets_sent - octets0
@@ -298,7 +298,7 @@ class LinkFallback:
         self._apply_uplink(self._pubs)
         live = {id(s) for s in subs}
         self._sub_prior = {k: v for k, v in self._sub_prior.items() if k in live}
-        self._sub_reported = {k: v for k, v in self._sub_reported.items() if id(k) in live}
+        self._sub_reported = {k: v for k, v in self._sub_reported.items() if k in live}
 
     def _step(
         self,
