@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import re
@@ -21,9 +22,11 @@ from mediaserver.plane import LocalMediaPlane
 from mediaserver.workers import WorkerPool
 
 from .config import ServerConfig, normalize_origin, tls_context
-from .http_api import HUB, add_routes, api_key_middleware
+from .fleet import Fleet, LocalFleet, NodeInfo
+from .http_api import HUB, add_routes, api_key_middleware, fleet_middleware
 from .hub import Hub
 from .metrics import CONTENT_TYPE, Metrics
+from .redis_fleet import RedisFleet
 from .tcp import cap_retransmissions
 from .ws import serve_socket
 
@@ -210,6 +213,21 @@ def metrics_site(
     return lifecycle
 
 
+async def _hand_over_rooms(app: web.Application) -> None:
+    """A node of a fleet that stops moves its rooms to other nodes first: its clients get
+    `redirect` and resume there (docs/deploy.md, "Drain and stop")."""
+    hub = app.get(HUB)
+    if hub is None or not hub.fleet.shared:
+        return
+    hub.draining = True
+    moved = 0
+    for consultation in list(hub.consultations.values()):
+        moved += await hub.hand_over(consultation)
+    if moved:
+        await asyncio.sleep(0.2)  # the redirects leave before the sockets are closed below
+        logger.info("stopping: %d room(s) moved to other nodes", moved)
+
+
 async def _on_shutdown(app: web.Application) -> None:
     sockets: OpenSockets = app[SOCKETS]
     for ws in list(sockets):
@@ -228,12 +246,21 @@ def _media_plane(config: ServerConfig) -> MediaPlane:
     return LocalMediaPlane(config.media)
 
 
+def _fleet(config: ServerConfig) -> Fleet:
+    """--redis-url: a fleet of nodes sharing Redis; else this node alone."""
+    node_id, url = config.fleet_node()
+    node = NodeInfo(id=node_id, url=url)
+    if config.redis_url:
+        return RedisFleet(node, config.redis_url, chat_kept=config.room_chat_messages)
+    return LocalFleet(node)
+
+
 def create_app(*, config: ServerConfig, plane: MediaPlane | None = None) -> web.Application:
     """Build the app; the media plane (given, else in-process or `config.workers` worker
     processes, from config.media) lives in cleanup_ctx.
 
     Raises ValueError when --tls-cert/--tls-key cannot be loaded."""
-    app = web.Application(middlewares=[metrics_guard, api_key_middleware])
+    app = web.Application(middlewares=[metrics_guard, api_key_middleware, fleet_middleware])
     app[CONFIG] = config
     context = tls_context(config)
     if context is not None:
@@ -249,19 +276,25 @@ def create_app(*, config: ServerConfig, plane: MediaPlane | None = None) -> web.
         except BaseException:
             await media.close()
             raise
-        hub = Hub(config=config, plane=media, metrics=app[METRICS])
+        fleet = _fleet(config)
+        await fleet.start()
+        hub = Hub(config=config, plane=media, metrics=app[METRICS], fleet=fleet)
         app[METRICS].bind(hub)
         app[HUB] = hub
         hub.spawn(app[METRICS].run_link_sampler(hub, config.stats_interval_s))
         hub.spawn(app[METRICS].run_loop_lag_monitor())
-        logger.info("node ready (dev=%s)", config.dev)
+        if fleet.shared:
+            hub.spawn(hub.run_heartbeat())
+        logger.info("node ready (dev=%s, fleet=%s)", config.dev, fleet.shared)
         yield
         await hub.close()
+        await fleet.close()
         await media.close()
 
     app.cleanup_ctx.append(lifecycle)
     if config.metrics_port is not None:
         app.cleanup_ctx.append(metrics_site(app, context))
+    app.on_shutdown.append(_hand_over_rooms)
     app.on_shutdown.append(_on_shutdown)
     app.router.add_get("/ws", websocket)
     app.router.add_get("/client/{file}", client_file)

@@ -105,6 +105,40 @@ class ChatLog:
             self._bytes -= self._messages.popleft().size
         return message
 
+    def restore(self, messages: list[dict[str, Any]]) -> None:
+        """Take back the messages another node kept (as_dict() form, oldest first): the same
+        ids, so clients merge them with what they have; the next id follows the last."""
+        for item in messages:
+            seq = parse_id(item.get("id"))
+            if seq is None or seq < self._next:
+                continue  # malformed, or already here
+            message = ChatMessage(
+                seq=seq,
+                sender=str(item.get("from", "")),
+                name=str(item.get("name", "")),
+                role=str(item.get("role", "")),
+                text=str(item.get("text", "")),
+                ts=int(item.get("ts", 0)),
+            )
+            size = encoded_size(message.as_dict())
+            self._messages.append(
+                ChatMessage(
+                    seq=seq,
+                    sender=message.sender,
+                    name=message.name,
+                    role=message.role,
+                    text=message.text,
+                    ts=message.ts,
+                    size=size,
+                )
+            )
+            self._bytes += size
+            self._next = seq + 1
+        while self._messages and (
+            len(self._messages) > self.max_messages or self._bytes > self.max_bytes
+        ):
+            self._bytes -= self._messages.popleft().size
+
     def page(
         self, *, before: int | None = None, limit: int, max_bytes: int, hard_bytes: int
     ) -> Page:

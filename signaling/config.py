@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import secrets
+import socket
 import ssl
 import stat
 from collections.abc import Mapping
@@ -93,6 +94,14 @@ class ServerConfig:
     # a worker without a heartbeat for this long is hung: killed and restarted, its rooms moved
     worker_heartbeat_timeout_s: float = 3.0
     # -- end workers --
+    # -- fleet (issue 14; docs/deploy.md "A fleet of nodes") --
+    # None: one node, its state in memory (the embedded default). A redis:// URL: the nodes
+    # sharing it place rooms by load, redirect clients to a room's node and take over the
+    # rooms of a node that dies.
+    redis_url: str | None = None
+    node_id: str | None = None  # this node's id in the fleet (default: host name and port)
+    node_url: str | None = None  # the base URL clients and nodes reach it at (http(s)://...)
+    # -- end fleet --
 
     def __post_init__(self) -> None:
         if not self.api_key or not (self.token_secret or self.token_public_key):
@@ -112,6 +121,24 @@ class ServerConfig:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
         self._check_exposure()
+        self._check_fleet()
+
+    def _check_fleet(self) -> None:
+        if self.redis_url is None:
+            return
+        if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("--redis-url must be redis://, rediss:// or unix://")
+        if self.node_url is not None and not self.node_url.startswith(("http://", "https://")):
+            raise ValueError("--node-url must be an http:// or https:// base URL")
+        if self.node_url is None and self.host in ("0.0.0.0", "::", ""):
+            raise ValueError("with --redis-url and a wildcard --host, give --node-url")
+
+    def fleet_node(self) -> tuple[str, str]:
+        """(node id, base URL) of this node in the fleet."""
+        scheme = "https" if self.tls_cert else "http"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        url = (self.node_url or f"{scheme}://{host}:{self.port}").rstrip("/")
+        return self.node_id or f"{socket.gethostname()}:{self.port}", url
 
     def _check_exposure(self) -> None:
         if self.dev and not self.dev_allow_remote and not is_loopback(self.host):
@@ -333,6 +360,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         help="seconds without a heartbeat before a media worker is taken as hung, killed and"
         " restarted (CONSULT_WORKER_HEARTBEAT_TIMEOUT_S, default 3)",
     )
+    add("--redis-url", help="share rooms with the nodes of this Redis (CONSULT_REDIS_URL)")
+    add("--node-id", help="this node's id in the fleet (CONSULT_NODE_ID; host:port)")
+    add("--node-url", help="base URL clients and nodes reach this node at (CONSULT_NODE_URL)")
     # -- secrets, TLS and exposure (issue 11, item 8) --
     add("--api-key-file", help="file holding the API key (CONSULT_API_KEY_FILE)")
     add("--token-secret-file", help="file holding the token secret (CONSULT_TOKEN_SECRET_FILE)")
@@ -477,6 +507,9 @@ def config_from_args(
         ("metrics_host", args.metrics_host, "METRICS_HOST", str),
         ("metrics_port", args.metrics_port, "METRICS_PORT", int),
         ("workers", getattr(args, "workers", None), "WORKERS", int),
+        ("redis_url", getattr(args, "redis_url", None), "REDIS_URL", str),
+        ("node_id", getattr(args, "node_id", None), "NODE_ID", str),
+        ("node_url", getattr(args, "node_url", None), "NODE_URL", str),
         (
             "worker_heartbeat_timeout_s",
             getattr(args, "worker_heartbeat_timeout", None),

@@ -9,6 +9,7 @@ session. Signaling holds no media object: it sends the media plane commands
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ from mediaserver.api import (
 from . import safejson, telemetry
 from .auth import TokenClaims
 from .chat import ChatLog, ChatMessage, ChatTooLarge, Page, encoded_size
+from .fleet import NodeInfo, PersonRecord, RoomState
 from .protocol import (
     ENVELOPE_BYTES,
     PROTOCOL_VERSION,
@@ -72,6 +74,7 @@ CLOSE_CODES: dict[CloseReason, CloseCode] = {
 }
 
 
+HAND_OVER_MEDIA_S = 1.0  # a room handed over closes its media this long after its sockets
 MAX_NAME_CHARS = 64  # display names are cut to this (they are in every room message)
 
 
@@ -118,6 +121,19 @@ class ConsultationOptions:
     def media_options(self) -> RoomOptions:
         return RoomOptions(video_codec=self.video_codec, max_participants=self.max_participants)
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ConsultationOptions:
+        """Options as as_dict() wrote them (a placement record); defaults where absent."""
+        default = cls()
+        waiting_room = data.get("waiting_room", default.waiting_room)
+        codec = data.get("video_codec", default.video_codec)
+        limit = data.get("max_participants", default.max_participants)
+        return cls(
+            waiting_room=waiting_room if isinstance(waiting_room, bool) else default.waiting_room,
+            video_codec=codec if codec in ("VP8", "H264") else default.video_codec,
+            max_participants=limit if isinstance(limit, int) and 1 <= limit <= 64 else 8,
+        )
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "waiting_room": self.waiting_room,
@@ -154,6 +170,11 @@ class Consultation:
         # only from platform-signed tokens; they last for the room's life.
         self.bars: dict[str, Bar] = {}
         self.denials: dict[str, int] = {}
+        # Fleet (docs/deploy.md "A fleet of nodes"): what must outlive this node is journaled;
+        # a room taken over from a dead node takes its participants back by `sub`.
+        self.journal = hub.fleet.journal(room_id)
+        self.restored: dict[str, PersonRecord] = {}  # sub -> record, until that user is back
+        self._order = 0
 
     def media_created(self) -> None:
         """The hub created the media room: joins may add participants to it."""
@@ -163,6 +184,34 @@ class Consultation:
         """The media room could not be created: the consultation never opens."""
         self.ended = True
         self._media_ready.set()
+
+    def restore(self, state: RoomState) -> None:
+        """Take the room over from a node that died: its chat, telemetry and bars, and its
+        participants, each taken back (same id, same state, same place in the waiting room)
+        when its user joins here (`restored_join`)."""
+        self.chat.restore(state.chat)
+        self.telemetry.restore(state.telemetry)
+        for sub, bar in state.bars.items():
+            self.bars[sub] = Bar(str(bar.get("participant", "")), str(bar.get("reason", "")))
+        for record in state.people.values():
+            self.restored[record.sub] = record
+            self._order = max(self._order, record.order)
+
+    def _person(self, session: Session) -> PersonRecord:
+        return PersonRecord(
+            id=session.id,
+            sub=session.sub,
+            role=session.role.value,
+            name=session.name,
+            state=session.state.value,
+            order=session.order,
+            telemetry=session.telemetry_granted,
+            resume=tuple(session.resume_digests),
+        )
+
+    def _bar(self, sub: str, bar: Bar) -> None:
+        self.bars[sub] = bar
+        self.journal.bar(sub, {"participant": bar.participant, "reason": bar.reason})
 
     # -- views --------------------------------------------------------------------------------
 
@@ -292,23 +341,32 @@ class Consultation:
             )
         except ChatTooLarge as exc:
             raise ProtocolError(ErrorCode.TOO_LARGE, str(exc)) from exc
+        self.journal.chat(message.as_dict())
         self.broadcast({"type": "chat", "message": message.as_dict()})
         return message
 
     # -- joining ------------------------------------------------------------------------------
 
-    def _joined(self, session: Session, ref: str | None, *, resumed: bool) -> dict[str, Any]:
-        return {
+    def _joined(
+        self, session: Session, ref: str | None, *, resumed: bool, moved: bool = False
+    ) -> dict[str, Any]:
+        token = self.hub.resume_tokens.issue(self.id, session.id)
+        session.resume_digests = [*session.resume_digests[-1:], resume_digest(token)]
+        self.journal.person(self._person(session))
+        msg = {
             "type": "joined",
             "ref": ref,
             "v": PROTOCOL_VERSION,
             "room": self.id,
             "participant": session.public(),
             "state": session.state.value,
-            "resume": self.hub.resume_tokens.issue(self.id, session.id),
+            "resume": token,
             "resumed": resumed,
             "iceServers": self.plane.ice_servers(),
         }
+        if moved:  # taken back on another node: its media connection must start afresh
+            msg["moved"] = True
+        return msg
 
     async def join(
         self,
@@ -317,6 +375,7 @@ class Consultation:
         codecs: frozenset[str] | None,
         ws: web.WebSocketResponse,
         ref: str | None,
+        restore: bool = False,
     ) -> Session:
         if not self._media_ready.is_set():  # its media room is still being created
             await self._media_ready.wait()
@@ -332,6 +391,7 @@ class Consultation:
         if self.ended:
             raise RoomGone(self.id)
         self.hub.check_capacity(self)  # RoomUnavailable or NodeFull (limits, issue 11)
+        record = self.restored.pop(claims.sub, None) if restore else None
         session = Session(
             consultation=self,
             role=claims.role,
@@ -339,8 +399,16 @@ class Consultation:
             sub=claims.sub,
             codecs=codecs,
             telemetry=claims.telemetry,
+            participant_id=record.id if record is not None else None,
         )
-        waits = claims.role is Role.PATIENT and self.options.waiting_room
+        if record is not None:  # taken back from a node that died: same id, same place
+            session.order = record.order
+            session.resume_digests = list(record.resume)
+            waits = record.state == SessionState.WAITING.value
+        else:
+            self._order += 1
+            session.order = self._order
+            waits = claims.role is Role.PATIENT and self.options.waiting_room
         if not waits:
             try:
                 await self._create_media(session)
@@ -361,16 +429,29 @@ class Consultation:
             session.role.value,
             "waiting" if waits else "admitted",
         )
+        moved = record is not None
         if waits:
             self.waiting.append(session.id)
-            session.send(self._joined(session, ref, resumed=False))
-            session.send({"type": "waiting", "position": self.position(session)})
+            self.waiting.sort(key=lambda pid: self.sessions[pid].order)
+            session.send(self._joined(session, ref, resumed=moved, moved=moved))
+            if moved:  # back at its place: those behind it move down one
+                self._send_positions()
+            else:
+                session.send({"type": "waiting", "position": self.position(session)})
             self._to_doctors({"type": "knock", "participant": session.public()})
         else:
             session.state = SessionState.ADMITTED
-            session.send(self._joined(session, ref, resumed=False))
+            session.send(self._joined(session, ref, resumed=moved, moved=moved))
             self._on_admitted(session)
         return session
+
+    def restorable(self, sub: str, resume: object, token_valid: bool) -> bool:
+        """A user of the node that died may be taken back here: with a token still valid, or
+        with one of the resume tokens it was last given there (its join token may be old)."""
+        record = self.restored.get(sub)
+        if record is None:
+            return False
+        return token_valid or (isinstance(resume, str) and resume_digest(resume) in record.resume)
 
     def take_resume(self, token: str, sub: str) -> Session | None:
         """The session a resume token reattaches (consuming the token), if it is the user's."""
@@ -425,6 +506,7 @@ class Consultation:
             raise ProtocolError(ErrorCode.ROOM_FULL, "room is full") from exc
         self.waiting.remove(session.id)
         session.state = SessionState.ADMITTED
+        self.journal.person(self._person(session))
         logger.info("participant %s admitted to room %s", session.id, self.id)
         self._on_admitted(session)
         self._send_positions()
@@ -445,15 +527,15 @@ class Consultation:
         denials = self.denials.get(session.sub, 0) + 1
         self.denials[session.sub] = denials
         if block:
-            self.bars[session.sub] = Bar(session.id, "blocked")
+            self._bar(session.sub, Bar(session.id, "blocked"))
         elif denials > self.hub.config.max_reknocks:
-            self.bars[session.sub] = Bar(session.id, "denied")
+            self._bar(session.sub, Bar(session.id, "denied"))
         notice = {"type": "denied", "blocked": block}
         await self.remove(session, CloseReason.DENIED, notice=notice)
 
     async def kick(self, session: Session) -> None:
         """Remove a participant and bar its identity for the room's life (the API lifts it)."""
-        self.bars[session.sub] = Bar(session.id, "kicked")
+        self._bar(session.sub, Bar(session.id, "kicked"))
         await self.remove(session, CloseReason.KICKED, notice={"type": "kicked"})
 
     def lift_bar(self, participant_id: str) -> bool:
@@ -461,6 +543,7 @@ class Consultation:
         for sub, bar in list(self.bars.items()):
             if bar.participant == participant_id:
                 del self.bars[sub]
+                self.journal.bar(sub, None)
                 self.denials.pop(sub, None)
                 return True
         return False
@@ -650,6 +733,7 @@ class Consultation:
         if session.id in self.waiting:
             self.waiting.remove(session.id)
         self.hub.resume_tokens.revoke(session.id)
+        self.journal.person_gone(session.id)
         session.cancel_timers()
         if notice is not None:
             session.send(notice)
@@ -677,6 +761,33 @@ class Consultation:
         if ends:
             await self.end(CloseReason.ENDED, final=False)
 
+    def hand_over(self, node: NodeInfo) -> None:
+        """Move the room to `node` (this one drains or stops; the fleet placed it there): every
+        client is told `redirect` and closed (4011) and resumes there, where the room is taken
+        back from the journal. Nothing ends: no `ended`, no release of the room's record."""
+        if self.ended:
+            return
+        self.ended = True  # a join racing in retries and is routed to the new node
+        notice = {"type": "redirect", "url": node.ws_url, "node": node.id, "moved": True}
+        for session in list(self.sessions.values()):
+            session.state = SessionState.CLOSED
+            session.cancel_timers()
+            self.hub.resume_tokens.revoke(session.id)
+            session.send(notice)
+            session.close_socket(CloseCode.REDIRECT, "moved")
+        self.sessions.clear()
+        self.waiting.clear()
+        self.hub.forget(self)
+        logger.info("room %s handed over to node %s", self.id, node.id)
+        if self._media_ready.is_set():
+            # The media goes a moment after the sockets: a client learns of the move before
+            # its connection here closes (the new node's connection replaces it).
+            self.hub.spawn(self._close_media_later())
+
+    async def _close_media_later(self) -> None:
+        await asyncio.sleep(HAND_OVER_MEDIA_S)
+        await self.hub.close_media(self.id, CloseReason.SHUTDOWN)
+
     async def end(self, reason: CloseReason = CloseReason.ENDED, *, final: bool = True) -> None:
         """End the consultation: everyone gets `ended` and close 4005 (1001 on shutdown).
 
@@ -698,9 +809,16 @@ class Consultation:
         # afresh, once its media room closed (Hub.create waits for the close). The media
         # room closes in a task of the hub, awaited here; a worker's close is a round trip.
         self.hub.forget(self, ended=final and reason is CloseReason.ENDED)
+        if reason is not CloseReason.SHUTDOWN:  # a node shutting down leaves it to the fleet
+            self.hub.release(self.id)
         logger.info("room %s ended (%s)", self.id, reason.value)
         if self._media_ready.is_set():  # (still being created: Hub.create closes it)
             await asyncio.shield(self.hub.close_media(self.id, reason))
+
+
+def resume_digest(token: str) -> str:
+    """What the fleet journal keeps of a resume token: never the token itself."""
+    return hashlib.sha256(token.encode()).hexdigest()[:32]
 
 
 def _cancel(session: Session, attr: str) -> None:

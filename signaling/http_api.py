@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import hmac
+import json
 import logging
+import re
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 from mediaserver.api import CloseReason, Role, WorkerLost
@@ -13,12 +16,16 @@ from mediaserver.api import CloseReason, Role, WorkerLost
 from . import safejson
 from .consultation import ConsultationOptions
 from .devices_api import add_device_routes
-from .hub import Draining, Hub, NodeFull, RoomExists
+from .fleet import FleetUnavailable, NodeInfo
+from .hub import ROOM_ID, Draining, Hub, NodeFull, RoomExists, new_room_id
 from .metrics import CONTENT_TYPE
 
 logger = logging.getLogger(__name__)
 
 HUB = web.AppKey("hub", Hub)
+PLACED = "X-Consult-Placed"  # a request one node of the fleet forwards to another
+ROOM_PATH = re.compile(r"^/api/v1/rooms/([^/]+)(?:/.*)?$")
+FORWARD_TIMEOUT = aiohttp.ClientTimeout(total=10)
 
 
 def _error(status: int, code: str, message: str) -> web.Response:
@@ -81,6 +88,16 @@ async def create_room(request: web.Request) -> web.Response:
         return _error(400, "bad-request", "id must be a string")
     try:
         options = _options(body)
+        if hub.fleet.shared and PLACED not in request.headers:  # placed by load, once
+            room_id = room_id or new_room_id()
+            if not ROOM_ID.match(room_id):
+                raise ValueError("room id must be 1-64 characters of A-Z a-z 0-9 _ . -")
+            try:
+                placement = await hub.fleet.place(room_id, options.as_dict(), create=True)
+            except FleetUnavailable:  # the store is down: rooms go to this node
+                placement = None
+            if placement is not None and placement.node.id != hub.fleet.node.id:
+                return await forward(request, placement.node, {**body, "id": room_id})
         consultation = await hub.create(room_id, options)
     except Draining:
         return _error(503, "draining", "node is draining: no new rooms")
@@ -92,7 +109,47 @@ async def create_room(request: web.Request) -> web.Response:
         return _error(503, "no-media-worker", str(exc))
     except ValueError as exc:
         return _error(400, "bad-request", str(exc))
-    return web.json_response(consultation.info(), status=201)
+    node = hub.fleet.node
+    info = {**consultation.info(), "node": {"id": node.id, "url": node.url}}
+    return web.json_response(info, status=201)
+
+
+async def forward(
+    request: web.Request, node: NodeInfo, body: dict[str, Any] | None = None
+) -> web.Response:
+    """The same API request, answered by the node that holds the room."""
+    http = request.app[HUB].fleet_http()
+    data = json.dumps(body).encode() if body is not None else await request.read()
+    headers = {
+        "Authorization": request.headers.get("Authorization", ""),
+        "Content-Type": "application/json",
+        PLACED: "1",
+    }
+    url = node.url.rstrip("/") + request.path
+    try:
+        async with http.request(
+            request.method, url, data=data or None, headers=headers, timeout=FORWARD_TIMEOUT
+        ) as reply:
+            return web.Response(
+                status=reply.status, body=await reply.read(), content_type="application/json"
+            )
+    except (aiohttp.ClientError, TimeoutError):
+        return _error(502, "node-unreachable", "the room's node did not answer")
+
+
+@web.middleware
+async def fleet_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    """In a fleet, /api/v1/rooms/<id>... of a room another node holds is answered by it."""
+    hub = request.app.get(HUB)
+    match = ROOM_PATH.match(request.path)
+    if hub is not None and match and hub.fleet.shared and PLACED not in request.headers:
+        room_id = match.group(1)
+        if hub.get(room_id) is None:
+            placement = await hub.fleet.locate(room_id)
+            if placement is not None and placement.node.id != hub.fleet.node.id:
+                return await forward(request, placement.node)
+    result: web.StreamResponse = await handler(request)
+    return result
 
 
 async def list_rooms(request: web.Request) -> web.Response:
@@ -135,10 +192,29 @@ async def lift_bar(request: web.Request) -> web.Response:
 
 
 async def drain(request: web.Request) -> web.Response:
+    """No new rooms here; `{"move_after_s": N}` (a fleet): the rooms still here after N
+    seconds move to other nodes, their clients with them."""
     hub = request.app[HUB]
+    body = await json_body(request)
+    if isinstance(body, web.Response):
+        return body
+    move_after = body.get("move_after_s")
+    if move_after is not None and (
+        isinstance(move_after, bool)
+        or not isinstance(move_after, int | float)
+        or not 0 <= move_after <= 24 * 3600
+    ):
+        return _error(400, "bad-request", "move_after_s must be a number of seconds (0-86400)")
+    if move_after is not None and not hub.fleet.shared:
+        return _error(400, "bad-request", "move_after_s needs a fleet (--redis-url)")
     hub.draining = True
     logger.info("node draining: new rooms refused")
-    return web.json_response({"draining": True, "rooms": len(hub.consultations)})
+    reply: dict[str, Any] = {"draining": True, "rooms": len(hub.consultations)}
+    if move_after is not None and not hub.moving:
+        hub.moving = True
+        hub.spawn(hub.move_rooms(float(move_after)))
+        reply["move_after_s"] = move_after
+    return web.json_response(reply)
 
 
 async def node_info(request: web.Request) -> web.Response:
@@ -148,6 +224,8 @@ async def node_info(request: web.Request) -> web.Response:
             "draining": hub.draining,
             "rooms": len(hub.consultations),
             "participants": sum(len(c.sessions) for c in hub.consultations.values()),
+            "node": hub.fleet.node.id,
+            "fleet": [n.as_dict() for n in hub.fleet.nodes()],
         }
     )
 

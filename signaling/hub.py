@@ -11,16 +11,23 @@ from collections import OrderedDict
 from collections.abc import Coroutine
 from typing import Any
 
+import aiohttp
+
 from mediaserver.api import CloseReason, CloseRoom, CreateRoom, MediaEvent, MediaPlane
 
 from .auth import CLOCK_LEEWAY_S, ResumeTokens
 from .config import ServerConfig
 from .consultation import Consultation, ConsultationOptions, RoomUnavailable
+from .fleet import HEARTBEAT_S, Fleet, FleetUnavailable, LocalFleet, NodeInfo, Placement
 from .metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
 ROOM_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def new_room_id() -> str:
+    return "r_" + secrets.token_hex(6)
 
 
 class Draining(Exception):
@@ -87,10 +94,18 @@ class NodeFull(Exception):
 
 
 class Hub:
-    def __init__(self, *, config: ServerConfig, plane: MediaPlane, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        *,
+        config: ServerConfig,
+        plane: MediaPlane,
+        metrics: Metrics,
+        fleet: Fleet | None = None,
+    ) -> None:
         self.config = config
         self.plane = plane
         self.metrics = metrics
+        self.fleet = fleet or LocalFleet(NodeInfo(id="local", url=""))
         self.resume_tokens = ResumeTokens()
         self.tokens = config.token_verifier()
         self.ended = EndedRooms(
@@ -98,12 +113,14 @@ class Hub:
         )
         self.consultations: dict[str, Consultation] = {}
         self.draining = False
+        self.moving = False  # a drain's deadline is set: its rooms move to other nodes
         self._tasks: set[asyncio.Task[Any]] = set()
         self._penalties: dict[tuple[str, str], float] = {}  # (room, sub) -> until (monotonic)
         # Media rooms still closing after their consultation was forgotten (a worker's close
         # is a round trip): a room created again under the same id waits for its close.
         self._closing: dict[str, asyncio.Task[None]] = {}
         self._unsubscribe = plane.subscribe(self._on_media_event)
+        self._http: aiohttp.ClientSession | None = None
 
     def _on_media_event(self, event: MediaEvent) -> None:
         """The media plane's events go to the consultation of their room."""
@@ -135,7 +152,7 @@ class Hub:
     ) -> Consultation:
         if self.draining:
             raise Draining("node is draining")
-        room_id = room_id or "r_" + secrets.token_hex(6)
+        room_id = room_id or new_room_id()
         if not ROOM_ID.match(room_id):
             raise ValueError("room id must be 1-64 characters of A-Z a-z 0-9 _ . -")
         if room_id in self.consultations:
@@ -162,6 +179,76 @@ class Hub:
         consultation.media_created()
         logger.info("room %s created%s", room_id, " (auto)" if auto_created else "")
         return consultation
+
+    async def take_over(self, placement: Placement) -> Consultation:
+        """A room placed here that this node does not hold: one whose node died (or left),
+        taken back from the fleet's journal (its chat, telemetry, bars and participants).
+        FleetUnavailable when the journal cannot be read (then nothing is created)."""
+        room_id = placement.room_id
+        state = await self.fleet.restore(room_id)
+        options = ConsultationOptions.from_dict(placement.options)
+        try:
+            consultation = await self.create(room_id, options)
+        except RoomExists:  # another join took it over first
+            existing = self.get(room_id)
+            if existing is None:
+                raise
+            return existing
+        consultation.restore(state)  # (no await since create: no join got in before it)
+        logger.info("room %s taken over (%d people to take back)", room_id, len(state.people))
+        return consultation
+
+    def fleet_http(self) -> aiohttp.ClientSession:
+        """The session API requests are forwarded to other nodes with (closed with the hub)."""
+        if self._http is None:
+            self._http = aiohttp.ClientSession()
+        return self._http
+
+    async def hand_over(self, consultation: Consultation) -> bool:
+        """Move a room to the least-loaded other node (drain, shutdown); False when it stays
+        here (no fleet, Redis unreachable, no other node may take it)."""
+        if not self.fleet.shared:
+            return False
+        try:
+            placement = await self.fleet.place(
+                consultation.id,
+                consultation.options.as_dict(),
+                create=True,
+                away_from=self.fleet.node.id,
+            )
+        except (FleetUnavailable, LookupError):
+            return False
+        if placement.node.id == self.fleet.node.id:
+            return False
+        await consultation.journal.flushed()
+        consultation.hand_over(placement.node)
+        return True
+
+    async def move_rooms(self, after_s: float) -> None:
+        """Drain with a deadline: after `after_s` the rooms still here move to other nodes."""
+        await asyncio.sleep(after_s)
+        moved = 0
+        for consultation in list(self.consultations.values()):
+            moved += await self.hand_over(consultation)
+        logger.info("drain deadline: %d room(s) moved to other nodes", moved)
+
+    def release(self, room_id: str) -> None:
+        """The room ended here: the fleet forgets where it was and what it kept."""
+        if self.fleet.shared:
+            self.spawn(self.fleet.release(room_id))
+
+    async def run_heartbeat(self) -> None:
+        """The node's load to the fleet every HEARTBEAT_S (a store outage is the fleet's
+        to report; the loop goes on)."""
+        while True:
+            rooms = {cid: c.options.as_dict() for cid, c in self.consultations.items()}
+            try:
+                await self.fleet.heartbeat(
+                    rooms=rooms, participants=self.participants(), draining=self.draining
+                )
+            except FleetUnavailable:
+                pass
+            await asyncio.sleep(HEARTBEAT_S)
 
     def participants(self) -> int:
         return sum(len(c.sessions) for c in self.consultations.values())
@@ -227,9 +314,13 @@ class Hub:
 
     async def close(self) -> None:
         for consultation in list(self.consultations.values()):
-            await consultation.end(CloseReason.SHUTDOWN)
+            # In a fleet the room moves to another node, its clients with it; else it ends.
+            if not await self.hand_over(consultation):
+                await consultation.end(CloseReason.SHUTDOWN)
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._unsubscribe()
+        if self._http is not None:
+            await self._http.close()

@@ -162,6 +162,49 @@ def _mode_metrics(
     yield seconds
 
 
+PLACEMENTS = ("local", "remote", "moved", "conflict", "no-node")
+
+
+def _fleet_metrics(hub: Hub) -> Iterator[Metric]:
+    """A fleet of nodes (docs/deploy.md): the live nodes, their rooms, placements, Redis.
+    Node ids are the operator's names for its nodes (a bounded label), never room ids."""
+    fleet = hub.fleet
+    stats = fleet.stats()
+    nodes = fleet.nodes()
+    live = GaugeMetricFamily("consult_fleet_nodes", "Live nodes of the fleet as this node sees it")
+    live.add_metric([], len(nodes))
+    yield live
+    per_node = GaugeMetricFamily(
+        "consult_fleet_node_rooms", "Rooms per live node (from its last stats)", labels=["node"]
+    )
+    for node in nodes:
+        per_node.add_metric([node.id], node.rooms)
+    yield per_node
+    placements = CounterMetricFamily(
+        "consult_fleet_placements",
+        "Room placements made by this node: local, remote (another node), moved (taken from a"
+        " dead node), conflict, no-node",
+        labels=["outcome"],
+    )
+    for outcome in PLACEMENTS:
+        placements.add_metric([outcome], stats.placements.get(outcome, 0))
+    yield placements
+    up = GaugeMetricFamily("consult_fleet_redis_up", "1 while Redis answers (fleet only)")
+    up.add_metric([], 1 if stats.store_up else 0)
+    yield up
+    errors = CounterMetricFamily("consult_fleet_redis_errors", "Redis commands failed or late")
+    errors.add_metric([], stats.store_errors)
+    yield errors
+    queued = GaugeMetricFamily("consult_fleet_journal_queued", "Journal writes awaiting Redis")
+    queued.add_metric([], stats.journal_queued)
+    yield queued
+    dropped = CounterMetricFamily(
+        "consult_fleet_journal_dropped", "Journal writes dropped during a long Redis outage"
+    )
+    dropped.add_metric([], stats.journal_dropped)
+    yield dropped
+
+
 class HubCollector(Collector):
     """Gauges of rooms/participants/tracks and the media node's counters, read at scrape time."""
 
@@ -202,6 +245,7 @@ class HubCollector(Collector):
 
         plane = hub.plane.snapshot()
         yield from _mode_metrics(hub, plane, rooms)
+        yield from _fleet_metrics(hub)
 
         tasks = GaugeMetricFamily(
             "mediaserver_asyncio_tasks", "Tasks of the node's event loop (benchmarks/soak.py)"

@@ -29,6 +29,7 @@ class CloseCode(enum.IntEnum):
     TIMEOUT = 4008
     RATE_LIMITED = 4009  # a sustained flood of messages (limits, issue 11)
     NODE_FULL = 4010  # the node's room or participant cap (limits, issue 11)
+    REDIRECT = 4011  # the room is on another node: join there (the `redirect` message's url)
 
 
 class ErrorCode(enum.StrEnum):

@@ -60,8 +60,9 @@ class Session:
         sub: str,
         codecs: frozenset[str] | None,
         telemetry: bool = False,
+        participant_id: str | None = None,
     ) -> None:
-        self.id = new_participant_id()
+        self.id = participant_id or new_participant_id()  # given: taken back on another node
         self.consultation = consultation
         self.role = role
         self.name = name
@@ -69,6 +70,8 @@ class Session:
         self.codecs = codecs
         self.telemetry_granted = telemetry  # the token's `telemetry` claim (signaling/auth.py)
         self.state = SessionState.WAITING
+        self.order = 0  # its place in the room's join order (the waiting room's order)
+        self.resume_digests: list[str] = []  # of its latest resume tokens (fleet journal)
         # The media plane holds its participant as (consultation.id, id) once it has one.
         self.has_media = False
         self.joined_at = time.monotonic()

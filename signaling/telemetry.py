@@ -207,6 +207,25 @@ class TelemetryLog:
         self.bytes += sum(sizes)
         return out
 
+    def restore(self, batches: list[dict[str, Any]]) -> None:
+        """Take back the batches another node kept (the journal's form: `from`, `dseq`,
+        `records`, oldest first): the same seq numbers, and each sender's batch numbers so a
+        batch re-sent after the move is not stored twice."""
+        for batch in batches:
+            records = batch.get("records")
+            if not isinstance(records, list):
+                continue
+            for record in records:
+                if not isinstance(record, dict) or record.get("seq") != len(self.records) + 1:
+                    continue  # out of order: the log stays gapless
+                size = len(json.dumps(record, separators=(",", ":")))
+                self.records.append(record)
+                self.sizes.append(size)
+                self.bytes += size
+            sender, dseq = batch.get("from"), batch.get("dseq")
+            if isinstance(sender, str) and isinstance(dseq, int):
+                self.device_seq[sender] = max(dseq, self.device_seq.get(sender, -1))
+
     def after(
         self, seq: int, limit: int = HISTORY_PAGE, max_bytes: int | None = None
     ) -> list[dict[str, Any]]:
@@ -244,15 +263,17 @@ def relay(consultation: Consultation, session: Session, batch: object, seq: obje
         raise ProtocolError(ErrorCode.RATE_LIMITED, "too many telemetry readings: slow down")
     readings = validate_batch(batch)
     max_record_bytes = consultation.hub.config.max_message_bytes - ENVELOPE_BYTES
+    device_seq = parse_device_seq(seq)
     records = consultation.telemetry.append_batch(
         session.id,
         readings,
-        parse_device_seq(seq),
+        device_seq,
         role=session.role.value,
         max_record_bytes=max_record_bytes,
     )
     if not records:
         return 0
+    consultation.journal.telemetry(session.id, device_seq, records)  # fleet: outlives the node
     for other in consultation.admitted():
         if other is not session and other.role is not Role.DEVICE:
             for record in records:

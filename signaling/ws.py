@@ -34,6 +34,7 @@ from . import safejson, telemetry
 from .auth import TokenError
 from .chat import parse_id
 from .consultation import Barred, Consultation, RoomGone, RoomUnavailable
+from .fleet import FleetUnavailable, Placement
 from .hub import Draining, Hub, NodeFull, RoomEnded, RoomExists
 from .protocol import (
     ENVELOPE_BYTES,
@@ -112,12 +113,22 @@ async def _handshake(hub: Hub, ws: web.WebSocketResponse) -> Session | None:
             await ws.close(code=CloseCode.RATE_LIMITED, message=b"rate limit")
             return None
         consultation = hub.get(claims.room)
+        if consultation is None and hub.fleet.shared:
+            routed = await _route(hub, claims.room)
+            if isinstance(routed, Placement):  # another node holds it: the client goes there
+                await _redirect(ws, routed, msg["id"])
+                return None
+            consultation = routed
         if consultation is not None and isinstance(resume, str):
             session = consultation.take_resume(resume, claims.sub)
             if session is not None:
                 consultation.resume(session, ws=ws, ref=msg["id"])
                 return session
-        hub.tokens.verify(token, room=room)  # expiry, for a new join
+        restore = consultation is not None and consultation.restorable(
+            claims.sub, resume, _unexpired(hub, token, room)
+        )
+        if not restore:
+            hub.tokens.verify(token, room=room)  # expiry, for a new join
     except TokenError as exc:
         await _refuse(ws, CloseCode.BAD_TOKEN, exc.reason)
         return None
@@ -134,7 +145,9 @@ async def _handshake(hub: Hub, ws: web.WebSocketResponse) -> Session | None:
                     await _refuse(ws, CloseCode.ROOM_UNAVAILABLE, "unknown room")
                     return None
             try:
-                return await consultation.join(claims, codecs=codecs, ws=ws, ref=msg["id"])
+                return await consultation.join(
+                    claims, codecs=codecs, ws=ws, ref=msg["id"], restore=restore
+                )
             except RoomGone:  # it ended on the way in: the room id afresh (a new room or ended)
                 consultation = hub.get(claims.room)
         await _refuse(ws, CloseCode.ENDED, "room ended")
@@ -148,6 +161,40 @@ async def _handshake(hub: Hub, ws: web.WebSocketResponse) -> Session | None:
     except NodeFull as exc:
         await _refuse(ws, CloseCode.NODE_FULL, str(exc))
         return None
+
+
+def _unexpired(hub: Hub, token: str, room: str | None) -> bool:
+    try:
+        hub.tokens.verify(token, room=room)
+    except TokenError:
+        return False
+    return True
+
+
+async def _route(hub: Hub, room_id: str) -> Consultation | Placement | None:
+    """A room this node does not hold, in a fleet: the placement of the node that does, or
+    the room taken over here (its node died, or it is placed here and new). None: unknown to
+    the fleet, or the fleet unreachable (then the node decides alone, as without a fleet)."""
+    try:
+        placement = await hub.fleet.place(room_id, {}, create=hub.config.rooms_auto_created)
+    except (LookupError, FleetUnavailable):
+        return None
+    if placement.node.id != hub.fleet.node.id:
+        return placement
+    try:
+        return await hub.take_over(placement)
+    except FleetUnavailable:
+        return None
+    except (Draining, NodeFull, ValueError):
+        return hub.get(room_id)
+
+
+async def _redirect(ws: web.WebSocketResponse, placement: Placement, ref: str | None) -> None:
+    """Send the client to the room's node (docs/protocol.md, "Redirect"): it joins there with
+    the same join message."""
+    node = placement.node
+    await ws.send_json({"type": "redirect", "ref": ref, "url": node.ws_url, "node": node.id})
+    await ws.close(code=CloseCode.REDIRECT, message=b"redirect")
 
 
 async def _auto_create(hub: Hub, room_id: str) -> Consultation | None:
@@ -217,6 +264,7 @@ async def on_join(hub: Hub, session: Session, msg: dict[str, Any]) -> None:
 async def on_chat(hub: Hub, session: Session, msg: dict[str, Any]) -> None:
     text = require_str(msg, "text", max_len=hub.config.max_chat_chars)
     session.consultation.post_chat(session, text)
+    await session.consultation.journal.flushed()  # a fleet: acknowledged once it is durable
     _ack(session, msg)
 
 
@@ -380,6 +428,7 @@ async def on_telemetry(hub: Hub, session: Session, msg: dict[str, Any]) -> None:
         raise ProtocolError(ErrorCode.FORBIDDEN, str(exc), msg["id"]) from exc
     except telemetry.TelemetryError as exc:
         raise ProtocolError(ErrorCode.BAD_TELEMETRY, str(exc), msg["id"]) from exc
+    await session.consultation.journal.flushed()  # a fleet: acknowledged once it is durable
     session.send({"type": "ack", "ref": msg["id"], "seq": msg.get("seq"), "stored": stored})
 
 
