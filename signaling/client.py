@@ -44,6 +44,9 @@ DEFAULT_TIMEOUT_S = 15.0
 TERMINAL_STATES = frozenset({"denied", "kicked", "ended", "left", "closed"})
 
 
+MAX_REDIRECTS = 3
+
+
 class ServerError(Exception):
     """The server answered a request with `error`."""
 
@@ -81,6 +84,10 @@ class ConsultClient:
         connection in any case (unless `auto_answer=False`).
         """
         self.ws_url = base_url.rstrip("/").replace("http", "ws", 1) + "/ws"
+        # In a fleet the room may be on another node (`redirect`); if that node dies, the
+        # client comes back through the address it was given, which sends it on again.
+        self.entry_url = self.ws_url
+        self.redirects = 0
         self.codecs = codecs
         self.auto_answer = auto_answer
         self._http = http
@@ -121,6 +128,8 @@ class ConsultClient:
         self.reconnects = 0
         self.resumes = 0
         self._published: list[tuple[str, MediaStreamTrack]] = []
+        self._publish_items: list[dict[str, Any]] = []  # what `publish` asked, to ask again
+        self._fresh_participant = False  # the server forgot our media (rejoined, or moved)
         self._sender_sources: dict[Any, str] = {}
         self._last_inbound = 0.0
         self._watchdog: asyncio.Task[None] | None = None
@@ -145,7 +154,21 @@ class ConsultClient:
         return await self.connect_raw_text(json.dumps(join), ref=join.get("id"))
 
     async def connect_raw_text(self, first: str, *, ref: Any = None) -> dict[str, Any]:
-        """Open the socket, send `first` as the first frame, wait for the reply to `ref`."""
+        """Open the socket, send `first` as the first frame, wait for the reply to `ref`;
+        a `redirect` (the room is on another node) is followed, MAX_REDIRECTS at most."""
+        for _ in range(MAX_REDIRECTS):
+            reply = await self._connect_once(first, ref=ref)
+            if reply.get("type") != "redirect":
+                return reply
+            url = reply.get("url")
+            if not isinstance(url, str) or not url.startswith(("ws://", "wss://")):
+                raise JoinRefused(self.close_code, "bad redirect")
+            await self.drop()
+            self.ws_url = url
+            self.redirects += 1
+        raise JoinRefused(self.close_code, "too many redirects")
+
+    async def _connect_once(self, first: str, *, ref: Any = None) -> dict[str, Any]:
         if self._http is None:
             self._http = aiohttp.ClientSession()
         self.close_code = None
@@ -287,6 +310,16 @@ class ConsultClient:
             self._apply_pause()
         elif kind == "error" and msg.get("code") == "media-timeout":
             self._on_media_timeout()
+        elif kind == "redirect" and msg.get("ref") is None:  # the room moves (drain, stop)
+            url = msg.get("url")
+            if isinstance(url, str) and url.startswith(("ws://", "wss://")):
+                self.ws_url = url  # the socket closes (4011): the resume goes there
+                self._media_wanted = True
+                # aiortc stops a sender's track when its transport closes (the old node
+                # closes it): take ours off first, the connection on the new node sends them.
+                if self.pc is not None:
+                    for transceiver in self.pc.getTransceivers():
+                        transceiver.sender.replaceTrack(None)
         ref = msg.get("ref")
         if ref is not None and ref in self._pending:
             future = self._pending.pop(ref)
@@ -449,6 +482,7 @@ class ConsultClient:
             items.append({"kind": t.kind, "source": s})
             if capture is not None:
                 items[-1]["settings"] = capture
+        self._publish_items.extend(items)
         await self.request("publish", tracks=items)
 
     def _take_track(self, kind: str, source: str | None) -> MediaStreamTrack | None:
@@ -563,7 +597,9 @@ class ConsultClient:
                     self.resumes += 1
                     if not joined.get("resumed"):
                         logger.warning("resume refused: joined again as a new participant")
-                        self._media_wanted = True
+                        self._media_wanted = self._fresh_participant = True
+                    elif joined.get("moved"):  # the room moved to another node
+                        self._media_wanted = self._fresh_participant = True
                 if self._media_wanted and self.state == "admitted":
                     try:
                         await self._restart_media()
@@ -581,8 +617,10 @@ class ConsultClient:
                 logger.info("reconnection failed: %s", exc)
             except Exception as exc:
                 logger.info("reconnection failed: %r", exc)
+                if isinstance(exc, OSError | TimeoutError) and self.ws_url != self.entry_url:
+                    self.ws_url = self.entry_url  # the room's node is gone: ask the entry
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 4.0)
+            delay = min(delay * 2, 2.0)
 
     async def _restart_media(self) -> None:
         """A fresh peer connection (aiortc does no ICE restart): the server offers on it."""
@@ -596,11 +634,15 @@ class ConsultClient:
                 with contextlib.suppress(Exception):
                     await old.close()
             self._sender_sources.clear()
+            self.remote_tracks.clear()  # the old connection's tracks end with it
             self._publish_queue = list(self._published)
             self._ensure_pc()
         self.reconnects += 1
         logger.info("restarting the media connection (%d)", self.reconnects)
         await self.request("reconnect")
+        if self._fresh_participant and self._publish_items:  # it publishes nothing yet
+            await self.request("publish", tracks=self._publish_items)
+        self._fresh_participant = False
 
     def _on_media_timeout(self) -> None:
         """The server closed a media connection that never connected: start a fresh one

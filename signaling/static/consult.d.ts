@@ -14,7 +14,7 @@ export declare const TELEMETRY_UNITS: Readonly<Record<TelemetryKind, string>>;
 
 export declare const CloseCode: Readonly<{
   NORMAL: 1000; SHUTDOWN: 1001; BAD_TOKEN: 4001; PROTOCOL: 4002; DENIED: 4003; KICKED: 4004;
-  ENDED: 4005; REPLACED: 4006; ROOM_UNAVAILABLE: 4007; TIMEOUT: 4008;
+  ENDED: 4005; REPLACED: 4006; ROOM_UNAVAILABLE: 4007; TIMEOUT: 4008; REDIRECT: 4011;
 }>;
 
 /** An error from the server or the client: `code` is stable, `message` is for developers. */
@@ -67,7 +67,7 @@ export interface ConsultationEventMap {
   "connectionstatechange": CustomEvent<{ state: RTCPeerConnectionState }>;
   "signalingstatechange": CustomEvent<{ state: RTCSignalingState }>;
   "reconnecting": CustomEvent<{ attempt: number; delay?: number; code?: number; media?: true }>;
-  "resumed": CustomEvent<{ state: string; rejoined: boolean }>;
+  "resumed": CustomEvent<{ state: string; rejoined: boolean; moved: boolean }>;
   "ended": CustomEvent<{ reason: CloseReason }>;
   "closed": CustomEvent<{ reason: CloseReason }>;
   "error": CustomEvent<{ code: string; message: string; ref: string | null }>;

@@ -76,7 +76,9 @@ export const CloseCode = Object.freeze({
   REPLACED: 4006,
   ROOM_UNAVAILABLE: 4007,
   TIMEOUT: 4008,
+  REDIRECT: 4011, // the room is on another node of the fleet: the `redirect` message says where
 });
+const MAX_REDIRECTS = 3;
 
 // Closes after which resuming makes no sense: the participant is gone or never was.
 const FINAL_CLOSES = new Set([
@@ -195,6 +197,9 @@ export class Consultation extends EventTarget {
       throw new TypeError("iceServers must be an array of RTCIceServer");
     }
     this._url = wsUrl(url);
+    // A fleet: `redirect` sends the socket to the room's node; if that node dies, the client
+    // comes back through this address, which sends it on again (docs/protocol.md, "Redirect").
+    this._entryUrl = this._url;
     this._token = token;
     this._iceOverride = iceServers;
     this._reconnect = reconnect;
@@ -274,7 +279,7 @@ export class Consultation extends EventTarget {
     return this._open(false);
   }
 
-  _open(resuming) {
+  _open(resuming, redirects = 0) {
     return new Promise((resolve, reject) => {
       let settled = false;
       const ws = new WebSocket(this._url);
@@ -287,6 +292,18 @@ export class Consultation extends EventTarget {
         if (codecs) join.codecs = codecs;
         this._request(join, { queue: false, timeout: REQUEST_TIMEOUT_MS }).then(
           (msg) => {
+            if (msg.type === "redirect") { // the room's node: join there (this socket closes)
+              const bad = typeof msg.url !== "string" || !/^wss?:\/\//.test(msg.url);
+              if (bad || redirects >= MAX_REDIRECTS) {
+                this._joinRefused = new ConsultError("redirect", "bad or too many redirects");
+                settle(reject, this._joinRefused);
+                return;
+              }
+              this._url = msg.url;
+              settled = true; // the next socket settles this promise
+              this._open(resuming, redirects + 1).then(resolve, reject);
+              return;
+            }
             try { this._onJoined(msg, resuming); } catch (e) { this._emitError("client", e); }
             settle(resolve, msg);
           },
@@ -327,6 +344,8 @@ export class Consultation extends EventTarget {
     if (code === CloseCode.DENIED) return this._finish("denied", "denied");
     if (code === CloseCode.KICKED) return this._finish("ended", "kicked");
     if (code === CloseCode.ENDED) return this._finish("ended", "ended");
+    // The room's node does not answer (it died): come back through the entry address.
+    if (code === 1006 && this._attempt > 0 && this._url !== this._entryUrl) this._url = this._entryUrl;
     const giveUp = this._attempt >= MAX_RECONNECT_ATTEMPTS;
     if (FINAL_CLOSES.has(code) || giveUp || !this._reconnect || !this._joined || !this._resume) {
       return this._finish("closed", CLOSE_REASONS[code] ?? reason ?? `closed-${code}`);
@@ -350,7 +369,8 @@ export class Consultation extends EventTarget {
     // participant, new peer connection, back through the waiting room where that applies.
     const rejoined = resuming && (msg.resumed === false
       || (this._me != null && msg.participant?.id != null && msg.participant.id !== this._me.id));
-    if (rejoined) this._resetMedia();
+    // Taken back on another node (its node died): same participant, a fresh connection.
+    if (rejoined || (resuming && msg.moved === true)) this._resetMedia();
     this._joined = true;
     this._attempt = 0;
     this._me = msg.participant ?? this._me;
@@ -365,7 +385,7 @@ export class Consultation extends EventTarget {
     if (resuming) {
       const outbox = this._outbox.splice(0);
       for (const m of outbox) this._sendRaw(m);
-      this._emit("resumed", { state, rejoined });
+      this._emit("resumed", { state, rejoined, moved: msg.moved === true });
       this._flushTelemetry(); // devices: batches whose ack was lost go again
       // An offer of ours that the lost socket never answered would hang the negotiation.
       this._enqueue(async () => {
@@ -478,6 +498,9 @@ export class Consultation extends EventTarget {
         return this._enqueue(() => this._onServerOffer(msg));
       case "candidate":
         return this._enqueue(() => this._onServerCandidate(msg.candidate));
+      case "redirect": // the room moves to another node (drain, stop): resume there
+        if (typeof msg.url === "string" && /^wss?:\/\//.test(msg.url)) this._url = msg.url;
+        return;
       case "ended":
         return this._finish("ended", msg.reason ?? "ended");
       case "error":
