@@ -13,9 +13,10 @@ DEV_STAMP := $(VENV)/.installed-dev
 DEB_NODE := python3:python3 python3-venv
 # The tests: browsers, network namespaces and shaping, Node for the compat driver and the
 # client's unit test, libatomic1 for Playwright's driver (a Node binary linked against it),
-# PulseAudio to feed Firefox a capture device from a file (the stethoscope fidelity test).
+# PulseAudio to feed Firefox a capture device from a file (the stethoscope fidelity test),
+# redis-server for the fleet tests (a node alone never needs it).
 DEB_TEST := chromium:chromium iproute2:ip nftables:nft firefox-esr:firefox-esr nodejs:node \
-  npm:npm libatomic1 pulseaudio:pulseaudio pulseaudio-utils:pacat
+  npm:npm libatomic1 pulseaudio:pulseaudio pulseaudio-utils:pacat redis-server:redis-server
 APT_ENV := DEBIAN_FRONTEND=noninteractive
 
 # $(call apt-missing,ENTRIES): apt-get install the packages of ENTRIES that are missing.
