@@ -307,8 +307,14 @@ class Consultation:
             "state": session.state.value,
             "resume": self.hub.resume_tokens.issue(self.id, session.id),
             "resumed": resumed,
-            "iceServers": self.plane.ice_servers(),
+            "iceServers": self._ice_servers(session),
         }
+
+    def _ice_servers(self, session: Session) -> list[dict[str, object]]:
+        """The session's TURN entry with credentials minted now (with --turn-urls), then the
+        node's static STUN/TURN servers (--ice-servers)."""
+        minted = [self.hub.turn.ice_server(session.id).as_dict()] if self.hub.turn else []
+        return [*minted, *self.plane.ice_servers()]
 
     async def join(
         self,
