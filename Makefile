@@ -14,19 +14,30 @@ DEB_NODE := python3:python3 python3-venv
 # The tests: browsers, network namespaces and shaping, Node for the compat driver and the
 # client's unit test, libatomic1 for Playwright's driver (a Node binary linked against it),
 # PulseAudio to feed Firefox a capture device from a file (the stethoscope fidelity test),
-# redis-server for the fleet tests (a node alone never needs it).
+# redis-server for the fleet tests and coturn's turnserver for the TURN test (tests/test_turn.py
+# runs its own on loopback); a node alone never needs either.
 DEB_TEST := chromium:chromium iproute2:ip nftables:nft firefox-esr:firefox-esr nodejs:node \
-  npm:npm libatomic1 pulseaudio:pulseaudio pulseaudio-utils:pacat redis-server:redis-server
+  npm:npm libatomic1 pulseaudio:pulseaudio pulseaudio-utils:pacat coturn:turnserver \
+  redis-server:redis-server
+# Services a package of DEB_TEST starts under systemd that the tests do not want: Debian's
+# coturn.service relays for anyone (its stock /etc/turnserver.conf asks for no credentials);
+# redis-server.service would hold port 6379 with no password (the tests start their own).
+# Stopped and disabled only where `make` has just installed the package.
+DEB_TEST_NO_SERVICE := coturn redis-server
 APT_ENV := DEBIAN_FRONTEND=noninteractive
 
-# $(call apt-missing,ENTRIES): apt-get install the packages of ENTRIES that are missing.
+# $(call apt-missing,ENTRIES[,SERVICES]): apt-get install the packages of ENTRIES that are
+# missing; then, under systemd, stop and disable the SERVICES whose package was just installed.
 define apt-missing
 @missing=""; for entry in $(1); do pkg=$${entry%%:*}; prog=$${entry#*:}; \
   [ "$$(dpkg-query -W -f='$${Status}' $$pkg 2>/dev/null)" = "install ok installed" ] && continue; \
   [ "$$prog" != "$$entry" ] && command -v $$prog >/dev/null 2>&1 && continue; \
   missing="$$missing $$pkg"; done; \
 if [ -n "$$missing" ]; then echo "apt-get install$$missing"; \
-  apt-get update -q && $(APT_ENV) apt-get install -yq --no-install-recommends $$missing; fi
+  apt-get update -q && $(APT_ENV) apt-get install -yq --no-install-recommends $$missing || exit 1; \
+  for svc in $(2); do case "$$missing " in *" $$svc "*) if [ -d /run/systemd/system ]; then \
+    echo "systemctl disable --now $$svc"; systemctl disable --now $$svc || true; fi;; esac; \
+  done; fi
 endef
 
 .PHONY: run test lint typecheck pytest deps-node deps-deb venv bench clean compat-driver compat-browsers pages-tests janus loadtest-compare
@@ -36,7 +47,7 @@ deps-node:
 
 # Install the Debian packages the tests use, only where missing.
 deps-deb:
-	$(call apt-missing,$(DEB_TEST))
+	$(call apt-missing,$(DEB_TEST),$(DEB_TEST_NO_SERVICE))
 
 $(NODE_STAMP): pyproject.toml | deps-node
 	@test -x $(PY) || python3 -m venv $(VENV)

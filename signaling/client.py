@@ -28,6 +28,7 @@ from aiortc import (
     RTCConfiguration,
     RTCDataChannel,
     RTCIceServer,
+    RTCIceTransportPolicy,
     RTCPeerConnection,
     RTCRtpTransceiver,
     RTCSessionDescription,
@@ -74,8 +75,13 @@ class ConsultClient:
         http: aiohttp.ClientSession | None = None,
         auto_answer: bool = True,
         auto_reconnect: bool = False,
+        ice_transport_policy: str = "all",
     ) -> None:
         """`auto_answer=False` leaves server offers unanswered (tests of glare use it).
+
+        `ice_transport_policy="relay"` gathers and uses relay candidates only: every media
+        packet goes through the TURN server `joined` names (docs/turn.md); "all" (the
+        default) uses host candidates too, as a browser does.
 
         `auto_reconnect=True` resumes a dropped socket with the resume token, restarts the
         media connection when it fails or nothing arrives for `media_timeout_s` (`reconnect`),
@@ -90,6 +96,7 @@ class ConsultClient:
         self.redirects = 0
         self.codecs = codecs
         self.auto_answer = auto_answer
+        self.ice_transport_policy = RTCIceTransportPolicy(ice_transport_policy)
         self._http = http
         self._own_http = http is None
         self._ids = itertools.count(1)
@@ -434,7 +441,11 @@ class ConsultClient:
                 for s in self.ice_servers
             ]
             self.pc = RTCPeerConnection(
-                RTCConfiguration(iceServers=servers, bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
+                RTCConfiguration(
+                    iceServers=servers,
+                    bundlePolicy=RTCBundlePolicy.MAX_BUNDLE,
+                    iceTransportPolicy=self.ice_transport_policy,
+                )
             )
             self.channel = self.pc.createDataChannel("consult", negotiated=True, id=0)
             # aiortc max-bundle bug: see mediaserver/rtc/peer.py bundle_data_channel.

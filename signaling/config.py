@@ -19,6 +19,13 @@ from mediaserver.api import IceConfig, IceServer, MediaConfig
 
 from .auth import TokenVerifier
 from .ratelimit import Rate
+from .turn import (
+    DEFAULT_LIFETIME_S,
+    MAX_LIFETIME_S,
+    MIN_LIFETIME_S,
+    TurnCredentials,
+    parse_turn_urls,
+)
 
 ENV_PREFIX = "CONSULT_"
 DEV_TOKEN_SECRET = "dev-token-secret-not-for-production"
@@ -94,6 +101,11 @@ class ServerConfig:
     # a worker without a heartbeat for this long is hung: killed and restarted, its rooms moved
     worker_heartbeat_timeout_s: float = 3.0
     # -- end workers --
+    # -- turn: ephemeral TURN credentials in `joined` (signaling/turn.py, docs/turn.md) --
+    turn_urls: tuple[str, ...] = ()  # turn:/turns: URLs handed out with minted credentials
+    turn_secret: str = field(default="", repr=False)  # the TURN server's static-auth-secret
+    turn_lifetime_s: float = DEFAULT_LIFETIME_S  # how long a minted credential is valid
+    # -- end turn --
     # -- fleet (issue 14; docs/deploy.md "A fleet of nodes") --
     # None: one node, its state in memory (the embedded default). A redis:// URL: the nodes
     # sharing it place rooms by load, redirect clients to a room's node and take over the
@@ -121,7 +133,32 @@ class ServerConfig:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
         self._check_exposure()
+        self._check_turn()
         self._check_fleet()
+
+    def _check_turn(self) -> None:
+        if not MIN_LIFETIME_S <= self.turn_lifetime_s <= MAX_LIFETIME_S:
+            raise ValueError(
+                f"turn_lifetime_s must be within {MIN_LIFETIME_S:.0f}..{MAX_LIFETIME_S:.0f}"
+            )
+        if bool(self.turn_urls) != bool(self.turn_secret):
+            raise ValueError("--turn-urls and --turn-secret-file go together")
+        if self.turn_secret and self.turn_secret in (
+            self.api_key,
+            self.token_secret,
+            self.metrics_key,
+        ):
+            # the TURN server holds this one: it must not sign tokens or open the API too
+            raise ValueError("the TURN secret must differ from the API, token and metrics keys")
+        self.turn_credentials()  # URLs checked: ValueError when unusable
+
+    def turn_credentials(self) -> TurnCredentials | None:
+        """What mints each participant's TURN entry in `joined`; None without TURN."""
+        if not self.turn_urls:
+            return None
+        return TurnCredentials(
+            urls=self.turn_urls, secret=self.turn_secret, lifetime_s=self.turn_lifetime_s
+        )
 
     def _check_fleet(self) -> None:
         if self.redis_url is None:
@@ -382,6 +419,54 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     add_access_arguments(parser)
     _add_limit_arguments(parser)
     add_pages_arguments(parser)
+    add_turn_arguments(parser)
+
+
+def add_turn_arguments(parser: argparse.ArgumentParser) -> None:
+    """Ephemeral TURN credentials (docs/turn.md); each falls back to CONSULT_<NAME>."""
+    add = parser.add_argument
+    add(
+        "--turn-urls",
+        help="comma-separated TURN URLs handed out with minted credentials, e.g."
+        " turn:turn.example.org:3478?transport=udp,turns:turn.example.org:5349?transport=tcp"
+        " (CONSULT_TURN_URLS)",
+    )
+    add(
+        "--turn-secret-file",
+        help="file holding the TURN server's static-auth-secret (CONSULT_TURN_SECRET_FILE)",
+    )
+    add(
+        "--turn-lifetime",
+        type=float,
+        help=f"seconds a minted TURN credential is valid ({DEFAULT_LIFETIME_S:.0f};"
+        f" {MIN_LIFETIME_S:.0f} to {MAX_LIFETIME_S:.0f}; CONSULT_TURN_LIFETIME_S)",
+    )
+
+
+def turn_values(
+    args: argparse.Namespace, env: Mapping[str, str], *, dev: bool
+) -> dict[str, object]:
+    """The TURN options given on the command line or in CONSULT_* env vars; the secret only
+    from a file (never on the command line, where `ps` shows it)."""
+
+    def pick(attr: str, name: str) -> str | None:
+        flag = getattr(args, attr, None)
+        return str(flag) if flag is not None else env.get(ENV_PREFIX + name)
+
+    values: dict[str, object] = {}
+    urls = pick("turn_urls", "TURN_URLS")
+    if urls is not None:
+        values["turn_urls"] = parse_turn_urls(urls)
+    path = pick("turn_secret_file", "TURN_SECRET_FILE")
+    if path:
+        secret = read_secret_file(path, "TURN secret")
+        if not dev:
+            check_secret_strength(secret, "TURN secret")
+        values["turn_secret"] = secret
+    lifetime = pick("turn_lifetime", "TURN_LIFETIME_S")
+    if lifetime is not None:
+        values["turn_lifetime_s"] = float(lifetime)
+    return values
 
 
 def add_pages_arguments(parser: argparse.ArgumentParser) -> None:
@@ -523,6 +608,7 @@ def config_from_args(
     if "workers" not in values:
         values["workers"] = default_workers(min_port, max_port)
     values.update(access_values(args, env))
+    values.update(turn_values(args, env, dev=dev))
     for name, _flag, limit_conv, _help in LIMIT_OPTIONS:  # limits (issue 11)
         text = pick(getattr(args, name, None), name.upper())
         if text is not None:

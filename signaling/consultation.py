@@ -362,11 +362,17 @@ class Consultation:
             "state": session.state.value,
             "resume": token,
             "resumed": resumed,
-            "iceServers": self.plane.ice_servers(),
+            "iceServers": self._ice_servers(session),
         }
         if moved:  # taken back on another node: its media connection must start afresh
             msg["moved"] = True
         return msg
+
+    def _ice_servers(self, session: Session) -> list[dict[str, object]]:
+        """The session's TURN entry with credentials minted now (with --turn-urls), then the
+        node's static STUN/TURN servers (--ice-servers)."""
+        minted = [self.hub.turn.ice_server(session.id).as_dict()] if self.hub.turn else []
+        return [*minted, *self.plane.ice_servers()]
 
     async def join(
         self,

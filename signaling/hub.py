@@ -108,6 +108,7 @@ class Hub:
         self.fleet = fleet or LocalFleet(NodeInfo(id="local", url=""))
         self.resume_tokens = ResumeTokens()
         self.tokens = config.token_verifier()
+        self.turn = config.turn_credentials()  # mints TURN credentials per `joined` (or None)
         self.ended = EndedRooms(
             keep_s=config.token_max_lifetime_s + CLOCK_LEEWAY_S, max_ids=config.ended_rooms_kept
         )

@@ -76,7 +76,7 @@ export interface ConsultationEventMap {
   "device-state": CustomEvent<{ participant: string; state: string }>;
 }
 
-export interface ConsultationOptions { url?: string; token: string; iceServers?: RTCIceServer[]; reconnect?: boolean; }
+export interface ConsultationOptions { url?: string; token: string; iceServers?: RTCIceServer[]; iceTransportPolicy?: RTCIceTransportPolicy; reconnect?: boolean; }
 
 export declare class Consultation extends EventTarget {
   constructor(options: ConsultationOptions);

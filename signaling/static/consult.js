@@ -186,9 +186,11 @@ export class Consultation extends EventTarget {
    *   or a path is turned into one). Default: `/ws` on the page's origin.
    * @param {string} options.token The participant token the platform minted (HS256 JWT).
    * @param {RTCIceServer[]} [options.iceServers] Overrides the servers sent in `joined`.
+   * @param {RTCIceTransportPolicy} [options.iceTransportPolicy="all"] `"relay"`: relay
+   *   candidates only, every packet through the TURN server of `joined` (docs/turn.md).
    * @param {boolean} [options.reconnect=true] Resume automatically when the socket drops.
    */
-  constructor({ url, token, iceServers, reconnect = true } = {}) {
+  constructor({ url, token, iceServers, iceTransportPolicy = "all", reconnect = true } = {}) {
     super();
     if (typeof token !== "string" || token.split(".").length !== 3) {
       throw new TypeError("token must be a signed JWT string");
@@ -196,12 +198,16 @@ export class Consultation extends EventTarget {
     if (iceServers !== undefined && !Array.isArray(iceServers)) {
       throw new TypeError("iceServers must be an array of RTCIceServer");
     }
+    if (iceTransportPolicy !== "all" && iceTransportPolicy !== "relay") {
+      throw new RangeError('iceTransportPolicy must be "all" or "relay"');
+    }
     this._url = wsUrl(url);
     // A fleet: `redirect` sends the socket to the room's node; if that node dies, the client
     // comes back through this address, which sends it on again (docs/protocol.md, "Redirect").
     this._entryUrl = this._url;
     this._token = token;
     this._iceOverride = iceServers;
+    this._iceTransportPolicy = iceTransportPolicy;
     this._reconnect = reconnect;
 
     this._ws = null;
@@ -989,6 +995,7 @@ export class Consultation extends EventTarget {
     if (this._pc) return;
     const pc = new RTCPeerConnection({
       iceServers: this._iceOverride ?? this._iceServers,
+      iceTransportPolicy: this._iceTransportPolicy,
       bundlePolicy: "max-bundle",
       rtcpMuxPolicy: "require",
     });
