@@ -46,6 +46,7 @@ TERMINAL_STATES = frozenset({"denied", "kicked", "ended", "left", "closed"})
 
 
 MAX_REDIRECTS = 3
+NODE_CONNECT_TIMEOUT_S = 5.0  # connecting to a node a redirect named (not the entry address)
 
 
 class ServerError(Exception):
@@ -184,9 +185,11 @@ class ConsultClient:
         # Bounded: over a dead or saturated link the TCP handshake alone can hang for minutes.
         # Once `join` is sent the reply is awaited (should it be lost anyway, the server still
         # takes the same resume token again: docs/protocol.md, "Resume").
+        # A node we were sent to that does not answer (its machine is gone) is given up on
+        # sooner: the entry address sends us to the room's node again.
+        limit = DEFAULT_TIMEOUT_S if self.ws_url == self.entry_url else NODE_CONNECT_TIMEOUT_S
         self.ws = await asyncio.wait_for(
-            self._http.ws_connect(self.ws_url, autoping=True, heartbeat=heartbeat),
-            DEFAULT_TIMEOUT_S,
+            self._http.ws_connect(self.ws_url, autoping=True, heartbeat=heartbeat), limit
         )
         # A `pause` or chat sent on a link that was congested goes within about a second
         # of its clearing, not after TCP's backoff (signaling/tcp.py).

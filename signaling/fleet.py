@@ -66,12 +66,13 @@ class NodeInfo:
 @dataclass(frozen=True, slots=True)
 class Placement:
     """Where a room lives. `moved`: the room was placed again because its node died or left
-    (this node must restore it from the journal rather than create it empty)."""
+    (its new node restores it from the journal rather than creating it empty)."""
 
     room_id: str
     node: NodeInfo
     options: dict[str, Any] = field(default_factory=dict)
     moved: bool = False
+    created: bool = False  # placed by this call for a room the fleet did not know
 
 
 @dataclass(frozen=True, slots=True)

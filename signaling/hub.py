@@ -188,8 +188,8 @@ class Hub:
         room_id = placement.room_id
         state = await self.fleet.restore(room_id)
         options = ConsultationOptions.from_dict(placement.options)
-        try:
-            consultation = await self.create(room_id, options)
+        try:  # a room new to the fleet, created by a join (dev mode), ends when it empties
+            consultation = await self.create(room_id, options, auto_created=placement.created)
         except RoomExists:  # another join took it over first
             existing = self.get(room_id)
             if existing is None:

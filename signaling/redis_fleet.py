@@ -50,8 +50,8 @@ RESTORE_PAGE = 5000
 
 # KEYS: room hash, nodes set, placed hash. ARGV: prefix, options JSON, create (0/1), now,
 # the id of a node handing its rooms over ("" if none: its rooms move as if it were dead).
-# Returns false (unknown room, not created), or {node stats JSON, options JSON, moved (0/1)};
-# {false, ...} as the first element when no live node may take it.
+# Returns false (unknown room, not created), or {node stats JSON, options JSON, moved (0/1),
+# placed now (0/1)}; '' as the first element when no live node may take it.
 PLACE = """
 local room = KEYS[1]
 local node = redis.call('HGET', room, 'node')
@@ -60,7 +60,7 @@ local moved = 0
 if node then
   local stats = redis.call('GET', ARGV[1] .. 'node:' .. node)
   local kept = redis.call('HGET', room, 'options')
-  if stats and node ~= ARGV[5] then return {stats, kept, 0} end
+  if stats and node ~= ARGV[5] then return {stats, kept, 0, 0} end
   options = kept or options
   moved = 1
 elseif ARGV[3] ~= '1' then
@@ -82,11 +82,11 @@ for _, id in ipairs(redis.call('SMEMBERS', KEYS[2])) do
     end
   end
 end
-if best == nil then return {'', options, moved} end
+if best == nil then return {'', options, moved, 0} end
 redis.call('HSET', room, 'node', best, 'options', options, 'created', ARGV[4])
 redis.call('EXPIRE', room, ROOM_TTL_S)
 redis.call('HINCRBY', KEYS[3], best, 1)
-return {best_stats, options, moved}
+return {best_stats, options, moved, 1}
 """.replace("ROOM_TTL_S", str(ROOM_TTL_S))
 
 # KEYS: room hash. ARGV: prefix, this node's id, options JSON, now. The room is here: record
@@ -300,14 +300,21 @@ class RedisFleet(Fleet):
         )
         if not result:
             raise LookupError(room_id)
-        stats, kept, moved = result
+        stats, kept, moved, placed = result
         if not stats:
             self.placements["no-node"] += 1
             raise FleetUnavailable("no live node may take the room")
         node = NodeInfo.from_dict(json.loads(stats))
-        placement = Placement(room_id, node, json.loads(kept or "{}"), moved=bool(moved))
-        outcome = "moved" if placement.moved else ("local" if node.id == self.node.id else "remote")
-        self.placements[outcome] += 1
+        placement = Placement(
+            room_id,
+            node,
+            json.loads(kept or "{}"),
+            moved=bool(moved),
+            created=bool(placed) and not moved,
+        )
+        if placed:  # a placement made now (not the lookup of an existing one)
+            local = node.id == self.node.id
+            self.placements["moved" if moved else "local" if local else "remote"] += 1
         return placement
 
     async def locate(self, room_id: str) -> Placement | None:

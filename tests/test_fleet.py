@@ -21,6 +21,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -32,6 +33,7 @@ from mediaserver.api import Role
 from signaling.auth import encode_token
 from signaling.client import ConsultClient
 from signaling.config import DEV_API_KEY, DEV_TOKEN_SECRET
+from tests.client_js import run_client_script
 from tests.media_peers import PatternVideoTrack
 
 WAIT_S = 30.0
@@ -236,6 +238,12 @@ async def test_rooms_spread_by_load_and_any_node_reaches_a_room(fleet: Fleet) ->
         assert sorted(r["id"] for r in rooms["rooms"]) == sorted(
             room for room, where in placed.items() if where == node.id
         )
+    async with fleet.http.get(a.url + "/metrics") as r:
+        metrics = await r.text()
+    assert "consult_fleet_nodes 3.0" in metrics
+    assert 'consult_fleet_placements_total{outcome="local"} 2.0' in metrics
+    assert 'consult_fleet_placements_total{outcome="remote"} 4.0' in metrics
+    assert 'consult_fleet_node_rooms{node="n1"}' in metrics and "spread-" not in metrics
     # The API works on any node: another node's room is answered by its node.
     room = next(r for r, where in placed.items() if where == "n1")
     status, info = await fleet.api(c, "GET", f"/api/v1/rooms/{room}")
@@ -465,3 +473,13 @@ async def test_a_drain_deadline_or_a_stop_moves_rooms_with_their_clients(fleet: 
     assert all(c.participant_id == ids[c] for c in ids)
     await _frames(doctor, pid, "video", 5)
     assert stopping.proc.wait(WAIT_S) == 0
+
+
+def test_consult_js_follows_redirects_and_comes_back_through_the_entry(tmp_path: Path) -> None:
+    """consult.js (tests/js/redirect.mjs, pure client logic on a fake socket): a `redirect`
+    reply to join is followed; a pushed one sends the resume to the room's new node, where
+    `moved` starts a fresh peer connection; a node that refuses the resume sends the client
+    back through its entry address."""
+    result = run_client_script("redirect.mjs", tmp_path)
+    assert result["ok"], result
+    assert len(result["checks"]) == 8

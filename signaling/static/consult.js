@@ -79,6 +79,7 @@ export const CloseCode = Object.freeze({
   REDIRECT: 4011, // the room is on another node of the fleet: the `redirect` message says where
 });
 const MAX_REDIRECTS = 3;
+const NODE_CONNECT_TIMEOUT_MS = 5000;
 
 // Closes after which resuming makes no sense: the participant is gone or never was.
 const FINAL_CLOSES = new Set([
@@ -290,6 +291,15 @@ export class Consultation extends EventTarget {
       let settled = false;
       const ws = new WebSocket(this._url);
       this._ws = ws;
+      // A node a redirect named that does not answer (its machine is gone): given up on after
+      // NODE_CONNECT_TIMEOUT_MS; the close sends the next attempt to the entry address.
+      if (this._url !== this._entryUrl) {
+        const timer = setTimeout(() => {
+          if (ws.readyState === WebSocket.CONNECTING) { try { ws.close(); } catch { /* gone */ } }
+        }, NODE_CONNECT_TIMEOUT_MS);
+        ws.addEventListener?.("open", () => clearTimeout(timer));
+        ws.addEventListener?.("close", () => clearTimeout(timer));
+      }
       const settle = (fn, v) => { if (!settled) { settled = true; fn(v); } };
       ws.onopen = () => {
         const join = { type: "join", v: PROTOCOL_VERSION, token: this._token };
