@@ -31,7 +31,7 @@ from aiortc.mediastreams import AudioStreamTrack
 
 from mediaserver.api import Role
 from signaling.auth import encode_token
-from signaling.client import ConsultClient
+from signaling.client import ConsultClient, JoinRefused
 from signaling.config import DEV_API_KEY, DEV_TOKEN_SECRET
 from tests.client_js import run_client_script
 from tests.media_peers import PatternVideoTrack
@@ -264,7 +264,7 @@ async def test_rooms_spread_by_load_and_any_node_reaches_a_room(fleet: Fleet) ->
     assert status == 200
     await doctor.wait_closed()
     late = fleet.client(a)
-    with pytest.raises(Exception):  # noqa: B017 (JoinRefused: unknown room)
+    with pytest.raises(JoinRefused):  # unknown room
         await late.connect(token(room, Role.DOCTOR, "doc-late"))
     assert late.close_code == 4007
 
@@ -342,6 +342,10 @@ async def test_a_node_killed_mid_consultation_hands_its_room_over(fleet: Fleet) 
         assert reply["type"] == "ack" and reply["stored"] == 1
     positions = [_last_position(w) for w in waiting]
     assert positions == [1, 2]
+    intruder = fleet.client(entry)  # kicked: barred from the room, on any node it moves to
+    await intruder.connect(token(room, Role.PATIENT, "kicked-move"))
+    await doctor.kick(intruder.participant_id or "")
+    assert await intruder.wait_closed() == 4004
     ids = {c: c.participant_id for c in (doctor, patient, *waiting)}
 
     killed_at = time.monotonic()
@@ -371,6 +375,10 @@ async def test_a_node_killed_mid_consultation_hands_its_room_over(fleet: Fleet) 
     assert reply["stored"] == 0
     await _until("waiting places", lambda: [_last_position(w) for w in waiting] == [1, 2])
     assert all(w.state == "waiting" for w in waiting)
+    again = fleet.client(entry)
+    with pytest.raises(JoinRefused):
+        await again.connect(token(room, Role.PATIENT, "kicked-move"))
+    assert again.close_code == 4004
     new_holder = next(n for n in fleet.nodes if f":{n.port}/" in doctor.ws_url)
     status, info = await fleet.api(new_holder, "GET", f"/api/v1/rooms/{room}")
     assert status == 200
