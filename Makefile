@@ -40,7 +40,7 @@ if [ -n "$$missing" ]; then echo "apt-get install$$missing"; \
   done; fi
 endef
 
-.PHONY: run test lint typecheck pytest deps-node deps-deb venv bench clean compat-driver compat-browsers pages-tests janus loadtest-compare
+.PHONY: run test lint typecheck pytest deps-node deps-deb venv bench clean compat-driver compat-browsers pages-tests janus loadtest-compare image
 
 deps-node:
 	$(call apt-missing,$(DEB_NODE))
@@ -106,6 +106,16 @@ janus:
 
 loadtest-compare: $(DEV_STAMP) deps-deb janus
 	$(VENV)/bin/loadtest compare --docs
+
+# The node's container image (docs/containers.md; not part of `make test`): podman where it is
+# installed, else docker. HEALTHCHECK and SHELL need podman's docker format. Offline, import
+# the base first (deploy/offline-base.sh); IMAGE_BUILD_FLAGS passes engine flags, e.g.
+# `--isolation chroot --network host` where the engine cannot run its own build containers.
+IMAGE ?= consult-node
+ENGINE ?= $(shell command -v podman >/dev/null 2>&1 && echo podman || echo docker)
+image:
+	@command -v $(ENGINE) >/dev/null 2>&1 || { echo "make image: no podman nor docker (apt-get install podman)" >&2; exit 1; }
+	$(ENGINE) build $(if $(filter podman,$(ENGINE)),--format docker) $(IMAGE_BUILD_FLAGS) -t $(IMAGE) .
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache $(DRIVER)/node_modules $(PAGES_TESTS)/node_modules
