@@ -536,12 +536,14 @@ class Consultation:
             self._bar(session.sub, Bar(session.id, "blocked"))
         elif denials > self.hub.config.max_reknocks:
             self._bar(session.sub, Bar(session.id, "denied"))
+        await self.journal.flushed()  # a fleet: barred on any node before it is told
         notice = {"type": "denied", "blocked": block}
         await self.remove(session, CloseReason.DENIED, notice=notice)
 
     async def kick(self, session: Session) -> None:
         """Remove a participant and bar its identity for the room's life (the API lifts it)."""
         self._bar(session.sub, Bar(session.id, "kicked"))
+        await self.journal.flushed()  # a fleet: barred on any node before it is told
         await self.remove(session, CloseReason.KICKED, notice={"type": "kicked"})
 
     def lift_bar(self, participant_id: str) -> bool:
