@@ -19,6 +19,7 @@ ENVELOPE_BYTES = 1024
 class CloseCode(enum.IntEnum):
     NORMAL = 1000
     GOING_AWAY = 1001
+    TRY_AGAIN_LATER = 1013  # a fleet whose Redis cannot say where the room is: retry
     BAD_TOKEN = 4001
     PROTOCOL = 4002
     DENIED = 4003

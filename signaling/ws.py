@@ -114,7 +114,11 @@ async def _handshake(hub: Hub, ws: web.WebSocketResponse) -> Session | None:
             return None
         consultation = hub.get(claims.room)
         if consultation is None and hub.fleet.shared:
-            routed = await _route(hub, claims.room)
+            try:
+                routed = await _route(hub, claims.room)
+            except FleetUnavailable:  # where the room is cannot be known now: retry later
+                await _refuse(ws, CloseCode.TRY_AGAIN_LATER, "fleet unavailable: try again")
+                return None
             if isinstance(routed, Placement):  # another node holds it: the client goes there
                 await _redirect(ws, routed, msg["id"])
                 return None
@@ -174,17 +178,16 @@ def _unexpired(hub: Hub, token: str, room: str | None) -> bool:
 async def _route(hub: Hub, room_id: str) -> Consultation | Placement | None:
     """A room this node does not hold, in a fleet: the placement of the node that does, or
     the room taken over here (its node died, or it is placed here and new). None: unknown to
-    the fleet, or the fleet unreachable (then the node decides alone, as without a fleet)."""
+    the fleet (the node decides alone, as without a fleet). FleetUnavailable: Redis cannot
+    say where the room is, or its journal cannot be read (the client retries: 1013)."""
     try:
         placement = await hub.fleet.place(room_id, {}, create=hub.config.rooms_auto_created)
-    except (LookupError, FleetUnavailable):
+    except LookupError:
         return None
     if placement.node.id != hub.fleet.node.id:
         return placement
     try:
         return await hub.take_over(placement)
-    except FleetUnavailable:
-        return None
     except (Draining, NodeFull, ValueError):
         return hub.get(room_id)
 

@@ -324,6 +324,8 @@ export class Consultation extends EventTarget {
             settle(resolve, msg);
           },
           (err) => {
+            // The socket closing before the reply is no refusal: its close code decides.
+            if (err?.code === "disconnected") return settle(reject, err);
             this._joinRefused = err;
             settle(reject, err);
             try { ws.close(1000, "join refused"); } catch { /* closed */ }
@@ -388,6 +390,7 @@ export class Consultation extends EventTarget {
     // Taken back on another node (its node died): same participant, a fresh connection.
     if (rejoined || (resuming && msg.moved === true)) this._resetMedia();
     this._joined = true;
+    this._joinRefused = null;
     this._attempt = 0;
     this._me = msg.participant ?? this._me;
     this._room = msg.room ?? this._room;

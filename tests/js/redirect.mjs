@@ -2,7 +2,7 @@
 // reply to `join` is followed to the room's node; a pushed `redirect` (the room moves) sends
 // the resume there, and a `joined` with `moved` restarts the media connection
 // (`resumed {moved: true}`); a room's node that stops answering sends the next resume back
-// to the entry address. Run by tests/test_fleet.py with Node; prints one JSON line
+// to the entry address; a join closed with 1013 (try again later) is retried. Run by tests/test_fleet.py with Node; prints one JSON line
 // {ok, checks, error}.
 
 import "./node18.mjs";
@@ -13,6 +13,7 @@ const NODE_C = "ws://node-c.example/ws";
 const opened = []; // [url, join message] per socket that got a join
 const down = new Set(); // urls that refuse connections (a dead node)
 let current = null;
+let refuseNext = 0; // joins node B answers with close 1013 (try again later)
 
 class Socket {
   static CONNECTING = 0;
@@ -35,6 +36,11 @@ class Socket {
     const msg = JSON.parse(text);
     if (msg.type !== "join") return;
     opened.push([this.url, msg]);
+    if (this.url === NODE_B && refuseNext > 0) { // Redis cannot say where the room is
+      refuseNext -= 1;
+      setTimeout(() => this.drop(1013, "fleet unavailable: try again"), 5);
+      return;
+    }
     if (this.url === ENTRY) { // the room is on node B: go there
       this.reply({ type: "redirect", ref: msg.id, url: NODE_B, node: "b" });
       setTimeout(() => this.drop(4011, "redirect"), 5);
@@ -117,7 +123,22 @@ try {
   const before = opened.length;
   current.drop(1006, "");
   await until("joined again", () => opened.length >= before + 2, 8000);
+  await until("admitted again", () => consult.state === "admitted");
+  await tick(20); // the `joined` and `room` replies handled
   check("back through the entry address, then redirected", opened.slice(before).map(([u]) => u).join() === [ENTRY, NODE_B].join(), opened.slice(before).map(([u]) => u));
+
+  // A join closed with 1013 (try again later) is retried, and is no refusal: the client
+  // stays in the consultation and resumes again after a later drop.
+  refuseNext = 1;
+  const mark = opened.length;
+  current.drop(1006, "");
+  await until("joined after a 1013", () => opened.length >= mark + 2 && consult.state === "admitted", 8000);
+  await tick(20);
+  check("1013 then joined at B", opened.slice(mark).map(([u]) => u).join() === [NODE_B, NODE_B].join(), opened.slice(mark).map(([u]) => u));
+  const mark2 = opened.length;
+  current.drop(1006, "");
+  await until("resumed after a later drop", () => opened.length > mark2 && consult.state === "admitted", 8000);
+  check("still resuming (no stale refusal)", opened.length > mark2, consult.state);
   console.log(JSON.stringify({ ok: true, checks }));
 } catch (e) {
   console.log(JSON.stringify({ ok: false, checks, error: String(e?.stack ?? e), opened: opened.map(([u, m]) => [u, m.resume ?? null]) }));
