@@ -6,15 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import io
 import json
-import os
+import subprocess
+import sys
 import time
-from collections.abc import Callable
-from fractions import Fraction
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import av
 import numpy as np
 import pytest
@@ -22,8 +22,6 @@ from aiortc.mediastreams import AudioStreamTrack, VideoStreamTrack
 
 from mediaserver.api import IceConfig, MediaConfig, RecordingConfig
 from recorder.cli import main as recorder_cli
-from recorder.keys import parse_key
-from recorder.sealed import unseal
 from signaling.client import ConsultClient
 
 from .conftest import Server, ServerFactory
@@ -308,15 +306,71 @@ async def test_recording_policy_and_missing_key(
     assert status == 400
 
 
-def test_sealed_files_open_only_with_their_key(recording_dir: Path) -> None:
-    key = parse_key(KEY_TEXT)
-    path = recording_dir / "f.sealed"
-    from recorder.sealed import SealedWriter
+@pytest.fixture
+def recording_node(recording_dir: Path) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """`python -m signaling run --dev --workers 1` recording into recording_dir: (process, port)."""
+    from .test_workers import _free_port
 
-    writer = SealedWriter(str(path), key)
-    writer.write(b"x" * 10)
-    writer.close()
-    assert unseal(str(path), key).data == b"x" * 10
-    assert io.BytesIO(path.read_bytes()).read(5) == b"CSEAL"
-    assert os.path.getsize(path) > 10
-    assert Fraction(1, 2) == Fraction(1, 2)  # (keeps imports honest)
+    port = _free_port()
+    argv = [sys.executable, "-m", "signaling", "run", "--dev", "--port", str(port)]
+    argv += ["--workers", "1", "--ice-host", "127.0.0.1", "--log-level", "WARNING"]
+    argv += ["--recording-dir", str(recording_dir / "rec")]
+    argv += ["--recording-key-file", str(recording_dir / "key")]
+    node = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
+    yield node, port
+    if node.poll() is None:
+        node.kill()
+    node.wait(10)
+
+
+async def test_a_node_killed_mid_recording_leaves_a_playable_prefix(
+    recording_dir: Path, recording_node: tuple[subprocess.Popen[bytes], int]
+) -> None:
+    """`python -m signaling run` (media in a worker process) killed with SIGKILL while it
+    records: every sealed chunk on disk decrypts, and the prefix decodes."""
+    from signaling.auth import encode_token
+    from signaling.config import DEV_API_KEY, DEV_TOKEN_SECRET
+
+    from .test_e2e_media import SyntheticVideo
+    from .test_workers import _ready, alive, until, worker_processes
+
+    node, port = recording_node
+    url = f"http://127.0.0.1:{port}"
+    doctor, patient = ConsultClient(url), ConsultClient(url)
+    try:
+        await _ready(port)
+        workers = worker_processes(node.pid)
+        async with aiohttp.ClientSession() as http:
+            headers = {"Authorization": f"Bearer {DEV_API_KEY}"}
+            body = {"id": "k", "recording": "consent"}
+            async with http.post(f"{url}/api/v1/rooms", json=body, headers=headers) as r:
+                assert r.status == 201
+
+        def token(role: str) -> str:
+            return encode_token(
+                secret=DEV_TOKEN_SECRET, room="k", sub=role, role=role, name=role, ttl_s=600
+            )
+
+        await doctor.connect(token("doctor"))
+        await patient.connect(token("patient"))
+        await doctor.admit(patient.participant_id or "")
+        await patient.wait_state("admitted")
+        await doctor.publish(SyntheticVideo(90), AudioStreamTrack())
+        await patient.wait_track(doctor.participant_id or "", "video", timeout_s=20)
+        rid = await start_recording(doctor, patient)
+        video = recording_dir / "rec" / rid / "00-video-camera.webm.sealed"
+        await until(lambda: video.exists() and video.stat().st_size > 20_000, 30, "video written")
+        node.kill()  # SIGKILL: no stop, no final chunk, no manifest update
+        node.wait(10)
+        await until(lambda: not any(alive(pid) for pid in workers), 15, "its worker gone")
+    finally:
+        await doctor.close()
+        await patient.close()
+
+    out, manifest = decrypt(recording_dir, rid)
+    assert manifest["state"] == "recording"  # as the crash left it
+    for entry in manifest["tracks"]:
+        if entry["first_rtp_timestamp"] is None:
+            continue  # a track with no frame before the kill (none here: both started)
+        frames, duration = decode(out / entry["file"].removesuffix(".sealed"))
+        assert len(frames) > 10 and duration > 0.5, entry["file"]
