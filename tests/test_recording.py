@@ -374,3 +374,57 @@ async def test_a_node_killed_mid_recording_leaves_a_playable_prefix(
             continue  # a track with no frame before the kill (none here: both started)
         frames, duration = decode(out / entry["file"].removesuffix(".sealed"))
         assert len(frames) > 10 and duration > 0.5, entry["file"]
+
+
+class NoiseVideo(VideoStreamTrack):
+    """Noise: every frame costs the encoder its full bitrate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rng = np.random.default_rng(3)
+
+    async def recv(self) -> av.VideoFrame:
+        pts, time_base = await self.next_timestamp()
+        img = self.rng.integers(0, 255, (240, 320, 3), np.uint8)
+        frame = av.VideoFrame.from_ndarray(img, format="bgr24")
+        frame.pts, frame.time_base = pts, time_base
+        return frame
+
+
+@pytest.fixture
+def full_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 256 KiB tmpfs: the recording runs out of space in seconds (ENOSPC, for real)."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True
+    )
+    if done.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.mark.workers(0)
+async def test_a_full_disk_stops_the_recording_not_the_consultation(
+    make_server: ServerFactory, clients: Clients, recording_dir: Path, full_disk: Path
+) -> None:
+    recording = RecordingConfig(directory=str(full_disk), key_file=str(recording_dir / "key"))
+    media = MediaConfig(ice=IceConfig(host_addresses=("127.0.0.1",)), recording=recording)
+    server = await make_server(media=media)
+    doctor, patient = await consult(server, clients, "rec")
+    await doctor.publish(NoiseVideo())
+    video = await patient.wait_track(doctor.participant_id or "", "video", timeout_s=20)
+    rid = await start_recording(doctor, patient)
+    stopped = await doctor.wait_for("recording", lambda m: m["state"] == "stopped", timeout_s=60)
+    assert (stopped["recording_id"], stopped["reason"]) == (rid, "error")
+    assert stopped["error"] == "write failed: No space left on device"
+    # the consultation goes on: chat, and video still reaches the patient
+    assert (await doctor.chat("still here"))["type"] == "ack"
+    await asyncio.wait_for(video.recv(), 20)
+    # what was written is decryptable: every complete chunk, a WebM prefix that decodes
+    out = recording_dir / "plain"
+    key = str(recording_dir / "key")
+    assert recorder_cli(["decrypt", str(full_disk / rid), str(out), "--key-file", key]) == 0
+    frames, _ = decode(out / "00-video-camera.webm")
+    assert len(frames) >= 1
