@@ -1,14 +1,17 @@
 """Depacketizers: RTP payloads (in sequence order) back into encoded frames, no decoding.
 
 VP8 (RFC 7741): strip the payload descriptor; a frame is every packet of one timestamp, the
-last one marked; its first packet has S=1 and partition index 0. Opus (RFC 7587): one packet
-is one frame. A frame with a packet missing is dropped (`lost` counts it); the caller then
-waits for a keyframe.
+last one marked; its first packet has S=1 and partition index 0. H264 (RFC 6184, packetization
+mode 1): single NAL units, STAP-A and FU-A, into an Annex B access unit (start codes); a
+keyframe holds an IDR slice. Opus (RFC 7587): one packet is one frame. A frame with a packet
+missing is dropped (`lost` counts it); the caller then waits for a keyframe.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from .sps import sps_size
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +101,85 @@ class Vp8Depacketizer:
         return Frame(data, ts, not data[0] & 0x01)
 
 
+START_CODE = b"\x00\x00\x00\x01"
+
+
+class H264Depacketizer:
+    """Packets in sequence order (with `gap()` where some were lost) -> Annex B frames."""
+
+    def __init__(self) -> None:
+        self._nals: list[bytes] = []
+        self._fu: bytearray | None = None
+        self._ts: int | None = None
+        self._broken = False
+        self.lost = 0
+
+    def gap(self) -> None:
+        if self._ts is not None:
+            self._broken = True
+        self._fu = None
+
+    def push(self, packet: bytes) -> Frame | None:
+        try:
+            _seq, ts, marker, payload = rtp_payload(packet)
+        except ValueError:
+            self.gap()
+            return None
+        if not payload:
+            return None
+        if ts != self._ts:
+            if self._nals or self._broken:
+                self.lost += 1  # the previous access unit never got its marked packet
+            self._nals, self._fu, self._ts, self._broken = [], None, ts, False
+        try:
+            self._unpack(payload)
+        except IndexError:
+            self._broken = True
+        if not marker:
+            return None
+        nals, broken = self._nals, self._broken or self._fu is not None
+        self._nals, self._fu, self._ts, self._broken = [], None, None, False
+        if broken or not nals:
+            self.lost += 1
+            return None
+        keyframe = any(n[0] & 0x1F == 5 for n in nals)
+        return Frame(b"".join(START_CODE + n for n in nals), ts, keyframe)
+
+    def _unpack(self, payload: bytes) -> None:
+        kind = payload[0] & 0x1F
+        if 1 <= kind <= 23:
+            self._nals.append(payload)
+        elif kind == 24:  # STAP-A: 16-bit sizes, then the units
+            off = 1
+            while off + 2 <= len(payload):
+                size = (payload[off] << 8) | payload[off + 1]
+                unit = payload[off + 2 : off + 2 + size]
+                if len(unit) < size or not size:
+                    raise IndexError("STAP-A unit cut")
+                self._nals.append(unit)
+                off += 2 + size
+        elif kind == 28:  # FU-A: one unit in fragments
+            header = payload[1]
+            if header & 0x80:
+                self._fu = bytearray([(payload[0] & 0xE0) | (header & 0x1F)]) + payload[2:]
+            elif self._fu is None:
+                self._broken = True  # its start was lost
+                return
+            else:
+                self._fu += payload[2:]
+            if header & 0x40:
+                self._nals.append(bytes(self._fu))
+                self._fu = None
+
+
+def h264_keyframe_size(frame: bytes) -> tuple[int, int] | None:
+    """(width, height) its SPS declares, for an Annex B access unit that carries one."""
+    for unit in frame.split(START_CODE):
+        if unit and unit[0] & 0x1F == 7:
+            return sps_size(unit)
+    return None
+
+
 class OpusDepacketizer:
     """One Opus packet per RTP payload; every frame is a "keyframe" (decodes on its own)."""
 
@@ -114,14 +196,16 @@ class OpusDepacketizer:
         return Frame(payload, ts, True) if payload else None
 
 
-Depacketizer = Vp8Depacketizer | OpusDepacketizer
+Depacketizer = Vp8Depacketizer | H264Depacketizer | OpusDepacketizer
 
 
 def depacketizer_for(codec: str) -> Depacketizer | None:
-    """The depacketizer of a codec name (VP8, opus), None for one the recorder cannot mux."""
+    """The depacketizer of a codec name (VP8, H264, opus), None for one it cannot record."""
     name = codec.lower()
     if name == "vp8":
         return Vp8Depacketizer()
+    if name == "h264":
+        return H264Depacketizer()
     if name == "opus":
         return OpusDepacketizer()
     return None
@@ -130,9 +214,11 @@ def depacketizer_for(codec: str) -> Depacketizer | None:
 __all__ = [
     "Depacketizer",
     "Frame",
+    "H264Depacketizer",
     "OpusDepacketizer",
     "Vp8Depacketizer",
     "depacketizer_for",
+    "h264_keyframe_size",
     "rtp_payload",
     "vp8_keyframe_size",
 ]

@@ -1,6 +1,7 @@
 """TrackMuxer: encoded frames of one track into a WebM file, sealed as it is written.
 
-PyAV muxes `av.Packet`s (no decoder, no encoder runs) into WebM written as a live stream
+PyAV muxes `av.Packet`s (no decoder, no encoder runs) into WebM (VP8, Opus; H264 into
+Matroska, which WebM does not allow: `FORMATS`) written as a live stream
 (`live=1`: no seeking back, clusters of unknown size), through a `SealedWriter`: the file on
 disk is ciphertext only, and any prefix of whole chunks decrypts into a WebM that decodes.
 Timestamps are the RTP timestamps (unwrapped, from the first frame), time base 1/clock rate,
@@ -16,7 +17,14 @@ import av
 
 from .sealed import Key, SealedWriter
 
-CODECS = {"vp8": "vp8", "opus": "opus"}
+CODECS = {"vp8": "vp8", "opus": "opus", "h264": "h264"}
+FORMATS = {"vp8": "webm", "opus": "webm", "h264": "matroska"}
+EXTENSIONS = {"webm": "webm", "matroska": "mkv"}
+
+
+def extension(codec: str) -> str:
+    """The file extension of a codec's recordings (webm, mkv); KeyError for one it cannot mux."""
+    return EXTENSIONS[FORMATS[codec.lower()]]
 
 
 def opus_head(channels: int) -> bytes:
@@ -42,10 +50,14 @@ class TrackMuxer:
         self._time_base = Fraction(1, clock_rate)
         self.frames = 0
         try:
-            self._out = av.open(self.sealed, mode="w", format="webm", options={"live": "1"})
+            container = FORMATS[name]
+            self._out = av.open(self.sealed, mode="w", format=container, options={"live": "1"})
             if name == "opus":
                 stream: av.stream.Stream = self._out.add_stream(name, rate=clock_rate)
                 stream.codec_context.extradata = opus_head(channels)
+            elif name == "h264":  # no encoder opened; SPS and PPS stay in band (Annex B)
+                width, height = size
+                stream = self._out.add_mux_stream(name, width=width, height=height)
             else:
                 video = self._out.add_stream(name)
                 context = video.codec_context

@@ -22,10 +22,15 @@ from typing import Any
 
 from mediaserver.recording import RecordedTrack, RecordingError, RecordingRequest, TrackSink
 
-from .depacketizer import Depacketizer, depacketizer_for, vp8_keyframe_size
+from .depacketizer import (
+    Depacketizer,
+    depacketizer_for,
+    h264_keyframe_size,
+    vp8_keyframe_size,
+)
 from .keys import FileKeyStore, KeyError_, KeyStore
 from .manifest import EVENTS, Manifest, TrackEntry
-from .muxer import TrackMuxer
+from .muxer import TrackMuxer, extension
 from .reorder import ReorderBuffer
 from .sealed import SUFFIX, Key, SealedWriter
 
@@ -131,6 +136,8 @@ class Recording:
         if track.track_id in self._loop_tracks:
             return _Sink(self, self._loop_tracks[track.track_id])
         index = len(self._tracks)
+        if depacketizer_for(track.codec) is None:
+            raise ValueError(f"cannot record {track.codec}")
         entry = TrackEntry(
             track_id=track.track_id,
             participant_id=track.participant_id,
@@ -138,7 +145,7 @@ class Recording:
             source=track.source,
             codec=track.codec,
             clock_rate=track.clock_rate,
-            file=f"{index:02d}-{track.kind}-{track.source}.webm{SUFFIX}",
+            file=f"{index:02d}-{track.kind}-{track.source}.{extension(track.codec)}{SUFFIX}",
         )
         self._tracks.append(_Track(entry, track.channels, request_keyframe))  # ValueError
         self._loop_tracks[track.track_id] = index
@@ -230,7 +237,8 @@ class Recording:
 
     def _open(self, track: _Track, data: bytes, ts: int, arrival: float) -> None:
         entry = track.entry
-        size = vp8_keyframe_size(data) if track.video else None
+        h264 = entry.codec.lower() == "h264"
+        size = (h264_keyframe_size if h264 else vp8_keyframe_size)(data) if track.video else None
         track.muxer = TrackMuxer(
             os.path.join(self.directory, entry.file),
             self.key,

@@ -10,14 +10,17 @@ from pathlib import Path
 
 import av
 import numpy as np
+from aiortc.codecs.h264 import H264Encoder
 from aiortc.codecs.opus import OpusEncoder
 from aiortc.codecs.vpx import Vp8Encoder
 from aiortc.rtp import RtpPacket
 
 from recorder.depacketizer import (
     Frame,
+    H264Depacketizer,
     OpusDepacketizer,
     Vp8Depacketizer,
+    h264_keyframe_size,
     vp8_keyframe_size,
 )
 from recorder.muxer import TrackMuxer
@@ -146,3 +149,42 @@ def test_muxed_tracks_decode_after_unsealing(tmp_path: Path) -> None:
     with av.open(io.BytesIO(unseal(str(tmp_path / "a"), KEY).data), "r") as container:
         samples = sum(f.samples for f in container.decode(audio=0))
     assert abs(samples / 48000 - 1.0) < 0.03
+
+
+def h264_packets(frames: int) -> list[bytes]:
+    encoder = H264Encoder()
+    packets = []
+    seq = 7
+    noise = np.random.default_rng(5).integers(0, 255, (240, 320, 3), np.uint8)
+    for i in range(frames):
+        frame = av.VideoFrame.from_ndarray(np.roll(noise, i * 8, axis=1), format="bgr24")
+        frame.pts, frame.time_base = i * 3000, Fraction(1, 90000)
+        payloads, ts = encoder.encode(frame, force_keyframe=i == 0)
+        for j, payload in enumerate(payloads):
+            last = j == len(payloads) - 1
+            rtp = RtpPacket(
+                payload_type=102, sequence_number=seq, timestamp=ts, marker=last, payload=payload
+            )
+            packets.append(rtp.serialize())
+            seq += 1
+    return packets
+
+
+def test_h264_fu_a_and_stap_a_into_matroska(tmp_path: Path) -> None:
+    packets = h264_packets(12)
+    kinds = {p[12] & 0x1F for p in packets}
+    assert {24, 28} <= kinds  # STAP-A (SPS, PPS, ...) and FU-A fragments
+    depacketizer = H264Depacketizer()
+    frames = [f for f in (depacketizer.push(p) for p in packets) if f is not None]
+    assert len(frames) == 12 and depacketizer.lost == 0
+    assert frames[0].keyframe and not frames[1].keyframe
+    assert h264_keyframe_size(frames[0].data) == (320, 240)  # from its SPS
+    assert h264_keyframe_size(frames[1].data) is None
+    muxer = TrackMuxer(str(tmp_path / "h"), KEY, codec="H264", clock_rate=90000, size=(320, 240))
+    for f in frames:
+        muxer.mux(f.data, (f.timestamp - frames[0].timestamp) & 0xFFFFFFFF, f.keyframe)
+    muxer.close()
+    with av.open(io.BytesIO(unseal(str(tmp_path / "h"), KEY).data), "r") as container:
+        assert container.format.name.startswith("matroska")
+        decoded = list(container.decode(video=0))
+    assert len(decoded) == 12 and decoded[0].width == 320

@@ -93,10 +93,17 @@ def recording_server(make_server: ServerFactory, base: Path, key: str = "key") -
     return make_server(media=media)
 
 
-async def consult(server: Server, clients: Clients, room: str) -> tuple[ConsultClient, ...]:
-    status, _ = await server.api("POST", "/api/v1/rooms", json={"id": room, "recording": "consent"})
+async def consult(
+    server: Server, clients: Clients, room: str, *, codec: str = "VP8"
+) -> tuple[ConsultClient, ...]:
+    body = {"id": room, "recording": "consent", "video_codec": codec}
+    status, _ = await server.api("POST", "/api/v1/rooms", json=body)
     assert status == 201
-    doctor, patient = clients(server), clients(server)
+    if codec == "VP8":
+        doctor, patient = clients(server), clients(server)
+    else:
+        doctor = ConsultClient(server.url, codecs=[codec, "VP8"])
+        patient = ConsultClient(server.url, codecs=[codec, "VP8"])
     await doctor.connect(server.token("doctor", room=room))
     await patient.connect(server.token("patient", room=room))
     await doctor.admit(patient.participant_id or "")
@@ -428,3 +435,78 @@ async def test_a_full_disk_stops_the_recording_not_the_consultation(
     assert recorder_cli(["decrypt", str(full_disk / rid), str(out), "--key-file", key]) == 0
     frames, _ = decode(out / "00-video-camera.webm")
     assert len(frames) >= 1
+
+
+async def test_h264_is_recorded_into_matroska(
+    make_server: ServerFactory, recording_dir: Path
+) -> None:
+    from .test_e2e_media import SyntheticVideo
+
+    server = await recording_server(make_server, recording_dir)
+    made: list[ConsultClient] = []
+
+    def keep(server: Server) -> ConsultClient:  # (consult makes its own H264 clients)
+        raise AssertionError("unused")
+
+    doctor, patient = await consult(server, keep, "h", codec="H264")
+    made += [doctor, patient]
+    try:
+        await doctor.publish(SyntheticVideo(120))
+        video = await patient.wait_track(doctor.participant_id or "", "video", timeout_s=20)
+        await asyncio.wait_for(video.recv(), 20)
+        rid = await start_recording(doctor, patient)
+        directory = recording_dir / "rec" / rid
+        await until_size(directory / "00-video-camera.mkv.sealed", 2000)
+        await doctor.request("record", action="stop")
+        await doctor.wait_for("recording", lambda m: m["state"] == "stopped")
+    finally:
+        for client in made:
+            await client.close()
+    out, manifest = decrypt(recording_dir, rid)
+    (entry,) = manifest["tracks"]
+    assert entry["codec"] == "H264" and entry["file"] == "00-video-camera.mkv.sealed"
+    frames, _ = decode(out / "00-video-camera.mkv")
+    assert len(frames) == entry["frames"] > 0
+
+
+def size_of(path: Path) -> int:
+    return path.stat().st_size if path.exists() else 0
+
+
+async def until_size(path: Path, size: int) -> None:
+    for _ in range(300):
+        if size_of(path) > size:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{path.name} never grew past {size} bytes")
+
+
+def test_a_codec_it_cannot_record_is_refused(recording_dir: Path) -> None:
+    from mediaserver.api import RecordingError
+    from mediaserver.recording import RecordedTrack, RecordingRequest
+    from recorder.recording import Recording
+
+    config = RecordingConfig(directory=str(recording_dir / "rec"), key_file="")
+    with pytest.raises(RecordingError, match="no recording key"):
+        Recording(RecordingRequest(room_id="r", recording_id="a", config=config), print)
+    config = RecordingConfig(
+        directory=str(recording_dir / "rec"), key_file=str(recording_dir / "key")
+    )
+    errors: list[str] = []
+    recording = Recording(
+        RecordingRequest(room_id="r", recording_id="b", config=config), errors.append
+    )
+    track = RecordedTrack(
+        track_id="t",
+        participant_id="p",
+        kind="video",
+        source="camera",
+        codec="H265",
+        clock_rate=90000,
+        channels=1,
+    )
+    with pytest.raises(ValueError, match="cannot record H265"):
+        recording.add_track(track, lambda: None)
+    recording.stop("stopped")
+    manifest = json.loads((recording_dir / "rec" / "b" / "manifest.json").read_text())
+    assert manifest["state"] == "stopped" and manifest["tracks"] == [] and not errors
