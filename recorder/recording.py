@@ -53,10 +53,9 @@ class _Sink:
 
     def on_rtp(self, data: bytes, arrival: float) -> None:
         rec = self._recording
-        if rec.pending >= rec.limit:
-            rec.dropped += 1
+        if rec.queue.qsize() >= rec.limit:
+            rec.dropped += 1  # (only this thread writes it)
             return
-        rec.pending += 1
         rec.queue.put_nowait((self._index, data, arrival))
 
 
@@ -75,6 +74,9 @@ class _Track:
         self.reorder = ReorderBuffer(64 if self.video else 16)
         self.muxer: TrackMuxer | None = None
         self.waiting_key = self.video
+        self.ssrc = b""
+        self.bridge: float | None = None  # arrival of the first packet after a source switch
+        self.last_arrival = 0.0  # of the last frame muxed
         self.last_request = -1e9
         self.base_ts = 0
         self.last_ts = 0
@@ -105,7 +107,6 @@ class Recording:
             raise RecordingError(f"cannot create the recording directory: {exc.strerror}") from None
         self.limit = config.queue_packets
         self.queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self.pending = 0  # packets queued (approximate across threads: a bound, not a count)
         self.dropped = 0
         self.errors = 0
         self.manifest = Manifest(
@@ -201,8 +202,11 @@ class Recording:
             self._events.write(json.dumps(item[1], separators=(",", ":")).encode() + b"\n")
             return
         index, data, arrival = item
-        self.pending -= 1
         track = self._tracks[index]
+        if len(data) < 12:
+            return
+        if data[8:12] != track.ssrc:
+            self._switch(track, data[8:12], arrival)
         for packet in track.reorder.push((data[2] << 8) | data[3], data):
             self._packet(track, packet, arrival)
 
@@ -227,10 +231,15 @@ class Recording:
         if track.muxer is None:
             self._open(track, frame.data, frame.timestamp, arrival)
         assert track.muxer is not None
+        if track.bridge is not None:  # the first frame after a source switch
+            gap = max(track.bridge - track.last_arrival, 0.0)
+            track.last_ts = (frame.timestamp - round(gap * track.entry.clock_rate)) & 0xFFFFFFFF
+            track.bridge = None
         delta = (frame.timestamp - track.last_ts) & 0xFFFFFFFF
         if delta >= 0x80000000:
             delta -= 0x100000000  # a frame older than the last: reordered across frames
         track.last_ts = frame.timestamp
+        track.last_arrival = arrival
         track.unwrapped += delta
         track.muxer.mux(frame.data, track.unwrapped, frame.keyframe)
         track.entry.frames += 1
@@ -252,6 +261,21 @@ class Recording:
         entry.first_rtp_timestamp = ts
         entry.first_wall_time = time.time() - (time.monotonic() - arrival)
         self.manifest.write(self.directory)
+
+    def _switch(self, track: _Track, ssrc: bytes, arrival: float) -> None:
+        """A new SSRC (the publisher reconnected, Publication.rebind): sequence numbers and
+        timestamps start afresh. The file goes on; its time is bridged by the arrival gap."""
+        first = not track.ssrc
+        track.ssrc = ssrc
+        if first:
+            return
+        track.reorder = ReorderBuffer(track.reorder.depth)
+        depacketizer = depacketizer_for(track.entry.codec)
+        assert depacketizer is not None
+        depacketizer.lost = track.depacketizer.lost
+        track.depacketizer = depacketizer
+        track.waiting_key = track.video
+        track.bridge = arrival if track.muxer is not None else None
 
     def _wait_key(self, track: _Track) -> None:
         track.waiting_key = True

@@ -510,3 +510,42 @@ def test_a_codec_it_cannot_record_is_refused(recording_dir: Path) -> None:
     recording.stop("stopped")
     manifest = json.loads((recording_dir / "rec" / "b" / "manifest.json").read_text())
     assert manifest["state"] == "stopped" and manifest["tracks"] == [] and not errors
+
+
+@pytest.mark.workers(0)
+async def test_a_publisher_reconnecting_mid_recording_continues_its_file(
+    make_server: ServerFactory, clients: Clients, recording_dir: Path
+) -> None:
+    """A fresh peer connection (new SSRC, sequence numbers and timestamps): the track's file
+    goes on after a keyframe, its time bridged by the gap, so its length stays the span."""
+    from .test_e2e_media import SyntheticVideo
+
+    server = await recording_server(make_server, recording_dir)
+    doctor, patient = await consult(server, clients, "rec")
+    await doctor.publish(SyntheticVideo(70))
+    await patient.wait_track(doctor.participant_id or "", "video", timeout_s=20)
+    rid = await start_recording(doctor, patient)
+    started = time.time()
+    pub = next(iter(server.participant(doctor.participant_id, room="rec").publications.values()))
+    first_ssrc = pub.ssrc
+    await asyncio.sleep(2.0)
+    await doctor._restart_media()
+    counter = FrameCounter()
+    for _ in range(200):  # until the new connection's frames reach the publication
+        if pub.ssrc != first_ssrc and pub.stats.received > 30:
+            break
+        await asyncio.sleep(0.1)
+    assert pub.ssrc != first_ssrc
+    pub.add_sink(counter)
+    await asyncio.sleep(2.0)
+    await doctor.request("record", action="stop")
+    span = time.time() - started
+    pub.remove_sink(counter)
+    assert counter.timestamps  # media flowed on the new connection
+    out, manifest = decrypt(recording_dir, rid)
+    (entry,) = manifest["tracks"]
+    frames, duration = decode(out / "00-video-camera.webm")
+    assert len(frames) == entry["frames"]
+    assert abs(duration - span) < 0.5, (duration, span)
+    last_second = [f for f in frames if (f.time or 0) > duration - 1.0]
+    assert len(last_second) > 10  # recorded after the switch
