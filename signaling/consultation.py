@@ -530,12 +530,13 @@ class Consultation:
         logger.info("participant %s admitted to room %s", session.id, self.id)
         self._on_admitted(session)
         self._send_positions()
-        await self.recording.admitted(session)
 
     def _on_admitted(self, session: Session) -> None:
         self.hub.metrics.observe_join(time.monotonic() - session.joined_at)
         session.send({"type": "admitted"})
         session.send(self.room_message(session))
+        # a patient is asked to consent (a running recording stops until it did)
+        self.hub.spawn(self.recording.admitted(session))
         self.broadcast(
             {"type": "participant-joined", "participant": self.describe(session)}, exclude=session
         )

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 import subprocess
 import sys
 import time
@@ -549,3 +550,63 @@ async def test_a_publisher_reconnecting_mid_recording_continues_its_file(
     assert abs(duration - span) < 0.5, (duration, span)
     last_second = [f for f in frames if (f.time or 0) > duration - 1.0]
     assert len(last_second) > 10  # recorded after the switch
+
+
+async def test_devices_policy_records_device_streams_only(
+    make_server: ServerFactory, clients: Clients, recording_dir: Path
+) -> None:
+    server = await recording_server(make_server, recording_dir)
+    status, _ = await server.api("POST", "/api/v1/rooms", json={"id": "d", "recording": "devices"})
+    assert status == 201
+    doctor, device = clients(server), clients(server)
+    await doctor.connect(server.token("doctor", room="d"))
+    started = await doctor.wait_for("recording", lambda m: m["state"] == "started")
+    assert started["reason"] in ("running", "policy")  # (joined after or before it started)
+    with pytest.raises(Exception, match="policy is devices"):
+        await doctor.request("record", action="start")
+    await device.connect(server.token("device", room="d"))
+    await device.wait_state("admitted")
+    sound = heart_and_lung(4.0)
+    await doctor.publish(AudioStreamTrack())
+    await device.publish(FmtpOpusTrack(sound, fmtp_of(device)), sources=["stethoscope"])
+    await doctor.wait_track(device.participant_id or "", "audio", timeout_s=20)
+    rid = started["recording_id"]
+    await until_size(recording_dir / "rec" / rid / "00-audio-stethoscope.webm.sealed", 4000)
+    status, _ = await server.api("DELETE", "/api/v1/rooms/d")
+    assert status in (200, 204)
+    for _ in range(100):
+        status, body = await server.api("GET", f"/api/v1/rooms/d/recordings/{rid}")
+        if body.get("state") == "stopped":
+            break
+        await asyncio.sleep(0.1)
+    assert body["stop_reason"] == "room-closed"
+    assert [(t["source"], t["participant_id"]) for t in body["tracks"]] == [
+        ("stethoscope", device.participant_id)
+    ]
+
+
+def test_retention_deletes_old_stopped_recordings(recording_dir: Path) -> None:
+    from signaling.recordings_api import apply_retention
+
+    base = recording_dir / "rec"
+    now = time.time()
+    for rid, age_days, state in (
+        ("old", 40, "stopped"),
+        ("new", 1, "stopped"),
+        ("live", 40, "recording"),
+    ):
+        (base / rid).mkdir()
+        manifest = {
+            "recording_id": rid,
+            "room_id": "r",
+            "state": state,
+            "started_at": now - age_days * 86400,
+        }
+        (base / rid / "manifest.json").write_text(json.dumps(manifest))
+    assert apply_retention(str(base), 30) == 1  # "live" was written a moment ago: kept
+    assert sorted(p.name for p in base.iterdir()) == ["live", "new"]
+    old = now - 40 * 86400
+    for path in (base / "live", base / "live" / "manifest.json"):
+        os.utime(path, (old, old))  # a crash left it "recording", untouched for 40 days
+    assert apply_retention(str(base), 30) == 1
+    assert [p.name for p in base.iterdir()] == ["new"]
