@@ -17,6 +17,9 @@ import av
 
 from .sealed import Key, SealedWriter
 
+# live: written as a stream (no seeking back); a cluster (the muxer's unit of output) closes
+# after 1 s of media, so what was muxed reaches the SealedWriter within about a second.
+MUX_OPTIONS = {"live": "1", "cluster_time_limit": "1000"}
 CODECS = {"vp8": "vp8", "opus": "opus", "h264": "h264"}
 FORMATS = {"vp8": "webm", "opus": "webm", "h264": "matroska"}
 EXTENSIONS = {"webm": "webm", "matroska": "mkv"}
@@ -51,7 +54,7 @@ class TrackMuxer:
         self.frames = 0
         try:
             container = FORMATS[name]
-            self._out = av.open(self.sealed, mode="w", format=container, options={"live": "1"})
+            self._out = av.open(self.sealed, mode="w", format=container, options=MUX_OPTIONS)
             if name == "opus":
                 stream: av.stream.Stream = self._out.add_stream(name, rate=clock_rate)
                 stream.codec_context.extradata = opus_head(channels)
