@@ -5,6 +5,10 @@
         `.sealed`), and the manifest; a file cut short (a crash) gives its complete chunks and
         is reported "truncated". Exit 1 when a file fails authentication (tampered, wrong key).
 
+    python -m recorder export RECORDING_DIR OUT.mp4 --key-file KEY [--height 360] [--fps 30]
+        one MP4 to watch: the video tracks side by side, the audio tracks mixed, on the wall
+        clock of the manifest (this one transcodes: H264 and AAC).
+
 The key file is the node's `--recording-key-file` (CONSULT_RECORDING_KEY_FILE when not given).
 """
 
@@ -16,6 +20,7 @@ import shutil
 import sys
 from collections.abc import Sequence
 
+from .export import export
 from .keys import FileKeyStore, KeyError_
 from .manifest import MANIFEST
 from .sealed import SUFFIX, SealError, key_id_of, unseal
@@ -46,11 +51,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     dec = commands.add_parser("decrypt", help="decrypt a recording's files")
     dec.add_argument("directory")
     dec.add_argument("out")
-    dec.add_argument("--key-file", default=os.environ.get("CONSULT_RECORDING_KEY_FILE", ""))
+    key_default = os.environ.get("CONSULT_RECORDING_KEY_FILE", "")
+    dec.add_argument("--key-file", default=key_default)
+    exp = commands.add_parser("export", help="one MP4: video side by side, audio mixed")
+    exp.add_argument("directory")
+    exp.add_argument("out")
+    exp.add_argument("--key-file", default=key_default)
+    exp.add_argument("--height", type=int, default=360)
+    exp.add_argument("--fps", type=int, default=30)
     args = parser.parse_args(argv)
+    keys = FileKeyStore(args.key_file)
     try:
-        results = decrypt(args.directory, args.out, FileKeyStore(args.key_file))
-    except (KeyError_, SealError) as exc:
+        if args.command == "export":
+            length = export(args.directory, args.out, keys, height=args.height, fps=args.fps)
+            print(f"{args.out}\t{length:.2f} s")
+            return 0
+        results = decrypt(args.directory, args.out, keys)
+    except (KeyError_, SealError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:

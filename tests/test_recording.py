@@ -253,6 +253,22 @@ async def test_consented_recording_is_sealed_complete_and_in_sync(
     ]
     assert [e["message"]["text"] for e in events if e["kind"] == "chat"] == ["recorded chat line"]
 
+    # an MP4 to watch: video side by side, audio mixed, on the manifest's wall clock
+    mp4 = recording_dir / "export.mp4"
+    key = str(recording_dir / "key")
+    sealed_dir = str(recording_dir / "rec" / rid)
+    assert (
+        await asyncio.to_thread(recorder_cli, ["export", sealed_dir, str(mp4), "--key-file", key])
+        == 0
+    )
+    with av.open(str(mp4), "r") as container:
+        assert container.duration is not None
+        assert abs(container.duration / 1e6 - span) < 0.5
+        (vstream,) = container.streams.video
+        (astream,) = container.streams.audio
+        assert (vstream.codec_context.width, vstream.codec_context.height) == (480, 360)
+        assert astream.codec_context.name == "aac"
+
     status, listing = await server.api("GET", "/api/v1/rooms/rec/recordings")
     assert status == 200 and [r["recording_id"] for r in listing["recordings"]] == [rid]
     status, body = await server.api("GET", f"/api/v1/rooms/rec/recordings/{rid}")
