@@ -310,6 +310,7 @@ class Consultation:
             "tracks": [_room_track(t) for t in room.tracks] if room is not None else [],
             "chat_messages": len(self.chat),
             "telemetry_records": len(self.telemetry),
+            "recording": self.recording.info(),
             "barred": [
                 {"participant": bar.participant, "sub": sub, "reason": bar.reason}
                 for sub, bar in self.bars.items()
@@ -726,6 +727,7 @@ class Consultation:
         (`reconnect`) within peer_timeout_s."""
         if session.state is SessionState.CLOSED:
             return
+        self.recording.media_lost()  # the recording went with the worker
         logger.info("participant %s: media worker lost, client told to reconnect", session.id)
         self._watch_peer(session, restart=True)
         session.send(

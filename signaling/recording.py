@@ -268,6 +268,28 @@ class RecordingConsent:
             "reason": "running",
         }
 
+    def media_lost(self) -> None:
+        """The media worker holding the room went away, its recording with it (what it sealed
+        stays readable: the manifest says `recording`, as after a crash)."""
+        if self.state in (State.RUNNING, State.STARTING):
+            self.on_stopped(
+                RecordingStopped(
+                    room_id=self.consultation.id,
+                    recording_id=self.recording_id,
+                    reason="error",
+                    error="the media worker was lost",
+                )
+            )
+
+    def info(self) -> dict[str, Any]:
+        """For the HTTP API's room: the policy and the recording under way, if any."""
+        running = self.state is not State.IDLE
+        return {
+            "policy": self.policy,
+            "state": self.state.value,
+            "recording_id": self.recording_id if running else None,
+        }
+
     def on_stopped(self, event: RecordingStopped) -> None:
         """The media plane stopped a recording on its own (an error, the room closed)."""
         if event.recording_id != self.recording_id or self.state is State.IDLE:

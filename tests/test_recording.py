@@ -626,3 +626,36 @@ def test_retention_deletes_old_stopped_recordings(recording_dir: Path) -> None:
         os.utime(path, (old, old))  # a crash left it "recording", untouched for 40 days
     assert apply_retention(str(base), 30) == 1
     assert [p.name for p in base.iterdir()] == ["new"]
+
+
+async def test_a_lost_media_worker_stops_its_recording(
+    make_server: ServerFactory, clients: Clients, recording_dir: Path
+) -> None:
+    """The worker process holding the room is killed: the room moves to the other worker, the
+    recording is said stopped (error) and what it sealed decrypts."""
+    import signal
+
+    from .test_workers import pool_of
+
+    recording = RecordingConfig(
+        directory=str(recording_dir / "rec"), key_file=str(recording_dir / "key")
+    )
+    media = MediaConfig(ice=IceConfig(host_addresses=("127.0.0.1",)), recording=recording)
+    server = await make_server(media=media, workers=2, peer_timeout_s=30.0)
+    doctor, patient = await consult(server, clients, "rec")
+    await patient.publish(AudioStreamTrack())
+    await doctor.wait_track(patient.participant_id or "", "audio", timeout_s=20)
+    rid = await start_recording(doctor, patient)
+    _, room = await server.api("GET", "/api/v1/rooms/rec")
+    assert room["recording"] == {"policy": "consent", "state": "running", "recording_id": rid}
+    await until_size(recording_dir / "rec" / rid / "00-audio-microphone.webm.sealed", 1000)
+    victim = pool_of(server).worker_pids()[room["worker"]]
+    assert victim is not None
+    os.kill(victim, signal.SIGKILL)
+    for client in (doctor, patient):
+        stopped = await client.wait_for("recording", lambda m: m["state"] == "stopped", 30)
+        assert (stopped["reason"], stopped["error"]) == ("error", "the media worker was lost")
+    _, room = await server.api("GET", "/api/v1/rooms/rec")
+    assert room["recording"]["state"] == "idle"
+    _, manifest = decrypt(recording_dir, rid)
+    assert manifest["state"] == "recording"  # as the worker's death left it
