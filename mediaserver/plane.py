@@ -223,7 +223,12 @@ class LocalMediaPlane(MediaPlane):
         def failed(message: str) -> None:  # from the recorder's thread
             loop.call_soon_threadsafe(self._recording_failed, room.id, rid, message)
 
-        recorder = load_factory(config.backend)(request, failed)
+        factory = load_factory(config.backend)
+        # its directory, manifest and first files: disk I/O, off the media event loop
+        recorder = await asyncio.to_thread(factory, request, failed)
+        if room.closed or cmd.room_id in self.recordings:  # meanwhile
+            await asyncio.to_thread(recorder.stop, "room-closed")
+            raise RecordingError(f"room {cmd.room_id} closed or is recording already")
         sources = frozenset(cmd.sources) if cmd.sources is not None else None
         recording = RoomRecording(room, rid, recorder, sources=sources, on_error=failed)
         self.recordings[room.id] = recording

@@ -57,7 +57,8 @@ class Recorder(Protocol):
     """One recording of one room (the recorder package's `Recording`)."""
 
     def add_track(self, track: RecordedTrack, request_keyframe: Callable[[], object]) -> TrackSink:
-        """A track to record; ValueError for one it cannot record (its codec)."""
+        """A track to record; ValueError for one it cannot record (its codec).
+        `request_keyframe` asks the publisher for one (throttled); any thread may call it."""
 
     def note(self, kind: str, data: dict[str, Any]) -> None:
         """A timestamped line of the recording's event log (chat, mode, consent)."""
@@ -134,7 +135,12 @@ class RoomRecording:
             clock_rate=pub.codec.clock_rate,
             channels=pub.codec.channels or 1,
         )
-        sink = self.recorder.add_track(track, lambda: pub.request_keyframe(force=False))
+        loop = asyncio.get_running_loop()
+
+        def request_keyframe() -> None:  # from the recorder's thread: RTCP goes out on the loop
+            loop.call_soon_threadsafe(pub.request_keyframe)
+
+        sink = self.recorder.add_track(track, request_keyframe)
         pub.add_sink(sink)
         self._sinks[pub.track_id] = (pub, sink)
         pub.request_keyframe(force=True)
