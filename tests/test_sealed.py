@@ -88,3 +88,20 @@ def test_key_file_formats(tmp_path: Path) -> None:
     with pytest.raises(KeyError_):
         FileKeyStore("").current()
     assert repr(KEY) == "Key(key_id='k1')"
+
+
+def test_decrypt_cli_refuses_a_tampered_file(tmp_path: Path) -> None:
+    from recorder.cli import main
+
+    (tmp_path / "key").write_text("k1:" + bytes(range(32)).hex())
+    rec = tmp_path / "rec"
+    rec.mkdir()
+    write(rec / "00-audio-microphone.webm.sealed", os.urandom(3_000))
+    out = tmp_path / "out"
+    assert main(["decrypt", str(rec), str(out), "--key-file", str(tmp_path / "key")]) == 0
+    raw = bytearray((rec / "00-audio-microphone.webm.sealed").read_bytes())
+    raw[40] ^= 0x80
+    (rec / "00-audio-microphone.webm.sealed").write_bytes(raw)
+    assert main(["decrypt", str(rec), str(out), "--key-file", str(tmp_path / "key")]) == 1
+    (tmp_path / "other").write_text("k1:" + bytes(32).hex())
+    assert main(["decrypt", str(rec), str(out), "--key-file", str(tmp_path / "other")]) == 1
