@@ -78,6 +78,8 @@ class Vp8Depacketizer:
     def push(self, packet: bytes) -> Frame | None:
         try:
             _seq, ts, marker, payload = rtp_payload(packet)
+            if not payload:
+                return None  # padding only (a browser's bandwidth probe)
             size = vp8_descriptor_size(payload)
         except (ValueError, IndexError):
             self.gap()

@@ -98,6 +98,20 @@ def test_vp8_frames_from_aiortc_packets_survive_reordering() -> None:
     assert len(decoded) == 20 and decoded[0].width == 320
 
 
+def test_padding_only_packets_are_skipped() -> None:
+    packets = vp8_packets(3)
+    padding = bytearray(RtpPacket(payload_type=96, sequence_number=1, timestamp=5).serialize())
+    padding[0] |= 0x20  # P: the payload is padding only
+    padding += bytes(255) + b"\xff"
+    depacketizer = Vp8Depacketizer()
+    got = []
+    for p in [packets[0], bytes(padding), *packets[1:]]:
+        frame = depacketizer.push(p)
+        if frame is not None:
+            got.append(frame)
+    assert len(got) == 3 and depacketizer.lost == 0
+
+
 def test_a_lost_packet_loses_its_frame_and_is_said() -> None:
     packets = vp8_packets(6)
     multi = next(
