@@ -391,11 +391,22 @@ async def test_a_node_killed_mid_recording_leaves_a_playable_prefix(
         await doctor.close()
         await patient.close()
 
+    from recorder.cli import decrypt as decrypt_files
+    from recorder.keys import FileKeyStore
+
     out, manifest = decrypt(recording_dir, rid)
     assert manifest["state"] == "recording"  # as the crash left it
-    for entry in manifest["tracks"]:
-        if entry["first_rtp_timestamp"] is None:
-            continue  # a track with no frame before the kill (none here: both started)
+    states = dict(
+        decrypt_files(
+            str(recording_dir / "rec" / rid),
+            str(recording_dir / "again"),
+            FileKeyStore(str(recording_dir / "key")),
+        )
+    )
+    assert set(states.values()) == {"truncated"}  # no final chunk: cut short, said so
+    started = [e for e in manifest["tracks"] if e["first_rtp_timestamp"] is not None]
+    assert {e["kind"] for e in started} == {"audio", "video"}
+    for entry in started:
         frames, duration = decode(out / entry["file"].removesuffix(".sealed"))
         assert len(frames) > 10 and duration > 0.5, entry["file"]
 
