@@ -238,7 +238,7 @@ class LocalMediaPlane(MediaPlane):
             await self._end_recording(recording, "error", str(exc))
             raise RecordingError(str(exc)) from None
         room.once("close", lambda _reason: self._spawn_stop(recording, "room-closed", ""))
-        return str(getattr(recorder, "key_id", ""))
+        return recorder.key_id
 
     async def _stop_recording(self, cmd: StopRecording) -> None:
         recording = self.recordings.get(cmd.room_id)

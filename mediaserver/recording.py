@@ -56,6 +56,10 @@ class TrackSink(Protocol):
 class Recorder(Protocol):
     """One recording of one room (the recorder package's `Recording`)."""
 
+    @property
+    def key_id(self) -> str:
+        """The id of the key its files are sealed with."""
+
     def add_track(self, track: RecordedTrack, request_keyframe: Callable[[], object]) -> TrackSink:
         """A track to record; ValueError for one it cannot record (its codec).
         `request_keyframe` asks the publisher for one (throttled); any thread may call it."""

@@ -131,6 +131,10 @@ class Recording:
         )
         self._thread.start()
 
+    @property
+    def key_id(self) -> str:
+        return self.key.key_id
+
     # -- the event loop's side -------------------------------------------------------------
 
     def add_track(self, track: RecordedTrack, request_keyframe: Callable[[], object]) -> TrackSink:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import av
 import numpy as np
+import pytest
 from aiortc.codecs.vpx import Vp8Encoder
 from aiortc.rtp import RtpPacket
 
@@ -78,3 +79,46 @@ def test_a_lost_packet_waits_for_the_next_keyframe(tmp_path: Path) -> None:
     assert len(decoded) == 30  # every recorded frame decodes: nothing after the gap but a key
     times = [round(float(f.time or 0) * 30) for f in decoded]
     assert times == list(range(10)) + list(range(40, 60))  # real time kept across the gap
+
+
+async def test_the_media_plane_starts_notes_and_stops_a_recording(tmp_path: Path) -> None:
+    """The commands through LocalMediaPlane (what a worker process runs too), no signaling."""
+    from mediaserver.api import (
+        CreateRoom,
+        IceConfig,
+        MediaConfig,
+        MediaEvent,
+        RecordingError,
+        RecordingNote,
+        RecordingStopped,
+        StartRecording,
+        StopRecording,
+    )
+    from mediaserver.plane import LocalMediaPlane
+
+    (tmp_path / "key").write_text(KEY)
+    recording = RecordingConfig(directory=str(tmp_path / "rec"), key_file=str(tmp_path / "key"))
+    plane = LocalMediaPlane(
+        MediaConfig(ice=IceConfig(host_addresses=("127.0.0.1",)), recording=recording)
+    )
+    events: list[MediaEvent] = []
+    plane.subscribe(events.append)
+    await plane.start()
+    try:
+        await plane.execute(CreateRoom(room_id="r"))
+        key_id = await plane.execute(StartRecording(room_id="r", recording_id="a1"))
+        assert key_id == "k"
+        with pytest.raises(RecordingError, match="recording already"):
+            await plane.execute(StartRecording(room_id="r", recording_id="a2"))
+        note = RecordingNote(room_id="r", recording_id="a1", kind="chat", data={"text": "hi"})
+        await plane.execute(note)
+        await plane.execute(StopRecording(room_id="r", recording_id="a1", reason="stopped"))
+        await plane.execute(StopRecording(room_id="r", recording_id="a1", reason="stopped"))
+        stopped = [e for e in events if isinstance(e, RecordingStopped)]
+        assert [(e.recording_id, e.reason, e.error) for e in stopped] == [("a1", "stopped", "")]
+        assert plane.snapshot().workers[0].counters["recording_bytes"] > 0
+    finally:
+        await plane.close()
+    events_file = tmp_path / "rec" / "a1" / "events.jsonl.sealed"
+    lines = unseal(str(events_file), parse_key(KEY)).data.decode().splitlines()
+    assert [json.loads(line)["text"] for line in lines] == ["hi"]
