@@ -76,8 +76,9 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar
 
 from .bandwidth import FallbackConfig
-from .config import IceConfig, IceServer, MediaConfig
+from .config import IceConfig, IceServer, MediaConfig, RecordingConfig
 from .devices import (
+    DEVICE_SOURCES,
     SOURCES,
     opus_fmtp,
     parse_capture,
@@ -140,6 +141,10 @@ class Unsupported(MediaPlaneError):
 
 class NoPort(MediaPlaneError):
     """A plain-RTP device's UDP port could not be bound."""
+
+
+class RecordingError(MediaPlaneError):
+    """A recording that cannot start: no key, no directory, a codec it cannot record."""
 
 
 class WorkerLost(MediaPlaneError):
@@ -396,6 +401,40 @@ class CloseParticipant(Command[None]):
     reason: CloseReason = CloseReason.LEFT
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StartRecording(Command[str]):
+    """Record the room's tracks (of `sources`; None: all) as they are forwarded, now and as
+    they are published, into `MediaConfig.recording.directory`/<recording_id>; returns the key
+    id the files are sealed with. RecordingError: no key, no directory, a codec it cannot
+    record. `audit`: the consent steps that led to it (the recording's event log keeps them)."""
+
+    room_id: str
+    recording_id: str
+    sources: tuple[str, ...] | None = None
+    audit: tuple[dict[str, Any], ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StopRecording(Command[None]):
+    """Stop a recording (idempotent): no packet is taken from now on; returns once every
+    file is closed. Event `RecordingStopped` follows."""
+
+    room_id: str
+    recording_id: str
+    reason: str
+    audit: tuple[dict[str, Any], ...] = ()  # the last consent steps, written before the stop
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RecordingNote(Command[None]):
+    """A line of the recording's event log (kind: chat, mode, consent), timestamped."""
+
+    room_id: str
+    recording_id: str
+    kind: str
+    data: dict[str, Any]
+
+
 # -- queries ----------------------------------------------------------------------------------
 
 
@@ -491,6 +530,16 @@ class MediaLost(ParticipantEvent):
     with no connection: the client must start a fresh one (`RestartTransport`)."""
 
     reason: str  # worker-lost
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RecordingStopped(MediaEvent):
+    """A recording stopped: asked to (`StopRecording`'s reason), its room closed, or it
+    failed (reason "error", `error` says what: a write error, a codec it cannot record)."""
+
+    recording_id: str
+    reason: str
+    error: str = ""
 
 
 EventListener = Callable[[MediaEvent], None]
@@ -596,6 +645,7 @@ def check_ingest_sdp(sdp: object, sources: object = None) -> None:
 
 
 __all__ = [
+    "DEVICE_SOURCES",
     "SOURCES",
     "AddCandidate",
     "AddIngest",
@@ -639,6 +689,10 @@ __all__ = [
     "PendingOffer",
     "PlaneSnapshot",
     "Query",
+    "RecordingConfig",
+    "RecordingError",
+    "RecordingNote",
+    "RecordingStopped",
     "RequestPublish",
     "RestartTransport",
     "Role",
@@ -648,6 +702,8 @@ __all__ = [
     "RoomOptions",
     "RoomSnapshot",
     "ServerOffer",
+    "StartRecording",
+    "StopRecording",
     "TrackInfo",
     "TrackMeta",
     "TrackPublished",

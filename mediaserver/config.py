@@ -54,6 +54,19 @@ class IceConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class RecordingConfig:
+    """directory: where recordings go ("" disables recording). key_file: the AES-256 key
+    (recorder/keys.py says its format). backend: the recorder factory, "module:function".
+    queue_packets: packets a recording may have waiting for its writer thread (more are
+    dropped and counted)."""
+
+    directory: str = ""
+    key_file: str = ""
+    backend: str = "recorder.recording:open_recording"
+    queue_packets: int = 8192
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class MediaConfig:
     """Media-plane settings.
 
@@ -76,6 +89,7 @@ class MediaConfig:
     video_codecs: tuple[str, ...] = ("VP8", "H264")
     fallback: FallbackConfig = field(default_factory=FallbackConfig)
     offer_hold_s: float = 5.0
+    recording: RecordingConfig = field(default_factory=RecordingConfig)
 
     def __post_init__(self) -> None:
         n = self.packet_cache_size

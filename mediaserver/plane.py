@@ -12,6 +12,7 @@ and carry the same commands, events and snapshots (all plain data) over its chan
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 from collections.abc import Callable
@@ -45,6 +46,9 @@ from .api import (
     PendingOffer,
     PlaneSnapshot,
     Query,
+    RecordingError,
+    RecordingNote,
+    RecordingStopped,
     RequestPublish,
     RestartTransport,
     RoomClosed,
@@ -52,6 +56,8 @@ from .api import (
     RoomFull,
     RoomSnapshot,
     ServerOffer,
+    StartRecording,
+    StopRecording,
     TrackPublished,
     TrackSnapshot,
     TrackUnpublished,
@@ -68,6 +74,7 @@ from .ingest import IngestParticipant, parse_sdp
 from .node import Node
 from .participant import Participant
 from .publication import Publication
+from .recording import RecordingRequest, RoomRecording, load_factory
 from .room import Room
 
 logger = logging.getLogger(__name__)
@@ -104,6 +111,9 @@ class LocalMediaPlane(MediaPlane):
     def __init__(self, config: MediaConfig | None = None, *, node: Node | None = None) -> None:
         super().__init__()
         self.node = node or Node(config)  # tests reach live objects here, signaling never
+        self.recordings: dict[str, RoomRecording] = {}  # room id -> its running recording
+        self._stopping: set[asyncio.Task[None]] = set()
+        self._recording_counters = {"bytes": 0, "tracks": 0, "dropped": 0, "errors": 0}
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -115,7 +125,9 @@ class LocalMediaPlane(MediaPlane):
         await self.node.start()
 
     async def close(self, reason: CloseReason = CloseReason.SHUTDOWN) -> None:
-        await self.node.close(reason)
+        await self.node.close(reason)  # (each room's close stops its recording)
+        while self._stopping:
+            await asyncio.gather(*list(self._stopping), return_exceptions=True)
 
     def ice_servers(self) -> list[dict[str, object]]:
         return self.node.ice_servers()
@@ -195,6 +207,90 @@ class LocalMediaPlane(MediaPlane):
         if participant is not None:
             await participant.close(cmd.reason)
 
+    # -- recording (mediaserver/recording.py, the recorder package) ---------------------
+
+    async def _start_recording(self, cmd: StartRecording) -> str:
+        room = self._room(cmd.room_id)
+        if cmd.room_id in self.recordings:
+            raise RecordingError(f"room {cmd.room_id} is recording already")
+        config = self.node.config.recording
+        request = RecordingRequest(
+            room_id=room.id, recording_id=cmd.recording_id, config=config, audit=cmd.audit
+        )
+        loop = asyncio.get_running_loop()
+        rid = cmd.recording_id
+
+        def failed(message: str) -> None:  # from the recorder's thread
+            loop.call_soon_threadsafe(self._recording_failed, room.id, rid, message)
+
+        factory = load_factory(config.backend)
+        # its directory, manifest and first files: disk I/O, off the media event loop
+        recorder = await asyncio.to_thread(factory, request, failed)
+        if room.closed or cmd.room_id in self.recordings:  # meanwhile
+            await asyncio.to_thread(recorder.stop, "room-closed")
+            raise RecordingError(f"room {cmd.room_id} closed or is recording already")
+        sources = frozenset(cmd.sources) if cmd.sources is not None else None
+        recording = RoomRecording(room, rid, recorder, sources=sources, on_error=failed)
+        self.recordings[room.id] = recording
+        try:
+            recording.start()
+        except ValueError as exc:
+            await self._end_recording(recording, "error", str(exc))
+            raise RecordingError(str(exc)) from None
+        room.once("close", lambda _reason: self._spawn_stop(recording, "room-closed", ""))
+        return recorder.key_id
+
+    async def _stop_recording(self, cmd: StopRecording) -> None:
+        recording = self.recordings.get(cmd.room_id)
+        if recording is not None and recording.recording_id == cmd.recording_id:
+            recording.detach()  # no packet from now on, then the last consent steps
+            for entry in cmd.audit:
+                recording.recorder.note("consent", dict(entry))
+            await self._end_recording(recording, cmd.reason, "")
+
+    async def _recording_note(self, cmd: RecordingNote) -> None:
+        recording = self.recordings.get(cmd.room_id)
+        if recording is not None and recording.recording_id == cmd.recording_id:
+            recording.recorder.note(cmd.kind, dict(cmd.data))
+
+    def _recording_failed(self, room_id: str, recording_id: str, message: str) -> None:
+        recording = self.recordings.get(room_id)
+        if recording is not None and recording.recording_id == recording_id:
+            self._spawn_stop(recording, "error", message)
+
+    def _spawn_stop(self, recording: RoomRecording, reason: str, error: str) -> None:
+        recording.detach()  # no packet from now on; the files close in the task
+        task = asyncio.ensure_future(self._end_recording(recording, reason, error))
+        self._stopping.add(task)
+        task.add_done_callback(self._stopping.discard)
+
+    async def _end_recording(self, recording: RoomRecording, reason: str, error: str) -> None:
+        room_id = recording.room.id
+        if self.recordings.get(room_id) is not recording:
+            return  # stopped already
+        del self.recordings[room_id]
+        try:
+            await recording.stop(reason)
+        finally:
+            for name, value in recording.recorder.counters().items():
+                self._recording_counters[name] = self._recording_counters.get(name, 0) + value
+            self.publish(
+                RecordingStopped(
+                    room_id=room_id,
+                    recording_id=recording.recording_id,
+                    reason=reason,
+                    error=error,
+                )
+            )
+
+    def recording_counters(self) -> dict[str, int]:
+        """Recording totals: finished recordings plus the running ones."""
+        totals = dict(self._recording_counters)
+        for recording in self.recordings.values():
+            for name, value in recording.recorder.counters().items():
+                totals[name] = totals.get(name, 0) + value
+        return totals
+
     # -- queries ----------------------------------------------------------------------------
 
     def query(self, query: Query[R]) -> R:
@@ -214,6 +310,7 @@ class LocalMediaPlane(MediaPlane):
             for f in dataclasses.fields(counters)
             if isinstance(getattr(counters, f.name), int)
         }
+        ints.update({f"recording_{k}": v for k, v in self.recording_counters().items()})
         worker = WorkerSnapshot(
             worker=self.WORKER,
             rooms=len(self.node.rooms),
@@ -306,6 +403,9 @@ _COMMANDS: dict[type, Callable[[LocalMediaPlane, Any], Any]] = {
     RestartTransport: LocalMediaPlane._restart_transport,
     CloseConnection: LocalMediaPlane._close_connection,
     CloseParticipant: LocalMediaPlane._close_participant,
+    StartRecording: LocalMediaPlane._start_recording,
+    StopRecording: LocalMediaPlane._stop_recording,
+    RecordingNote: LocalMediaPlane._recording_note,
 }
 
 

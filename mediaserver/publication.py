@@ -17,6 +17,7 @@ from .rtp.keyframe import detector
 from .rtp.stats import ReceiveStats
 
 if TYPE_CHECKING:
+    from .recording import TrackSink
     from .subscription import Subscription
 
 KeyframeFn = Callable[[bytes, int], bool]
@@ -74,6 +75,7 @@ class Publication(Emitter):
         # creation until it closes: closing the publication closes them all (issue 11).
         self.subscriptions: list[Subscription] = []
         self._subscriptions: list[Subscription] = []
+        self.sinks: tuple[TrackSink, ...] = ()  # recorders: the same bytes (recording.py)
         self.last_sr: tuple[int, int, float] | None = None  # (ntp, rtp ts, local arrival)
         self.estimate_bps: int | None = None
         self.recent_loss = 0.0  # uplink loss of the last interval (bandwidth fallback)
@@ -118,6 +120,8 @@ class Publication(Emitter):
             self._nack_upstream([(seq - i) & 0xFFFF for i in range(skipped, 0, -1)])
         self.cache.put(seq, data)
         self._fan_out(data, off, seq, ts, arrival)
+        for sink in self.sinks:
+            sink.on_rtp(data, arrival)
         return skipped
 
     def _fan_out(self, data: bytes, off: int, seq: int, ts: int, arrival: float) -> None:
@@ -153,6 +157,8 @@ class Publication(Emitter):
         packet = bytes(header) + data[off + 2 : end]
         self.cache.put(osn, packet)
         self._fan_out(packet, off, osn, int.from_bytes(data[4:8], "big"), arrival)
+        for sink in self.sinks:
+            sink.on_rtp(packet, arrival)
 
     # -- RTCP ------------------------------------------------------------------------------
 
@@ -226,6 +232,14 @@ class Publication(Emitter):
         if subscription in self._subscriptions:
             self._subscriptions.remove(subscription)
 
+    def add_sink(self, sink: TrackSink) -> None:
+        """A recorder's sink: it gets every packet the subscriptions get, from now on."""
+        if sink not in self.sinks:
+            self.sinks = (*self.sinks, sink)
+
+    def remove_sink(self, sink: TrackSink) -> None:
+        self.sinks = tuple(s for s in self.sinks if s is not sink)
+
     def attach(self, subscription: Subscription) -> None:
         """Start forwarding to a subscription (its sender is negotiated and connected)."""
         if subscription not in self._subscriptions:
@@ -249,6 +263,7 @@ class Publication(Emitter):
         self._closed = True
         subscriptions, self._subscriptions = self._subscriptions, []
         self.subscriptions = []
+        self.sinks = ()
         for sub in subscriptions:  # every one: started, waiting for an answer, reconnecting
             await sub._parent_closed(reason)
         self.cache.clear()

@@ -26,6 +26,7 @@ from .fleet import Fleet, LocalFleet, NodeInfo
 from .http_api import HUB, add_routes, api_key_middleware, fleet_middleware
 from .hub import Hub
 from .metrics import CONTENT_TYPE, Metrics
+from .recordings_api import run_retention
 from .redis_fleet import RedisFleet
 from .tcp import cap_retransmissions
 from .ws import serve_socket
@@ -285,6 +286,8 @@ def create_app(*, config: ServerConfig, plane: MediaPlane | None = None) -> web.
         hub.spawn(app[METRICS].run_loop_lag_monitor())
         if fleet.shared:
             hub.spawn(hub.run_heartbeat())
+        if config.recording_retention_days > 0 and config.media.recording.directory:
+            hub.spawn(run_retention(hub))
         logger.info("node ready (dev=%s, fleet=%s)", config.dev, fleet.shared)
         yield
         await hub.close()

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from mediaserver.api import IceConfig, IceServer, MediaConfig
+from mediaserver.api import IceConfig, IceServer, MediaConfig, RecordingConfig
 
 from .auth import TokenVerifier
 from .ratelimit import Rate
@@ -98,6 +98,8 @@ class ServerConfig:
     # 0: the media plane in this process; N: N worker processes. `signaling run` defaults to
     # the machine's cores (default_workers); a ServerConfig built in code (tests) to 0.
     workers: int = 0
+    # -- recording (docs/recording.md); the directory and key are in media.recording --
+    recording_retention_days: float = 0.0  # delete recordings older than this (0: keep)
     # a worker without a heartbeat for this long is hung: killed and restarted, its rooms moved
     worker_heartbeat_timeout_s: float = 3.0
     # -- end workers --
@@ -420,6 +422,24 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     _add_limit_arguments(parser)
     add_pages_arguments(parser)
     add_turn_arguments(parser)
+    add_recording_arguments(parser)
+
+
+def add_recording_arguments(parser: argparse.ArgumentParser) -> None:
+    """Consultation recording (docs/recording.md); each falls back to CONSULT_<NAME>."""
+    add = parser.add_argument
+    add("--recording-dir", help="where recordings are written (CONSULT_RECORDING_DIR; none: off)")
+    add(
+        "--recording-key-file",
+        help="the AES-256 key recordings are sealed with: KEY_ID:SECRET or SECRET, 32 bytes in"
+        " hex or base64 (CONSULT_RECORDING_KEY_FILE)",
+    )
+    add(
+        "--recording-retention-days",
+        type=float,
+        help="delete recordings older than this many days, checked hourly (0: keep;"
+        " CONSULT_RECORDING_RETENTION_DAYS)",
+    )
 
 
 def add_turn_arguments(parser: argparse.ArgumentParser) -> None:
@@ -613,6 +633,13 @@ def config_from_args(
         text = pick(getattr(args, name, None), name.upper())
         if text is not None:
             values[name] = limit_conv(text)
+    retention = pick(getattr(args, "recording_retention_days", None), "RECORDING_RETENTION_DAYS")
+    if retention is not None:
+        values["recording_retention_days"] = float(retention)
+    recording = RecordingConfig(
+        directory=pick(getattr(args, "recording_dir", None), "RECORDING_DIR") or "",
+        key_file=pick(getattr(args, "recording_key_file", None), "RECORDING_KEY_FILE") or "",
+    )
     pages_text = pick(getattr(args, "pages", None), "PAGES")
     if pages_text is not None:
         values["pages"] = _bool(pages_text)
@@ -620,7 +647,7 @@ def config_from_args(
         api_key=api_key,
         token_secret=token_secret,
         dev=dev,
-        media=MediaConfig(ice=ice),
+        media=MediaConfig(ice=ice, recording=recording),
         allowed_origins=tuple(o for o in origins_text.split(",") if o.strip()),
         metrics_key=metrics_key,
         **values,  # type: ignore[arg-type]

@@ -35,6 +35,7 @@ from mediaserver.api import (
     ParticipantKind,
     ParticipantSnapshot,
     PauseChanged,
+    RecordingStopped,
     Role,
     RoomFull,
     RoomOptions,
@@ -54,6 +55,7 @@ from .protocol import (
     ProtocolError,
     error_message,
 )
+from .recording import POLICIES, RecordingConsent
 from .session import Session, SessionState
 from .telemetry import TelemetryLog
 
@@ -117,6 +119,11 @@ class ConsultationOptions:
     waiting_room: bool = True
     video_codec: str = "VP8"
     max_participants: int = 8
+    recording: str = "none"  # none | consent | devices (signaling/recording.py)
+
+    def __post_init__(self) -> None:
+        if self.recording not in POLICIES:
+            raise ValueError("recording must be none, consent or devices")
 
     def media_options(self) -> RoomOptions:
         return RoomOptions(video_codec=self.video_codec, max_participants=self.max_participants)
@@ -128,7 +135,9 @@ class ConsultationOptions:
         waiting_room = data.get("waiting_room", default.waiting_room)
         codec = data.get("video_codec", default.video_codec)
         limit = data.get("max_participants", default.max_participants)
+        recording = data.get("recording", default.recording)
         return cls(
+            recording=recording if recording in POLICIES else default.recording,
             waiting_room=waiting_room if isinstance(waiting_room, bool) else default.waiting_room,
             video_codec=codec if codec in ("VP8", "H264") else default.video_codec,
             max_participants=limit if isinstance(limit, int) and 1 <= limit <= 64 else 8,
@@ -139,6 +148,7 @@ class ConsultationOptions:
             "waiting_room": self.waiting_room,
             "video_codec": self.video_codec,
             "max_participants": self.max_participants,
+            "recording": self.recording,
         }
 
 
@@ -175,10 +185,13 @@ class Consultation:
         self.journal = hub.fleet.journal(room_id)
         self.restored: dict[str, PersonRecord] = {}  # sub -> record, until that user is back
         self._order = 0
+        self.recording = RecordingConsent(self)
 
     def media_created(self) -> None:
         """The hub created the media room: joins may add participants to it."""
         self._media_ready.set()
+        if self.options.recording == "devices":
+            self.hub.spawn(self.recording.start_devices())
 
     def media_failed(self) -> None:
         """The media room could not be created: the consultation never opens."""
@@ -297,6 +310,7 @@ class Consultation:
             "tracks": [_room_track(t) for t in room.tracks] if room is not None else [],
             "chat_messages": len(self.chat),
             "telemetry_records": len(self.telemetry),
+            "recording": self.recording.info(),
             "barred": [
                 {"participant": bar.participant, "sub": sub, "reason": bar.reason}
                 for sub, bar in self.bars.items()
@@ -343,6 +357,7 @@ class Consultation:
             raise ProtocolError(ErrorCode.TOO_LARGE, str(exc)) from exc
         self.journal.chat(message.as_dict())
         self.broadcast({"type": "chat", "message": message.as_dict()})
+        self.recording.note("chat", {"message": message.as_dict()})
         return message
 
     # -- joining ------------------------------------------------------------------------------
@@ -521,6 +536,8 @@ class Consultation:
         self.hub.metrics.observe_join(time.monotonic() - session.joined_at)
         session.send({"type": "admitted"})
         session.send(self.room_message(session))
+        # a patient is asked to consent (a running recording stops until it did)
+        self.hub.spawn(self.recording.admitted(session))
         self.broadcast(
             {"type": "participant-joined", "participant": self.describe(session)}, exclude=session
         )
@@ -572,6 +589,9 @@ class Consultation:
 
     def on_media_event(self, event: MediaEvent) -> None:
         """An event of the media plane for this room (the hub routes them by room id)."""
+        if isinstance(event, RecordingStopped):
+            self.recording.on_stopped(event)
+            return
         if not isinstance(event, ParticipantEvent):
             return  # track and room events: the snapshots say what changed
         session = self.sessions.get(event.participant_id)
@@ -650,6 +670,7 @@ class Consultation:
             "reason": reason,
         }
         self.broadcast(msg)
+        self.recording.note("mode", {k: v for k, v in msg.items() if k != "type"})
 
     def _on_media_pause(self, session: Session, sources: list[str], reason: str) -> None:
         """Bandwidth fallback: the publisher stops (or resumes) these senders (issue 5)."""
@@ -708,6 +729,7 @@ class Consultation:
         (`reconnect`) within peer_timeout_s."""
         if session.state is SessionState.CLOSED:
             return
+        self.recording.media_lost()  # the recording went with the worker
         logger.info("participant %s: media worker lost, client told to reconnect", session.id)
         self._watch_peer(session, restart=True)
         session.send(
@@ -763,6 +785,7 @@ class Consultation:
         left = {"type": "participant-left", "participant": session.id, "reason": reason.value}
         if was is SessionState.ADMITTED:
             self.broadcast(left)
+            await self.recording.left(session)
         else:
             self._to_doctors(left)
             self._send_positions()

@@ -19,6 +19,8 @@ from .devices_api import add_device_routes
 from .fleet import FleetUnavailable, NodeInfo
 from .hub import ROOM_ID, Draining, Hub, NodeFull, RoomExists, new_room_id
 from .metrics import CONTENT_TYPE
+from .recording import POLICIES
+from .recordings_api import add_recording_routes
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +54,9 @@ def _options(body: dict[str, Any]) -> ConsultationOptions:
     waiting_room = body.get("waiting_room", True)
     video_codec = body.get("video_codec", "VP8")
     max_participants = body.get("max_participants", 8)
+    recording = body.get("recording", "none")
+    if recording not in POLICIES:
+        raise ValueError("recording must be none, consent or devices")
     if not isinstance(waiting_room, bool):
         raise ValueError("waiting_room must be a boolean")
     if not isinstance(video_codec, str) or video_codec.upper() not in ("VP8", "H264"):
@@ -64,6 +69,7 @@ def _options(body: dict[str, Any]) -> ConsultationOptions:
         waiting_room=waiting_room,
         video_codec=video_codec.upper(),
         max_participants=max_participants,
+        recording=recording,
     )
 
 
@@ -261,3 +267,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     add_device_routes(app)  # devices: ingest and telemetry over HTTP (devices_api.py)
+    add_recording_routes(app)  # recordings: list, manifest, delete (recordings_api.py)

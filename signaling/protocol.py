@@ -69,6 +69,8 @@ CLIENT_TYPES = frozenset(
         "telemetry",
         "telemetry-history",
         "chat-history",
+        "record",
+        "consent",
     }
 )
 

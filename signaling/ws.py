@@ -476,6 +476,23 @@ async def on_chat_history(hub: Hub, session: Session, msg: dict[str, Any]) -> No
     session.send(reply)
 
 
+async def on_record(hub: Hub, session: Session, msg: dict[str, Any]) -> None:
+    _doctor(session, msg)
+    action = require_str(msg, "action", max_len=8)
+    await session.consultation.recording.request(session, action, msg["id"])
+    _ack(session, msg)
+
+
+async def on_consent(hub: Hub, session: Session, msg: dict[str, Any]) -> None:
+    _media(session, msg)
+    recording_id = require_str(msg, "recording_id", max_len=64)
+    accept = msg.get("accept")
+    if not isinstance(accept, bool):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "accept must be a boolean", msg["id"])
+    await session.consultation.recording.consent(session, recording_id, accept, msg["id"])
+    _ack(session, msg)
+
+
 HANDLERS: dict[str, Handler] = {
     "join": on_join,
     "ping": on_ping,
@@ -493,6 +510,8 @@ HANDLERS: dict[str, Handler] = {
     "telemetry": on_telemetry,
     "telemetry-history": on_telemetry_history,
     "chat-history": on_chat_history,
+    "record": on_record,
+    "consent": on_consent,
 }
 
 
