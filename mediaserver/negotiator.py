@@ -38,6 +38,7 @@ from .rtc.tap import (
     recycle_sender,
     set_codec_preferences,
 )
+from .simulcast import answer_simulcast, offered_simulcast
 
 if TYPE_CHECKING:
     from aiortc.rtcrtpparameters import RTCRtpReceiveParameters, RTCRtpSendParameters
@@ -133,6 +134,7 @@ class Negotiator:
         # client said of the m-lines of its own offer (by mid).
         self.requested: dict[RTCRtpTransceiver, TrackMeta] = {}
         self.track_meta: dict[str, TrackMeta] = {}
+        self.simulcast: dict[str, tuple[str, ...]] = {}  # mid -> rids its offer sends
         # Every sendonly transceiver of this peer connection; a free one (inactive, no
         # subscription) is recycled by the next subscription of its kind and codec.
         self.senders: dict[RTCRtpTransceiver, SenderSlot] = {}
@@ -188,6 +190,8 @@ class Negotiator:
                 text = apply_opus_fmtp(  # devices: fmtp per track source
                     drop_rejected_from_bundle(answer.sdp, sdp), self._mid_sources(tracks)
                 )
+                text = answer_simulcast(text, sdp)  # aiortc ignores rid/simulcast
+                self.simulcast.update(offered_simulcast(sdp))
                 await pc.setLocalDescription(RTCSessionDescription(sdp=text, type="answer"))
             except Exception as exc:
                 raise NegotiationError(f"cannot apply offer: {exc}") from exc

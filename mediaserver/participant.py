@@ -35,6 +35,7 @@ from .rtc.tap import (
     sender_ssrcs,
     set_codec_preferences,
 )
+from .simulcast import RID_URI, RRID_URI
 from .subscription import Subscription
 
 if TYPE_CHECKING:
@@ -231,6 +232,10 @@ class Participant(Emitter, TapHooks):
             rtcp_ssrc=self.rtcp_ssrc,
             pli_throttle_s=self._config.pli_throttle_s,
         )
+        pub.rids = self.negotiator.simulcast.get(mid, ()) if pub.kind == "video" else ()
+        if pub.rids:
+            self.demux.rid_ext_id = ext.get(RID_URI, self.demux.rid_ext_id)
+            self.demux.rrid_ext_id = ext.get(RRID_URI, self.demux.rrid_ext_id)
         pub.channels = meta.channels  # devices: a stereo stethoscope stays stereo downstream
         pub.capture = meta.capture  # devices: what its capture does, and what the doctor must know
         pub.warnings = capture_warnings(meta.source, meta.capture)
@@ -386,6 +391,7 @@ class Participant(Emitter, TapHooks):
             audio_level_id=ExtensionIds.from_uris(ext).audio_level,
             gap_s=gap_s,
         )
+        pub.rids = self.negotiator.simulcast.get(pub.mid, ()) if pub.kind == "video" else ()
         self.demux.add_publication(pub)
         return True
 
