@@ -92,6 +92,8 @@ class LinkFallback:
         self._ladder_at = -1e9
         self._ladder_climbed = False
         self._layer_dwell = config.min_dwell_s
+        self._ladder_from: dict[Subscription, int] = {}  # a climb's first sequence, per sub
+        self._ladder_nacked = 0  # NACKs of what a climb forwarded
 
     def modes(self) -> dict[str, str]:
         return {"uplink": self.up.mode.value, "downlink": self.down.mode.value}
@@ -375,8 +377,8 @@ class LinkFallback:
             )
             good = not sample.stalled and sample.loss <= cfg.good_loss
             since = now - self._ladder_at
-            if since < cfg.settle_s:
-                taken = True  # the last rung change settles
+            if since < cfg.settle_s and not self._ladder_climbed:
+                taken = True  # the last step down settles (a climb is judged at once)
             elif congested and self._layer_drop < rungs:
                 if self._ladder_climbed and since < cfg.probe_s + cfg.settle_s:
                     self._layer_dwell = min(2 * self._layer_dwell, cfg.max_backoff_s)
@@ -391,12 +393,39 @@ class LinkFallback:
                     self._layer_drop -= 1
                     self._ladder_at, self._ladder_climbed = now, True
                     self._counters.layer_changes += 1
+                    self._ladder_nacked = 0
+                    self._ladder_from = {
+                        s: s.forwarder.last_seq for s in layered if s.forwarder is not None
+                    }
                     taken = True
         self._layer_drop = min(self._layer_drop, rungs)
         for sub in layered:
             sub.layer_drop = self._layer_drop
             sub.choose_layer(sub.publication.ranked)
         return taken
+
+    def _ladder_nacks(self, now: float, sub: Subscription, lost: tuple[int, ...]) -> None:
+        """A climb up the ladder is a probe: NACKs of what was forwarded since it began, as
+        many as end a downlink video probe (`probe_nack_packets`), take the rung back down
+        at once, and double the dwell before the next climb."""
+        cfg = self.config
+        mark = self._ladder_from.get(sub)
+        if mark is None or not self._ladder_climbed or sub.closed:
+            return
+        if now - self._ladder_at >= cfg.probe_s + cfg.settle_s:
+            self._ladder_from = {}
+            return
+        self._ladder_nacked += sum(1 for seq in lost if 0 < (seq - mark) & 0xFFFF < 0x8000)
+        if self._ladder_nacked < cfg.probe_nack_packets:
+            return
+        self._layer_dwell = min(2 * self._layer_dwell, cfg.max_backoff_s)
+        self._layer_drop += 1
+        self._ladder_at, self._ladder_climbed, self._ladder_from = now, False, {}
+        self._counters.layer_changes += 1
+        for s in self._subs:
+            if s.kind == "video" and s.publication.layers and not s.closed:
+                s.layer_drop = self._layer_drop
+                s.choose_layer(s.publication.ranked)
 
     def video_nacked(self, now: float, sub: Subscription, lost: tuple[int, ...]) -> None:
         """A subscriber NACKed video (`Demux`, per NACK message, never per packet). While a
@@ -405,6 +434,8 @@ class LinkFallback:
         a fraction of a second instead of for the whole probe. Only packets forwarded since
         the probe began count: a receiver keeps asking for what it lost before (aiortc asked
         again for 128 packets of the shaped period on a clean link)."""
+        if self._ladder_from:
+            self._ladder_nacks(now, sub, lost)
         if self._probe is None or self.down.probe is not self._probe:
             return
         start = self._probe_subs.get(sub)

@@ -232,10 +232,11 @@ class Participant(Emitter, TapHooks):
             rtcp_ssrc=self.rtcp_ssrc,
             pli_throttle_s=self._config.pli_throttle_s,
         )
-        pub.rids = self.negotiator.simulcast.get(mid, ()) if pub.kind == "video" else ()
-        if pub.rids:
-            self.demux.rid_ext_id = ext.get(RID_URI, self.demux.rid_ext_id)
-            self.demux.rrid_ext_id = ext.get(RRID_URI, self.demux.rrid_ext_id)
+        offered = self.negotiator.simulcast.get(mid)
+        pub.rids = offered.rids if offered is not None and pub.kind == "video" else ()
+        if offered is not None and pub.rids:  # the client's ids (aiortc's SDP drops them)
+            self.demux.rid_ext_id = offered.ext_id(RID_URI) or self.demux.rid_ext_id
+            self.demux.rrid_ext_id = offered.ext_id(RRID_URI) or self.demux.rrid_ext_id
         pub.channels = meta.channels  # devices: a stereo stethoscope stays stereo downstream
         pub.capture = meta.capture  # devices: what its capture does, and what the doctor must know
         pub.warnings = capture_warnings(meta.source, meta.capture)
@@ -391,7 +392,8 @@ class Participant(Emitter, TapHooks):
             audio_level_id=ExtensionIds.from_uris(ext).audio_level,
             gap_s=gap_s,
         )
-        pub.rids = self.negotiator.simulcast.get(pub.mid, ()) if pub.kind == "video" else ()
+        offered = self.negotiator.simulcast.get(pub.mid)
+        pub.rids = offered.rids if offered is not None and pub.kind == "video" else ()
         self.demux.add_publication(pub)
         return True
 

@@ -21,7 +21,13 @@ from mediaserver.events import NodeCounters
 from mediaserver.fallback import LinkFallback
 from mediaserver.forwarder import ExtensionIds
 from mediaserver.publication import Publication
-from mediaserver.simulcast import RID_URI, RRID_URI, answer_simulcast, offered_simulcast
+from mediaserver.simulcast import (
+    RID_URI,
+    RRID_URI,
+    add_simulcast,
+    answer_simulcast,
+    offered_simulcast,
+)
 from mediaserver.subscription import Subscription
 
 VP8 = CodecInfo(
@@ -65,19 +71,25 @@ ANSWER = (
 
 
 def test_offer_rids_and_answer_lines() -> None:
-    assert offered_simulcast(OFFER) == {"1": ("q", "h", "f")}
+    offered = offered_simulcast(OFFER)["1"]
+    assert offered.rids == ("q", "h", "f")
+    assert offered.ext_id(RID_URI) == 10 and offered.ext_id(RRID_URI) == 11
     answer = answer_simulcast(ANSWER, OFFER)
     lines = answer.split("\r\n")
     assert "a=rid:q recv" in lines and "a=rid:h recv" in lines and "a=rid:f recv" in lines
     assert "a=simulcast:recv q;h;f" in lines
     assert f"a=extmap:10 {RID_URI}" in lines and f"a=extmap:11 {RRID_URI}" in lines
     assert lines.index(f"a=extmap:10 {RID_URI}") < lines.index("a=rid:q recv")
+    assert "a=fmtp:96 x-google-start-bitrate=800" in lines  # room for two layers at once
     assert answer.endswith("\r\n") and "\n" not in answer.replace("\r\n", "")
     # no simulcast offered, or the m-line rejected: the answer is left alone
     plain = OFFER.replace("a=simulcast:send q;h;~f\r\n", "")
     assert answer_simulcast(ANSWER, plain) == ANSWER
     rejected = ANSWER.replace("m=video 9", "m=video 0")
     assert "a=simulcast" not in answer_simulcast(rejected, OFFER)
+    # a later offer of ours keeps them (aiortc's own SDP has none), once
+    again = add_simulcast(answer, offered_simulcast(OFFER))
+    assert again == answer
 
 
 # -- real VP8 ------------------------------------------------------------------------------
@@ -302,3 +314,17 @@ def test_the_ladder_steps_layers_before_the_mode() -> None:
     assert not fb._ladder(12.0, lossy, [sub])  # no rung left: the mode controller decides
     assert fb._ladder(12.0 + 5.0, clean, [sub]) and fb.layer_drop == 0  # climbed back
     assert sub.layer is pub.layers["f"]
+    # the climb is a probe: NACKs of what it forwarded take the rung back down at once
+    fb._subs = [sub]
+    assert sub.forwarder is not None
+    nacked = tuple((sub.forwarder.last_seq + i) & 0xFFFF for i in range(1, 6))
+    fb.video_nacked(17.5, sub, nacked)
+    assert fb.layer_drop == 1 and sub.layer is pub.layers["q"]
+    assert fb._layer_dwell == 2 * FallbackConfig().min_dwell_s  # the next climb waits longer
+    # the climb is a probe: NACKs of what it forwarded take the rung back down at once
+    fb._subs = [sub]
+    assert sub.forwarder is not None
+    nacked = tuple((sub.forwarder.last_seq + i) & 0xFFFF for i in range(1, 6))
+    fb.video_nacked(17.5, sub, nacked)
+    assert fb.layer_drop == 1 and sub.layer is pub.layers["q"]
+    assert fb._layer_dwell == 2 * FallbackConfig().min_dwell_s  # the next climb waits longer
