@@ -38,7 +38,7 @@ from .rtc.tap import (
     recycle_sender,
     set_codec_preferences,
 )
-from .simulcast import SimulcastOffer, add_simulcast, offered_simulcast
+from .simulcast import SimulcastOffer, add_simulcast, offer_rid_extensions, offered_simulcast
 
 if TYPE_CHECKING:
     from aiortc.rtcrtpparameters import RTCRtpReceiveParameters, RTCRtpSendParameters
@@ -223,7 +223,8 @@ class Negotiator:
         closed = self._participant.closed
         if closed or self.pc.signalingState != "have-local-offer" or local is None:
             return None
-        return add_simulcast(local.sdp, self.simulcast), self.offer_tracks()
+        sdp = offer_rid_extensions(add_simulcast(local.sdp, self.simulcast))
+        return sdp, self.offer_tracks()
 
     async def add_ice_candidate(self, candidate: str | None, sdp_mid: str | None) -> None:
         self.check_open()
@@ -404,9 +405,11 @@ class Negotiator:
         text = apply_opus_fmtp(  # devices: fmtp per track source
             harmonize(offer.sdp, established), self._mid_sources({}, offer.sdp)
         )
-        text = add_simulcast(text, self.simulcast)  # what the client set up stays on
+        text = offer_rid_extensions(add_simulcast(text, self.simulcast))  # layers stay on
         await pc.setLocalDescription(RTCSessionDescription(sdp=text, type="offer"))
-        sent = add_simulcast(pc.localDescription.sdp, self.simulcast)  # aiortc drops them
+        sent = offer_rid_extensions(  # aiortc's own rendering drops them
+            add_simulcast(pc.localDescription.sdp, self.simulcast)
+        )
         self._participant.emit("offer", sent, self.offer_tracks())
 
     def offer_tracks(self) -> dict[str, dict[str, Any]]:

@@ -106,6 +106,40 @@ def add_simulcast(sdp: str, offered: dict[str, SimulcastOffer]) -> str:
     return "\r\n".join("\n".join(out).split("\n")) + "\r\n"
 
 
+def offer_rid_extensions(sdp: str) -> str:
+    """Our offer with the rtp-stream-id header extensions on every video m-section that
+    accepts media: a browser that first negotiated without them (a server offer came first)
+    leaves them out of its own later offers, then refuses its own simulcast offer ("negotiates
+    simulcast but does not negotiate the RID RTP header extension"). Ids already in use for
+    them are kept; otherwise the first free ids from 10 on."""
+    session, sections = _sections(sdp)
+    ids: dict[str, int] = {}
+    used: set[int] = set()
+    for lines in sections:
+        for line in lines:
+            if line.startswith("a=extmap:"):
+                key, _, uri = line.partition(" ")
+                ident = int(key[len("a=extmap:") :].split("/")[0])
+                used.add(ident)
+                ids.setdefault(uri.strip(), ident)
+    free = [i for i in (*range(10, 15), *range(4, 10)) if i not in used]
+    for uri in (RID_URI, RRID_URI):
+        if uri not in ids and free:
+            ids[uri] = free.pop(0)
+    if RID_URI not in ids or RRID_URI not in ids:
+        return sdp
+    out = [session]
+    for lines in sections:
+        head = lines[0].split()
+        have = {line.split()[-1] for line in lines if line.startswith("a=extmap:")}
+        if head[0] == "m=video" and len(head) > 1 and head[1] != "0":
+            extra = [f"a=extmap:{ids[u]} {u}" for u in (RID_URI, RRID_URI) if u not in have]
+            if extra:
+                lines = _insert_after_extmaps(lines, extra)
+        out.append("\n".join(lines))
+    return "\r\n".join("\n".join(out).split("\n")) + "\r\n"
+
+
 def _start_bitrate(lines: list[str]) -> list[str]:
     """`x-google-start-bitrate` on the m-section's video codecs (not RTX, RED, FEC)."""
     pts = [

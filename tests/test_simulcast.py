@@ -26,6 +26,7 @@ from mediaserver.simulcast import (
     RRID_URI,
     add_simulcast,
     answer_simulcast,
+    offer_rid_extensions,
     offered_simulcast,
 )
 from mediaserver.subscription import Subscription
@@ -87,6 +88,10 @@ def test_offer_rids_and_answer_lines() -> None:
     assert answer_simulcast(ANSWER, plain) == ANSWER
     rejected = ANSWER.replace("m=video 9", "m=video 0")
     assert "a=simulcast" not in answer_simulcast(rejected, OFFER)
+    # our offers carry the rid extensions on video m-sections (ids in use kept, else free)
+    offer = offer_rid_extensions(ANSWER.replace("a=recvonly", "a=sendonly"))
+    assert f"a=extmap:10 {RID_URI}" in offer and f"a=extmap:11 {RRID_URI}" in offer
+    assert offer_rid_extensions(answer) == answer
     # a later offer of ours keeps them (aiortc's own SDP has none), once
     again = add_simulcast(answer, offered_simulcast(OFFER))
     assert again == answer
