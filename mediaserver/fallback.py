@@ -123,6 +123,10 @@ class LinkFallback:
             return self.config.video_cap_bps
         return None
 
+    def stalled(self, now: float) -> bool:
+        """Nothing came from the peer for 2.5 report intervals (the quality signal's `lost`)."""
+        return self._stalled(now)
+
     def _stalled(self, now: float) -> bool:
         """Nothing, not even RTCP, came from the peer for 2.5 report intervals."""
         return now - self.last_rtcp > 2.5 * self._interval

@@ -73,6 +73,7 @@ class Participant(Emitter, TapHooks):
         self.rtcp_ssrc = random.randrange(1, 1 << 32)
         self.cname = secrets.token_hex(8)
         self.modes = {"uplink": "video", "downlink": "video"}
+        self.quality: dict[str, str] = {}  # direction -> the last reported quality
         self.transport_restarts = 0
         self._closing: set[asyncio.Task[None]] = set()  # subscriptions in a codec it lacks
         self._closed = False
@@ -94,6 +95,7 @@ class Participant(Emitter, TapHooks):
             connected=self._connected,
             rtcp_ssrc=self.rtcp_ssrc,
             cname=self.cname,
+            emit_quality=self._quality_changed,
         )
         self.negotiator = Negotiator(self)
         self.reporter.start()
@@ -340,6 +342,10 @@ class Participant(Emitter, TapHooks):
         self.modes[direction] = mode
         logger.info("participant %s %s mode %s (%s)", self.id, direction, mode, reason)
         self.emit("mode", direction, mode, reason)
+
+    def _quality_changed(self, direction: str, quality: str) -> None:
+        self.quality[direction] = quality
+        self.emit("quality", direction, quality)
 
     def _fallback_pause(self, sources: list[str], reason: str) -> None:
         # The REMB cap goes on the media path at once, before the `pause` crosses the link;

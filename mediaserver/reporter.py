@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from .events import LinkStats
+from .quality import QualitySignal, grade
 from .rtp import rtcp
 
 if TYPE_CHECKING:
@@ -46,8 +47,11 @@ class Reporter:
         connected: Callable[[], bool],
         rtcp_ssrc: int,
         cname: str,
+        emit_quality: Callable[[str, str], None] | None = None,
     ) -> None:
         self._config = config
+        self._emit_quality = emit_quality
+        self._quality = QualitySignal()
         self._fallback = fallback
         self._publications = publications
         self._subscriptions = subscriptions
@@ -172,6 +176,30 @@ class Reporter:
         down.bitrate_bps = int(down_bytes * 8 / elapsed) if elapsed > 0 else 0
         down.estimated_bps = remb
         self.tick(now)
+        self._grade(now)
+
+    def _grade(self, now: float) -> None:
+        """The quality signal (quality.py): each direction's grade, reported on change."""
+        if self._emit_quality is None:
+            return
+        fallback = self._fallback
+        modes = fallback.modes()
+        stalled = fallback.stalled(now)
+        for direction, stats, drop in (
+            ("uplink", self.link.uplink, 0),
+            ("downlink", self.link.downlink, fallback.layer_drop),
+        ):
+            quality = grade(
+                loss=stats.loss,
+                rtt_ms=stats.rtt_ms,
+                jitter_ms=stats.jitter_ms,
+                mode=modes[direction],
+                layer_drop=drop,
+                stalled=stalled,
+            )
+            change = self._quality.update(direction, quality)
+            if change is not None:
+                self._emit_quality(direction, change.value)
 
     def estimate(self, pub: Publication, loss: float) -> int:
         """Loss-based rate control (Galene), capped by what its subscribers can take, and by

@@ -64,6 +64,12 @@ export interface ConsultationEventMap {
   "chat": CustomEvent<{ message: ChatMessage; earlier?: boolean }>;
   "mode": CustomEvent<ModeDetail>;
   "pause": CustomEvent<{ sources: Source[]; reason: ModeReason | null }>;
+  /** A participant's link quality per direction, on change (docs/protocol.md, `quality`). */
+  "quality": CustomEvent<{
+    participant: string;
+    direction: "uplink" | "downlink";
+    quality: "excellent" | "good" | "poor" | "lost";
+  }>;
   "track": CustomEvent<TrackDetail>;
   "track-ended": CustomEvent<TrackDetail>;
   "connectionstatechange": CustomEvent<{ state: RTCPeerConnectionState }>;

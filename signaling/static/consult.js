@@ -211,6 +211,7 @@ function supportedCodecs() {
  *   connectionstatechange {state}       signalingstatechange {state}
  *   reconnecting {attempt, delay, code} resumed              ended {reason}
  *   pause {sources, reason} (our senders the server stopped)   reconnecting {media: true, attempt}
+ *   quality {participant, direction, quality} (excellent|good|poor|lost, on change)
  *   error {code, message, ref}          closed {reason}
  */
 export class Consultation extends EventTarget {
@@ -543,6 +544,8 @@ export class Consultation extends EventTarget {
         return this._setMode(msg.participant, msg.direction, msg.mode, msg.reason);
       case "pause": // bandwidth fallback (issue 5)
         return this._onPause(msg);
+      case "quality": // per direction, on change: excellent | good | poor | lost
+        return this._emit("quality", { participant: msg.participant, direction: msg.direction, quality: msg.quality });
       case "offer":
         return this._enqueue(() => this._onServerOffer(msg));
       case "candidate":
