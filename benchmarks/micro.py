@@ -3,9 +3,10 @@
     .venv/bin/python -m benchmarks.micro [--cpu 0] [--no-docs]
 
 Each row is the best of several timeit repeats, in microseconds per call: the header rewrite
-(Forwarder.rewrite) of a 1100-byte VP8 packet, the NACK packet cache, the whole per-packet
-publication path (stats, cache, keyframe check, fan-out to 1 and 3 subscriptions through
-their Forwarders, with a no-op send), SRTP protect/unprotect of a 1100-byte packet with the
+(Forwarder.rewrite) of a 1100-byte VP8 packet (also with simulcast's VP8 descriptor
+rewrite), the NACK packet cache, the whole per-packet publication path (stats, cache,
+keyframe check, fan-out to 1 and 3 subscriptions through their Forwarders, with a no-op
+send; also through a simulcast layer), SRTP protect/unprotect of a 1100-byte packet with the
 profile aiortc negotiates between aiortc peers (AEAD_AES_256_GCM) and the common browser one
 (AES128_CM_SHA1_80), RTCP parsing (RR + REMB compound, NACK), and the load generator's own
 per-packet work (stamping a header, counting a received one: loadtest/). The table goes to
@@ -318,11 +319,17 @@ def main() -> None:
             f"Command: `{command.strip()}`",
             "",
             f"Machine: {machine_summary()}.",
-            f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
+            f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load average "
+            f"{os.getloadavg()[0]:.1f} (the machine is shared).",
             "",
             "Best of 7 timeit repeats, microseconds per call, one process, no I/O. The",
             "publication rows are the whole per-packet server path after decryption except the",
             "SSRC lookup and the send (stats, NACK cache, keyframe check, per-subscriber rewrite).",
+            'Simulcast rows (docs/media.md, "Simulcast"): the rewrite with the VP8',
+            "descriptor's picture id and TL0PICIDX rewritten, and a VP8 packet's whole path",
+            "through a plain publication and through a simulcast layer (the layer check in",
+            "`Subscription.send_layer`, then the VP8 rewrite); their difference is what",
+            "simulcast adds per packet.",
             "",
             text,
         ]
