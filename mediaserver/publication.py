@@ -251,8 +251,14 @@ class Publication(Emitter):
             elif now - mark[0] >= RATE_WINDOW_S:
                 layer.bitrate_bps = int((stats.bytes - mark[1]) * 8 / (now - mark[0]))
                 layer._rate_mark = (now, stats.bytes)
-        # bitrate_bps -1: not measured yet (a new layer counts as active until it is)
-        active = [layer for layer in self.layers.values() if layer.bitrate_bps != 0]
+        # bitrate_bps -1: not measured yet (a new layer counts as active until it is); a
+        # layer known only from RTX (a browser's padding probes of a layer it does not send
+        # yet) is no layer to choose
+        active = [
+            layer
+            for layer in self.layers.values()
+            if layer.ssrc is not None and layer.bitrate_bps != 0
+        ]
         order = {rid: i for i, rid in enumerate(self.rids)}
         active.sort(key=lambda layer: (layer.bitrate_bps, order.get(layer.rid, 0)))
         self.ranked = active

@@ -333,3 +333,19 @@ def test_the_ladder_steps_layers_before_the_mode() -> None:
     fb.video_nacked(17.5, sub, nacked)
     assert fb.layer_drop == 1 and sub.layer is pub.layers["q"]
     assert fb._layer_dwell == 2 * FallbackConfig().min_dwell_s  # the next climb waits longer
+
+
+def test_a_layer_seen_only_in_rtx_probes_is_not_chosen() -> None:
+    demux, pub, sub, sent, _ = simulcast_setup()
+    demux.rrid_ext_id = 11
+    ext = bytes((11 << 4,)) + b"f" + b"\x00\x00"  # repaired-rtp-stream-id "f"
+    probe = struct.pack("!BBHII", 0xB0, 97, 1, 0, 0x3333) + struct.pack("!HH", 0xBEDE, 1) + ext
+    probe += b"\x00" * 200 + b"\xc8"  # padding only, as a browser probes
+    demux.on_rtp(probe, 0.0)
+    assert pub.layers["f"].rtx_ssrc == 0x3333 and pub.layers["f"].ssrc is None
+    low = Layer("q", 0x1111, frames(160, 120, 2, keyframes={0}))
+    for i in range(2):
+        for p in low.packets(i):
+            demux.on_rtp(p, 0.0)
+    assert pub.ranked == [pub.layers["q"]] and sub.layer is pub.layers["q"]
+    assert sent  # forwarded from the first keyframe
