@@ -45,6 +45,7 @@ from .api import (
     PauseChanged,
     PendingOffer,
     PlaneSnapshot,
+    QualityChanged,
     Query,
     RecordingError,
     RecordingNote,
@@ -371,6 +372,12 @@ class LocalMediaPlane(MediaPlane):
             "mode",
             lambda direction, mode, reason: publish(
                 ModeChanged(**ids, direction=direction, mode=mode, reason=reason)
+            ),
+        )
+        participant.on(
+            "quality",
+            lambda direction, quality: publish(
+                QualityChanged(**ids, direction=direction, quality=quality)
             ),
         )
         participant.on(
