@@ -175,7 +175,7 @@ class ChromiumCall:
         return media
 
     def uplink_received(self) -> int:
-        return sum(p.packets_received for p in self.media().publications.values())
+        return sum(p.stats.received for p in self.media().publications.values())
 
     def downlink_audio(self) -> tuple[int, int]:
         received, lost = int(self.last.get("audio_packets", 0)), int(self.last.get("audio_lost", 0))
@@ -202,7 +202,7 @@ class ChromiumCall:
             subs = list(media.subscriptions.values())
             return (
                 len(pubs) == 2
-                and all(p.packets_received > 30 for p in pubs)
+                and all(p.stats.received > 30 for p in pubs)
                 and len(subs) == 2
                 and all(s.reports >= 2 for s in subs)
                 and int(self.last.get("video_frames", 0)) > 10

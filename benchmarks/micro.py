@@ -3,10 +3,9 @@
     .venv/bin/python -m benchmarks.micro [--cpu 0] [--no-docs]
 
 Each row is the best of several timeit repeats, in microseconds per call: the header rewrite
-(Forwarder.rewrite) of a 1100-byte VP8 packet (also with simulcast's VP8 descriptor
-rewrite), the NACK packet cache, the whole per-packet publication path (stats, cache,
-keyframe check, fan-out to 1 and 3 subscriptions through their Forwarders, with a no-op
-send; also through a simulcast layer), SRTP protect/unprotect of a 1100-byte packet with the
+(Forwarder.rewrite) of a 1100-byte VP8 packet, the NACK packet cache, the whole per-packet
+publication path (stats, cache, keyframe check, fan-out to 1 and 3 subscriptions through
+their Forwarders, with a no-op send), SRTP protect/unprotect of a 1100-byte packet with the
 profile aiortc negotiates between aiortc peers (AEAD_AES_256_GCM) and the common browser one
 (AES128_CM_SHA1_80), RTCP parsing (RR + REMB compound, NACK), and the load generator's own
 per-packet work (stamping a header, counting a received one: loadtest/). The table goes to
@@ -74,74 +73,6 @@ def bench_forwarder() -> list[tuple[str, float]]:
         fwd.rewrite(packets[i], off, i, i * 3000, False, abs3, -1)
 
     return [("Forwarder.rewrite (1100 B video packet)", measure(rewrite, 50_000))]
-
-
-def vp8_packet(seq: int, *, ssrc: int = 0x11223344) -> bytes:
-    """`rtp_packet` with a Chromium-like VP8 payload descriptor: X, I (15-bit picture id),
-    L (TL0PICIDX), T (TID/Y)."""
-    packet = rtp_packet(seq, ssrc=ssrc)
-    off = payload_offset(packet)
-    pic = seq & 0x7FFF
-    desc = bytes((0x90, 0xE0, 0x80 | pic >> 8, pic & 0xFF, seq & 0xFF, 0x20))
-    return packet[:off] + desc + packet[off + len(desc) :]
-
-
-def bench_simulcast() -> list[tuple[str, float]]:
-    """The cost simulcast adds per packet: the VP8 descriptor rewrite in the Forwarder, and a
-    layer's fan-out through `Subscription.send_layer` (the layer check) to the rewrite."""
-    vp8 = Forwarder(
-        ssrc=0x55667788, payload_type=97, mid="3", ext=EXT, gate_on_keyframe=False, vp8=True
-    )
-    vp8.switch_layer(3000)  # as after a switch: picture id / TL0PICIDX offsets in use
-    packets = [vp8_packet(i) for i in range(1024)]
-    off = payload_offset(packets[0])
-    abs3 = b"\x01\x02\x03"
-    state = [0]
-
-    def rewrite() -> None:
-        i = state[0] = (state[0] + 1) & 1023
-        vp8.rewrite(packets[i], off, i, i * 3000, False, abs3, -1)
-
-    rows = [("Forwarder.rewrite, VP8 picture id/TL0PICIDX rewritten", measure(rewrite, 50_000))]
-    for layered in (False, True):
-        counters = NodeCounters()
-        pub = Publication(
-            participant_id="p",
-            kind="video",
-            source="camera",
-            mid="1",
-            codec=VP8,
-            ssrc=0x11223344,
-            rtx_ssrc=None,
-            audio_level_id=0,
-            cache_size=1024,
-            counters=counters,
-            send_rtcp=lambda _b: True,
-            rtcp_ssrc=1,
-            pli_throttle_s=0.5,
-        )
-        if layered:
-            pub.ssrc = None
-            pub.rids = ("q", "f")
-            source = pub.layer("f")
-            source.ssrc = 0x11223344
-        else:
-            source = pub
-        sub = Subscription(pub, send_rtp=lambda _b: True, counters=counters)
-        sub.start(mid="0", ssrc=0x1000, rtx_ssrc=0, payload_type=97, rtx_payload_type=0, ext=EXT)
-        if layered:
-            sub.choose_layer([source])
-        stream = [vp8_packet(i) for i in range(0x10000)]
-        source.on_rtp(stream[0], 0.0)
-        assert sub.packets_sent == 1, "the benchmark's subscription forwards nothing"
-
-        def on_rtp(src: Publication = source, pkts: list[bytes] = stream) -> None:
-            i = state[0] = (state[0] + 1) & 0xFFFF
-            src.on_rtp(pkts[i], 0.0)
-
-        name = "simulcast layer" if layered else "one-layer VP8 publication"
-        rows.append((f"{name}: on_rtp, fan-out to 1 (the whole path)", measure(on_rtp, 60_000)))
-    return rows
 
 
 def bench_cache() -> list[tuple[str, float]]:
@@ -299,14 +230,9 @@ def main() -> None:
     rows += bench_cache()
     rows.append(bench_publication(1))
     rows.append(bench_publication(3))
-    simulcast = bench_simulcast()
-    rows += simulcast
     rows += bench_srtp()
     rows += bench_rtcp()
     rows += bench_generator()
-    # the layer's path includes the descriptor rewrite; the one-layer path has neither
-    extra = simulcast[2][1] - simulcast[1][1]
-    rows.append(("simulcast's extra per packet (layer check + descriptor rewrite)", extra))
     text = table(["operation", "us per call"], [[name, f"{us:.2f}"] for name, us in rows])
     print(text)
     if args.no_docs:
@@ -319,17 +245,11 @@ def main() -> None:
             f"Command: `{command.strip()}`",
             "",
             f"Machine: {machine_summary()}.",
-            f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load average "
-            f"{os.getloadavg()[0]:.1f} (the machine is shared).",
+            f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
             "",
             "Best of 7 timeit repeats, microseconds per call, one process, no I/O. The",
             "publication rows are the whole per-packet server path after decryption except the",
             "SSRC lookup and the send (stats, NACK cache, keyframe check, per-subscriber rewrite).",
-            'Simulcast rows (docs/media.md, "Simulcast"): the rewrite with the VP8',
-            "descriptor's picture id and TL0PICIDX rewritten, and a VP8 packet's whole path",
-            "through a plain publication and through a simulcast layer (the layer check in",
-            "`Subscription.send_layer`, then the VP8 rewrite); their difference is what",
-            "simulcast adds per packet.",
             "",
             text,
         ]

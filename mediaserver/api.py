@@ -10,8 +10,7 @@ It talks to a `MediaPlane` with plain data:
 - **queries** (`query`, synchronous): GetParticipant, GetRoom, answered with snapshots
   (ParticipantSnapshot, RoomSnapshot, TrackSnapshot), copies that never change afterwards.
 - **events** (`subscribe(listener)`): ServerOffer, DataMessage, ConnectionState, ModeChanged,
-  PauseChanged, QualityChanged, DeviceState, TrackPublished, TrackUnpublished,
-  ParticipantClosed, RoomClosed,
+  PauseChanged, DeviceState, TrackPublished, TrackUnpublished, ParticipantClosed, RoomClosed,
   MediaLost (worker processes: the participant's worker went away, reconnect its media),
   delivered in the order the media plane produced them, each naming its room and participant.
 - **metrics**: `snapshot()`, the counters of each media worker (label `worker`).
@@ -492,14 +491,6 @@ class ModeChanged(ParticipantEvent):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class QualityChanged(ParticipantEvent):
-    """The quality signal of one direction changed (mediaserver/quality.py)."""
-
-    direction: str  # uplink | downlink
-    quality: str  # excellent | good | poor | lost
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
 class PauseChanged(ParticipantEvent):
     """The publisher must stop (or may resume) sending these sources."""
 
@@ -697,7 +688,6 @@ __all__ = [
     "PauseChanged",
     "PendingOffer",
     "PlaneSnapshot",
-    "QualityChanged",
     "Query",
     "RecordingConfig",
     "RecordingError",

@@ -32,8 +32,6 @@ class Demux:
         "_publications",
         "mid_ext_id",
         "pub_by_ssrc",
-        "rid_ext_id",
-        "rrid_ext_id",
         "rtx_by_ssrc",
         "sub_by_ssrc",
     )
@@ -45,9 +43,6 @@ class Demux:
         self.rtx_by_ssrc: dict[int, Publication] = {}
         self.sub_by_ssrc: dict[int, Subscription] = {}
         self.mid_ext_id = 0  # the mid header extension's id in the publisher's SDP (0: none)
-        # rtp-stream-id and repaired-rtp-stream-id (simulcast layers and their RTX; 0: none)
-        self.rid_ext_id = 0
-        self.rrid_ext_id = 0
 
     # -- the tables ----------------------------------------------------------------------------
 
@@ -58,9 +53,8 @@ class Demux:
             self.rtx_by_ssrc[pub.rtx_ssrc] = pub
 
     def remove_publication(self, pub: Publication) -> None:
-        gone = {id(pub), *map(id, pub.layers.values())}
         for table in (self.pub_by_ssrc, self.rtx_by_ssrc):
-            for ssrc in [s for s, p in table.items() if id(p) in gone]:
+            for ssrc in [s for s, p in table.items() if p is pub]:
                 del table[ssrc]
 
     def add_subscription(self, sub: Subscription) -> None:
@@ -108,9 +102,6 @@ class Demux:
         if len(pubs) != 1:
             return  # unknown or ambiguous: dropped
         pub = pubs[0]
-        if pub.rids:
-            self._learn_layer(pub, data, ssrc, pt, arrival)
-            return
         if pt == pub.codec.rtx_payload_type:
             pub.rtx_ssrc = ssrc
             self.rtx_by_ssrc[ssrc] = pub
@@ -119,32 +110,6 @@ class Demux:
             pub.ssrc = ssrc
             self.pub_by_ssrc[ssrc] = pub
             pub.on_rtp(data, arrival)
-
-    def _learn_layer(
-        self, pub: Publication, data: bytes, ssrc: int, pt: int, arrival: float
-    ) -> None:
-        """A simulcast publication's new SSRC: its layer by rtp-stream-id (media) or
-        repaired-rtp-stream-id (RTX); without either it cannot be placed (dropped)."""
-        if pt == pub.codec.rtx_payload_type:
-            rid = extension_value(data, self.rrid_ext_id) if self.rrid_ext_id else None
-            if rid:
-                layer = pub.layer(rid.decode(errors="replace"))
-                layer.rtx_ssrc = ssrc
-                self.rtx_by_ssrc[ssrc] = layer
-                layer.on_rtx(data, arrival)
-            return
-        rid = extension_value(data, self.rid_ext_id) if self.rid_ext_id else None
-        if not rid:
-            return
-        fresh = rid.decode(errors="replace") not in pub.layers
-        layer = pub.layer(rid.decode(errors="replace"))
-        if layer.ssrc is not None and layer.ssrc != ssrc:
-            self.pub_by_ssrc.pop(layer.ssrc, None)  # the publisher restarted that layer
-        layer.ssrc = ssrc
-        self.pub_by_ssrc[ssrc] = layer
-        if fresh:
-            pub.layer_added()  # subscriptions with no layer yet take it from this packet on
-        layer.on_rtp(data, arrival)
 
     # -- RTCP ----------------------------------------------------------------------------------
 

@@ -107,7 +107,6 @@ class NodeCounters:
     plis_received: int = 0
     plis_sent: int = 0
     padding_dropped: int = 0
-    layer_changes: int = 0  # simulcast ladder rung changes (fallback.py)
     # Bandwidth fallback: "direction:mode" -> transitions into it / seconds spent in it
     # (of participants that changed mode or left; mediaserver/fallback.py).
     mode_transitions: dict[str, int] = field(default_factory=dict)

@@ -86,22 +86,9 @@ class LinkFallback:
         self._up_probe: State | None = None
         self._up_probe_pubs: dict[Publication, tuple[int, int]] = {}
         self._pubs: list[Publication] = []  # the last tick's (all, started or not)
-        # The simulcast ladder (`_ladder`): rungs below the best layer, when the rung last
-        # changed and whether that was a climb, and the good time a climb needs.
-        self._layer_drop = 0
-        self._ladder_at = -1e9
-        self._ladder_climbed = False
-        self._layer_dwell = config.min_dwell_s
-        self._ladder_from: dict[Subscription, int] = {}  # a climb's first sequence, per sub
-        self._ladder_nacked = 0  # NACKs of what a climb forwarded
 
     def modes(self) -> dict[str, str]:
         return {"uplink": self.up.mode.value, "downlink": self.down.mode.value}
-
-    @property
-    def layer_drop(self) -> int:
-        """Simulcast rungs the downlink is below the best layer (0: the best)."""
-        return self._layer_drop
 
     def paused_sources(self) -> list[str]:
         return list(self._paused_sources)
@@ -122,10 +109,6 @@ class LinkFallback:
         if source in self._paused_sources:
             return self.config.video_cap_bps
         return None
-
-    def stalled(self, now: float) -> bool:
-        """Nothing came from the peer for 2.5 report intervals (the quality signal's `lost`)."""
-        return self._stalled(now)
 
     def _stalled(self, now: float) -> bool:
         """Nothing, not even RTCP, came from the peer for 2.5 report intervals."""
@@ -275,8 +258,7 @@ class LinkFallback:
         if elapsed <= 0:
             return
         subs = [s for s in subscriptions if s.forwarder is not None and not s.closed]
-        # what the participant sends: a simulcast publication's layers each count
-        pubs = [s for p in publications for s in p.streams() if s.stats.started]
+        pubs = [p for p in publications if p.stats.started]
         down = self._downlink_sample(subs, elapsed, now)
         if self._down_stalled and not down.stalled:
             # The link is back: reports that straddle the silence count only the losses that
@@ -288,10 +270,7 @@ class LinkFallback:
         # the cost, and the uplink's way back (a `pause`) would cross a downlink its probe
         # fills. Audio probes (back from chat-only) are cheap: both directions may run them.
         self.down.may_probe = not _probes_video(self.up)
-        if not self._ladder(now, down, subs):
-            self._step(
-                "downlink", self.down, now, down, [(s.kind, s.publication.source) for s in subs]
-            )
+        self._step("downlink", self.down, now, down, [(s.kind, s.publication.source) for s in subs])
         self._apply_downlink(subs)
         self._subs = subs
         probe = self.down.probe if _probes_video(self.down) else None
@@ -357,80 +336,6 @@ class LinkFallback:
             (self.down if controller is self.up else self.up).hasten_probe(now)
         self._emit_mode(direction, change.mode.value, change.reason)
 
-    def _ladder(self, now: float, sample: LinkSample, subs: list[Subscription]) -> bool:
-        """The downlink's simulcast rungs, above audio-only (docs/fallback.md, "The ladder").
-
-        In video mode, a congested sample takes the layered video subscriptions one layer down
-        (`Subscription.layer_drop`) instead of stepping the mode down, while a lower layer is
-        left; the samples of `settle_s` after a rung change are not judged. A rung climbs back
-        after `layer_dwell` of good samples; a climb that is congested again within
-        `probe_s + settle_s` doubles that dwell (up to `max_backoff_s`), one that holds resets
-        it. Returns True when the sample was taken here (the mode controller does not see it).
-        Every tick the subscriptions re-aim at their rung among the layers sending now."""
-        cfg = self.config
-        layered = [s for s in subs if s.kind == "video" and s.publication.layers]
-        rungs = 0
-        for sub in layered:
-            pub = sub.publication
-            ranked = pub.rank_layers(now)
-            rungs = max(rungs, len(ranked) - 1)
-        taken = False
-        if layered and self.down.mode is Mode.VIDEO and self.down.probe is None:
-            congested = not sample.stalled and (
-                sample.packets >= cfg.min_packets and sample.loss >= cfg.video_loss
-            )
-            good = not sample.stalled and sample.loss <= cfg.good_loss
-            since = now - self._ladder_at
-            if since < cfg.settle_s and not self._ladder_climbed:
-                taken = True  # the last step down settles (a climb is judged at once)
-            elif congested and self._layer_drop < rungs:
-                if self._ladder_climbed and since < cfg.probe_s + cfg.settle_s:
-                    self._layer_dwell = min(2 * self._layer_dwell, cfg.max_backoff_s)
-                self._layer_drop += 1
-                self._ladder_at, self._ladder_climbed = now, False
-                self._counters.layer_changes += 1
-                taken = True
-            elif self._layer_drop > 0 and not congested:
-                if self._ladder_climbed and since >= cfg.probe_s + cfg.settle_s:
-                    self._layer_dwell = cfg.min_dwell_s  # the last climb held
-                if good and since >= self._layer_dwell:
-                    self._layer_drop -= 1
-                    self._ladder_at, self._ladder_climbed = now, True
-                    self._counters.layer_changes += 1
-                    self._ladder_nacked = 0
-                    self._ladder_from = {
-                        s: s.forwarder.last_seq for s in layered if s.forwarder is not None
-                    }
-                    taken = True
-        self._layer_drop = min(self._layer_drop, rungs)
-        for sub in layered:
-            sub.layer_drop = self._layer_drop
-            sub.choose_layer(sub.publication.ranked)
-        return taken
-
-    def _ladder_nacks(self, now: float, sub: Subscription, lost: tuple[int, ...]) -> None:
-        """A climb up the ladder is a probe: NACKs of what was forwarded since it began, as
-        many as end a downlink video probe (`probe_nack_packets`), take the rung back down
-        at once, and double the dwell before the next climb."""
-        cfg = self.config
-        mark = self._ladder_from.get(sub)
-        if mark is None or not self._ladder_climbed or sub.closed:
-            return
-        if now - self._ladder_at >= cfg.probe_s + cfg.settle_s:
-            self._ladder_from = {}
-            return
-        self._ladder_nacked += sum(1 for seq in lost if 0 < (seq - mark) & 0xFFFF < 0x8000)
-        if self._ladder_nacked < cfg.probe_nack_packets:
-            return
-        self._layer_dwell = min(2 * self._layer_dwell, cfg.max_backoff_s)
-        self._layer_drop += 1
-        self._ladder_at, self._ladder_climbed, self._ladder_from = now, False, {}
-        self._counters.layer_changes += 1
-        for s in self._subs:
-            if s.kind == "video" and s.publication.layers and not s.closed:
-                s.layer_drop = self._layer_drop
-                s.choose_layer(s.publication.ranked)
-
     def video_nacked(self, now: float, sub: Subscription, lost: tuple[int, ...]) -> None:
         """A subscriber NACKed video (`Demux`, per NACK message, never per packet). While a
         downlink video probe runs, lost video of the probe is the probe failing: it ends now
@@ -438,8 +343,6 @@ class LinkFallback:
         a fraction of a second instead of for the whole probe. Only packets forwarded since
         the probe began count: a receiver keeps asking for what it lost before (aiortc asked
         again for 128 packets of the shaped period on a clean link)."""
-        if self._ladder_from:
-            self._ladder_nacks(now, sub, lost)
         if self._probe is None or self.down.probe is not self._probe:
             return
         start = self._probe_subs.get(sub)

@@ -6,10 +6,6 @@ gates the start of a video subscription on a keyframe, keeps outbound sequence n
 continuous across a source switch (libsrtp rejects a sequence more than 1024 behind), and
 maps NACKed sequence numbers back to the source's. A recycled sender (a new subscription on
 an m-line a closed one left) continues that sender's numbering (`Continuation`).
-
-Simulcast (`vp8=True`): each layer of a publication numbers its VP8 picture ids and TL0PICIDX
-on its own; after a layer switch (`switch_layer`) they are rewritten in the payload descriptor
-so that they go on after the last ones sent (the decoder sees one stream, no gap to wait for).
 """
 
 from __future__ import annotations
@@ -93,12 +89,10 @@ class Forwarder:
     __slots__ = (
         "_ast_at",
         "_base_in",
-        "_first_out",
         "_gate",
         "_high_in",
         "_lvl_at",
         "_pending_ts_gap",
-        "_pic_offset",
         "_pt",
         "_rtx_pt",
         "_rtx_seq",
@@ -107,14 +101,9 @@ class Forwarder:
         "_stale",
         "_started",
         "_template",
-        "_tl0_offset",
         "_ts_offset",
-        "_vp8",
-        "_vp8_rebase",
         "_young",
-        "last_pic",
         "last_seq",
-        "last_tl0",
         "last_ts",
     )
 
@@ -131,7 +120,6 @@ class Forwarder:
         first_seq: int | None = None,
         first_ts: int | None = None,
         first_rtx_seq: int | None = None,
-        vp8: bool = False,
     ) -> None:
         self._template, self._ast_at, self._lvl_at = _template(ssrc, payload_type, mid, ext)
         self._pt = payload_type
@@ -150,13 +138,6 @@ class Forwarder:
         self.last_ts = random.randrange(1 << 32) if first_ts is None else first_ts
         self._pending_ts_gap: int | None = 0
         self._stale = 0
-        self._first_out = 0
-        # VP8 picture id / TL0PICIDX rewriting (simulcast): offsets, and the last ones sent
-        # (-1: none yet; the first layer keeps its own numbering).
-        self._vp8 = vp8
-        self._vp8_rebase = False
-        self._pic_offset = self._tl0_offset = 0
-        self.last_pic = self.last_tl0 = -1
 
     @property
     def started(self) -> bool:
@@ -175,32 +156,17 @@ class Forwarder:
         self._started = False
         self._pending_ts_gap = ts_gap
 
-    def switch_layer(self, ts_gap: int) -> None:
-        """Another simulcast layer of the same publication: the next forwarded packet (its
-        keyframe) continues the sequence numbers, the timestamps `ts_gap` after the last one,
-        and the VP8 picture id and TL0PICIDX after the last ones sent."""
-        self.switch_source(ts_gap)
-        self._vp8_rebase = self.last_pic >= 0 or self.last_tl0 >= 0
-
-    def covers(self, out_seq: int) -> bool:
-        """Whether a sequence number sent to the subscriber is from the current source run
-        (a NACK for one sent before a layer switch names another layer's packet)."""
-        return self._started and ((out_seq - self._first_out) & 0xFFFF) < 0x8000
-
     def pause(self) -> None:
         """Forwarding stops (bandwidth fallback); the next forwarded packet (a keyframe for
-        video) numbers on after the last one sent, timestamps keep the source's clock. Not
-        started (paused already, or a layer switch pending): nothing changes."""
-        if self._started:
-            self._started = False
-            self._pending_ts_gap = None
+        video) numbers on after the last one sent, timestamps keep the source's clock."""
+        self._started = False
+        self._pending_ts_gap = None
 
     def _start(self, seq: int, ts: int) -> None:
         self._seq_offset = (self.last_seq + 1 - seq) & 0xFFFF
         if self._pending_ts_gap is not None:  # None: the source's timestamps still hold
             self._ts_offset = (self.last_ts + self._pending_ts_gap - ts) & 0xFFFFFFFF
         self._base_in = self._high_in = seq
-        self._first_out = (self.last_seq + 1) & 0xFFFF
         self._young = True
         self._stale = 0
         self._started = True
@@ -253,54 +219,7 @@ class Forwarder:
             out[self._ast_at : self._ast_at + 3] = abs3
         if self._lvl_at and level >= 0:
             out[self._lvl_at] = level
-        if self._vp8:
-            return self._vp8_out(out, data, off, True)
         return b"".join((out, memoryview(data)[off:]))  # one copy of the payload
-
-    def _vp8_out(self, out: bytearray, data: bytes, off: int, live: bool) -> bytes:
-        """`out` + the VP8 payload with its picture id and TL0PICIDX rewritten (`live`: a
-        packet forwarded now, which may rebase the offsets and advance the last ones sent; a
-        retransmission only applies them)."""
-        n = len(data)
-        if off + 1 >= n or not data[off] & 0x80:  # no extension byte: nothing to rewrite
-            return b"".join((out, memoryview(data)[off:]))
-        x = data[off + 1]
-        i = off + 2
-        if x & 0x80 and i < n:  # I: picture id
-            if data[i] & 0x80:  # 15 bits
-                if i + 1 >= n:
-                    return b"".join((out, memoryview(data)[off:]))
-                pic = ((data[i] & 0x7F) << 8) | data[i + 1]
-                width = 2
-            else:
-                pic = data[i]
-                width = 1
-            if live and self._vp8_rebase:
-                self._pic_offset = (self.last_pic + 1 - pic) & 0x7FFF
-            pic = (pic + self._pic_offset) & 0x7FFF
-            if width == 2:
-                out += bytes((data[off], x, 0x80 | (pic >> 8), pic & 0xFF))
-            else:
-                pic &= 0x7F
-                out += bytes((data[off], x, pic))
-            mask = 0x7FFF if width == 2 else 0x7F
-            if live and (self.last_pic < 0 or ((pic - self.last_pic) & mask) <= mask >> 1):
-                self.last_pic = pic
-            i += width
-        else:
-            out += data[off:i]
-        if x & 0x40 and i < n:  # L: TL0PICIDX
-            tl0 = data[i]
-            if live and self._vp8_rebase:
-                self._tl0_offset = (self.last_tl0 + 1 - tl0) & 0xFF
-            tl0 = (tl0 + self._tl0_offset) & 0xFF
-            out.append(tl0)
-            if live and (self.last_tl0 < 0 or ((tl0 - self.last_tl0) & 0xFF) < 0x80):
-                self.last_tl0 = tl0
-            i += 1
-        if live:
-            self._vp8_rebase = False
-        return b"".join((out, memoryview(data)[i:]))
 
     def source_seq(self, out_seq: int) -> int:
         """The source sequence number of a packet this subscriber was sent."""
@@ -325,6 +244,4 @@ class Forwarder:
         if self._ast_at:
             out[self._ast_at : self._ast_at + 3] = abs3
         out[0] |= data[0] & 0x20
-        if self._vp8:
-            return self._vp8_out(out, data, off, False)
         return b"".join((out, memoryview(data)[off:]))

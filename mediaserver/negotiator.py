@@ -38,7 +38,6 @@ from .rtc.tap import (
     recycle_sender,
     set_codec_preferences,
 )
-from .simulcast import SimulcastOffer, add_simulcast, offer_rid_extensions, offered_simulcast
 
 if TYPE_CHECKING:
     from aiortc.rtcrtpparameters import RTCRtpReceiveParameters, RTCRtpSendParameters
@@ -134,7 +133,6 @@ class Negotiator:
         # client said of the m-lines of its own offer (by mid).
         self.requested: dict[RTCRtpTransceiver, TrackMeta] = {}
         self.track_meta: dict[str, TrackMeta] = {}
-        self.simulcast: dict[str, SimulcastOffer] = {}  # mid -> the layers the client sends
         # Every sendonly transceiver of this peer connection; a free one (inactive, no
         # subscription) is recycled by the next subscription of its kind and codec.
         self.senders: dict[RTCRtpTransceiver, SenderSlot] = {}
@@ -190,13 +188,10 @@ class Negotiator:
                 text = apply_opus_fmtp(  # devices: fmtp per track source
                     drop_rejected_from_bundle(answer.sdp, sdp), self._mid_sources(tracks)
                 )
-                self.simulcast.update(offered_simulcast(sdp))
-                text = add_simulcast(text, self.simulcast)  # aiortc ignores rid/simulcast
                 await pc.setLocalDescription(RTCSessionDescription(sdp=text, type="answer"))
             except Exception as exc:
                 raise NegotiationError(f"cannot apply offer: {exc}") from exc
-            # aiortc's own rendering of its description drops what it ignores: again
-            result = add_simulcast(pc.localDescription.sdp, self.simulcast)
+            result = pc.localDescription.sdp
         if self._needs_offer:
             self._kick()
         return result
@@ -223,8 +218,7 @@ class Negotiator:
         closed = self._participant.closed
         if closed or self.pc.signalingState != "have-local-offer" or local is None:
             return None
-        sdp = offer_rid_extensions(add_simulcast(local.sdp, self.simulcast))
-        return sdp, self.offer_tracks()
+        return local.sdp, self.offer_tracks()
 
     async def add_ice_candidate(self, candidate: str | None, sdp_mid: str | None) -> None:
         self.check_open()
@@ -405,12 +399,8 @@ class Negotiator:
         text = apply_opus_fmtp(  # devices: fmtp per track source
             harmonize(offer.sdp, established), self._mid_sources({}, offer.sdp)
         )
-        text = offer_rid_extensions(add_simulcast(text, self.simulcast))  # layers stay on
         await pc.setLocalDescription(RTCSessionDescription(sdp=text, type="offer"))
-        sent = offer_rid_extensions(  # aiortc's own rendering drops them
-            add_simulcast(pc.localDescription.sdp, self.simulcast)
-        )
-        self._participant.emit("offer", sent, self.offer_tracks())
+        self._participant.emit("offer", pc.localDescription.sdp, self.offer_tracks())
 
     def offer_tracks(self) -> dict[str, dict[str, Any]]:
         """mid -> what it carries, for the client (direction as in the server's SDP)."""
@@ -508,7 +498,6 @@ class Negotiator:
             ]
             self.requested.clear()
             self.track_meta.clear()
-            self.simulcast.clear()  # the new connection's m-lines are the server's
             self.rebind.clear()
             for pub in participant.publications.values():
                 transceiver = self.pc.addTransceiver(pub.kind, direction="recvonly")

@@ -13,10 +13,6 @@ class PacketCache:
         self._packets: list[bytes | None] = [None] * size
         self._seqs: list[int] = [-1] * size
 
-    @property
-    def size(self) -> int:
-        return len(self._packets)
-
     def put(self, seq: int, packet: bytes) -> None:
         i = seq & self._mask
         self._packets[i] = packet

@@ -35,7 +35,6 @@ from .rtc.tap import (
     sender_ssrcs,
     set_codec_preferences,
 )
-from .simulcast import RID_URI, RRID_URI
 from .subscription import Subscription
 
 if TYPE_CHECKING:
@@ -73,7 +72,6 @@ class Participant(Emitter, TapHooks):
         self.rtcp_ssrc = random.randrange(1, 1 << 32)
         self.cname = secrets.token_hex(8)
         self.modes = {"uplink": "video", "downlink": "video"}
-        self.quality: dict[str, str] = {}  # direction -> the last reported quality
         self.transport_restarts = 0
         self._closing: set[asyncio.Task[None]] = set()  # subscriptions in a codec it lacks
         self._closed = False
@@ -95,7 +93,6 @@ class Participant(Emitter, TapHooks):
             connected=self._connected,
             rtcp_ssrc=self.rtcp_ssrc,
             cname=self.cname,
-            emit_quality=self._quality_changed,
         )
         self.negotiator = Negotiator(self)
         self.reporter.start()
@@ -234,11 +231,6 @@ class Participant(Emitter, TapHooks):
             rtcp_ssrc=self.rtcp_ssrc,
             pli_throttle_s=self._config.pli_throttle_s,
         )
-        offered = self.negotiator.simulcast.get(mid)
-        pub.rids = offered.rids if offered is not None and pub.kind == "video" else ()
-        if offered is not None and pub.rids:  # the client's ids (aiortc's SDP drops them)
-            self.demux.rid_ext_id = offered.ext_id(RID_URI) or self.demux.rid_ext_id
-            self.demux.rrid_ext_id = offered.ext_id(RRID_URI) or self.demux.rrid_ext_id
         pub.channels = meta.channels  # devices: a stereo stethoscope stays stereo downstream
         pub.capture = meta.capture  # devices: what its capture does, and what the doctor must know
         pub.warnings = capture_warnings(meta.source, meta.capture)
@@ -343,10 +335,6 @@ class Participant(Emitter, TapHooks):
         logger.info("participant %s %s mode %s (%s)", self.id, direction, mode, reason)
         self.emit("mode", direction, mode, reason)
 
-    def _quality_changed(self, direction: str, quality: str) -> None:
-        self.quality[direction] = quality
-        self.emit("quality", direction, quality)
-
     def _fallback_pause(self, sources: list[str], reason: str) -> None:
         # The REMB cap goes on the media path at once, before the `pause` crosses the link;
         # each report repeats it (`Reporter.estimate`) while the uplink mode sheds the video.
@@ -398,8 +386,6 @@ class Participant(Emitter, TapHooks):
             audio_level_id=ExtensionIds.from_uris(ext).audio_level,
             gap_s=gap_s,
         )
-        offered = self.negotiator.simulcast.get(pub.mid)
-        pub.rids = offered.rids if offered is not None and pub.kind == "video" else ()
         self.demux.add_publication(pub)
         return True
 

@@ -45,7 +45,6 @@ from .api import (
     PauseChanged,
     PendingOffer,
     PlaneSnapshot,
-    QualityChanged,
     Query,
     RecordingError,
     RecordingNote,
@@ -372,12 +371,6 @@ class LocalMediaPlane(MediaPlane):
             "mode",
             lambda direction, mode, reason: publish(
                 ModeChanged(**ids, direction=direction, mode=mode, reason=reason)
-            ),
-        )
-        participant.on(
-            "quality",
-            lambda direction, quality: publish(
-                QualityChanged(**ids, direction=direction, quality=quality)
             ),
         )
         participant.on(

@@ -22,7 +22,6 @@ if TYPE_CHECKING:
 
 KeyframeFn = Callable[[bytes, int], bool]
 MAX_NACK_GAP = 64
-RATE_WINDOW_S = 0.5  # a layer's bitrate is measured over at least this long (0: inactive)
 
 
 def payload_offset(data: bytes) -> int:
@@ -36,11 +35,6 @@ def payload_offset(data: bytes) -> int:
 
 class Publication(Emitter):
     """Receives the publisher's RTP (routed here by SSRC) and feeds every subscription.
-
-    Simulcast: a publication whose offer named rids (`rids`) receives nothing itself; each
-    layer is a Publication of its own (`layers`, made by `layer()` when the Demux first sees
-    its rid), with its SSRCs, stats, packet cache and keyframe requests, and feeds the
-    subscriptions that chose it (`Subscription.send_layer`).
 
     Events: "close" (reason).
     """
@@ -93,15 +87,6 @@ class Publication(Emitter):
         self._pli_throttle = pli_throttle_s
         self._last_pli = -1e9
         self._closed = False
-        # Simulcast (docs/media.md, "Simulcast"): the rids offered; the layers seen so far
-        # (by rid); for a layer, its rid and parent; layers ranked by bitrate (lowest first).
-        self.rids: tuple[str, ...] = ()
-        self.layers: dict[str, Publication] = {}
-        self.rid = ""
-        self.parent: Publication | None = None
-        self.bitrate_bps = -1
-        self._rate_mark: tuple[float, int] | None = None
-        self.ranked: list[Publication] = []
 
     def info(self) -> TrackInfo:
         return TrackInfo(
@@ -148,10 +133,6 @@ class Publication(Emitter):
             value = extension_value(data, self._level_id)
             level = value[0] if value else -1
         abs3 = (int(arrival * 262144) & 0xFFFFFF).to_bytes(3, "big")  # 6.18 fixed point
-        if self.parent is not None:  # a simulcast layer: its subscriptions chose it
-            for sub in self.subscriptions:
-                sub.send_layer(self, data, off, seq, ts, keyframe, abs3, level)
-            return
         for sub in self.subscriptions:
             sub.send(data, off, seq, ts, keyframe, abs3, level)
 
@@ -185,10 +166,7 @@ class Publication(Emitter):
         self.last_sr = (sr.ntp, sr.rtp_timestamp, arrival)
 
     def request_keyframe(self, *, force: bool = False) -> bool:
-        """Send a PLI to the publisher unless one went out within the throttle interval
-        (simulcast: to every layer)."""
-        if self.layers:
-            return any([layer.request_keyframe(force=force) for layer in self.layers.values()])
+        """Send a PLI to the publisher unless one went out within the throttle interval."""
         if self.kind != "video" or self.ssrc is None:
             return False
         t = time.monotonic()
@@ -208,79 +186,6 @@ class Publication(Emitter):
         """Ask the publisher for packets a subscriber lost that the cache no longer has."""
         if self.codec.nack:
             self._nack_upstream(seqs)
-
-    # -- simulcast ---------------------------------------------------------------------------
-
-    def streams(self) -> list[Publication]:
-        """What receives packets: the layers of a simulcast publication, else itself."""
-        return list(self.layers.values()) if self.layers else [self]
-
-    def layer(self, rid: str) -> Publication:
-        """The layer of this simulcast publication with this rid (made on its first packet)."""
-        layer = self.layers.get(rid)
-        if layer is None:
-            layer = Publication(
-                participant_id=self.participant_id,
-                kind=self.kind,
-                source=self.source,
-                mid=self.mid,
-                codec=self.codec,
-                ssrc=None,
-                rtx_ssrc=None,
-                audio_level_id=self._level_id,
-                cache_size=self.cache.size,
-                counters=self._counters,
-                send_rtcp=self._send_rtcp,
-                rtcp_ssrc=self._rtcp_ssrc,
-                pli_throttle_s=self._pli_throttle,
-            )
-            layer.rid = rid
-            layer.parent = self
-            self.layers[rid] = layer
-            if self.sinks:  # a recording follows the highest layer
-                self._route_sinks()
-        return layer
-
-    def layer_added(self) -> None:
-        """A layer sent its first packet: subscriptions with no layer yet start on one."""
-        ranked = self.rank_layers(time.monotonic())
-        for sub in self.subscriptions:
-            if sub.layer is None:
-                sub.choose_layer(ranked)
-
-    def rank_layers(self, now: float) -> list[Publication]:
-        """The layers that sent in the last measured window, lowest bitrate first (a layer's rank
-        is what it costs, whatever the publisher named it). Once per fallback tick."""
-        for layer in self.layers.values():
-            stats = layer.stats
-            mark = layer._rate_mark
-            if mark is None:
-                layer._rate_mark = (now, stats.bytes)
-            elif now - mark[0] >= RATE_WINDOW_S:
-                layer.bitrate_bps = int((stats.bytes - mark[1]) * 8 / (now - mark[0]))
-                layer._rate_mark = (now, stats.bytes)
-        # bitrate_bps -1: not measured yet (a new layer counts as active until it is); a
-        # layer known only from RTX (a browser's padding probes of a layer it does not send
-        # yet) is no layer to choose
-        active = [
-            layer
-            for layer in self.layers.values()
-            if layer.ssrc is not None and layer.bitrate_bps != 0
-        ]
-        order = {rid: i for i, rid in enumerate(self.rids)}
-        active.sort(key=lambda layer: (layer.bitrate_bps, order.get(layer.rid, 0)))
-        self.ranked = active
-        return active
-
-    def feed(self, subscription: Subscription) -> None:
-        """A layer starts feeding a subscription (it chose it, or is switching to it)."""
-        if subscription not in self.subscriptions:
-            self.subscriptions = [*self.subscriptions, subscription]
-
-    @property
-    def packets_received(self) -> int:
-        """Packets received, over all layers of a simulcast publication."""
-        return sum(s.stats.received for s in self.streams())
 
     # -- reconnection (issue 5) ----------------------------------------------------------------
 
@@ -307,11 +212,6 @@ class Publication(Emitter):
         self.cache.clear()
         self.last_sr = None
         gap = max(1, int(gap_s * codec.clock_rate))
-        if self.layers:  # the new connection's layers are learnt anew (or it sends one)
-            for sub in self.subscriptions:
-                sub.drop_layer()
-            self.layers.clear()
-            self.ranked = []
         for sub in self.subscriptions:
             if sub.forwarder is not None:
                 sub.forwarder.switch_source(gap)
@@ -333,26 +233,12 @@ class Publication(Emitter):
             self._subscriptions.remove(subscription)
 
     def add_sink(self, sink: TrackSink) -> None:
-        """A recorder's sink: it gets every packet the subscriptions get, from now on. On a
-        simulcast publication it gets the highest layer's (the one whose rid the offer lists
-        last, as browsers list them lowest first), following it when a higher one appears
-        (the recorder continues its file on the new SSRC's first keyframe)."""
+        """A recorder's sink: it gets every packet the subscriptions get, from now on."""
         if sink not in self.sinks:
             self.sinks = (*self.sinks, sink)
-        self._route_sinks()
 
     def remove_sink(self, sink: TrackSink) -> None:
         self.sinks = tuple(s for s in self.sinks if s is not sink)
-        self._route_sinks()
-
-    def _route_sinks(self) -> None:
-        """Simulcast: the parent's sinks on its highest layer only (the others get none)."""
-        if not self.layers:
-            return
-        order = {rid: i for i, rid in enumerate(self.rids)}
-        top = max(self.layers.values(), key=lambda layer: order.get(layer.rid, -1))
-        for layer in self.layers.values():
-            layer.sinks = self.sinks if layer is top else ()
 
     def attach(self, subscription: Subscription) -> None:
         """Start forwarding to a subscription (its sender is negotiated and connected)."""
@@ -360,14 +246,10 @@ class Publication(Emitter):
             return  # closed meanwhile
         if subscription not in self.subscriptions:
             self.subscriptions = [*self.subscriptions, subscription]
-            if self.layers:
-                subscription.choose_layer(self.ranked or self.rank_layers(time.monotonic()))
             self.request_keyframe(force=True)
 
     def detach(self, subscription: Subscription) -> None:
         """Stop forwarding to a subscription (closed, or its transport is being replaced)."""
-        for layer in self.layers.values():
-            layer.detach(subscription)
         if subscription in self.subscriptions:
             self.subscriptions = [s for s in self.subscriptions if s is not subscription]
 

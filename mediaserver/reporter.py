@@ -17,7 +17,6 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from .events import LinkStats
-from .quality import QualitySignal, grade
 from .rtp import rtcp
 
 if TYPE_CHECKING:
@@ -47,11 +46,8 @@ class Reporter:
         connected: Callable[[], bool],
         rtcp_ssrc: int,
         cname: str,
-        emit_quality: Callable[[str, str], None] | None = None,
     ) -> None:
         self._config = config
-        self._emit_quality = emit_quality
-        self._quality = QualitySignal()
         self._fallback = fallback
         self._publications = publications
         self._subscriptions = subscriptions
@@ -120,32 +116,24 @@ class Reporter:
         up_loss = up_jitter = 0.0
         up_bytes = 0
         estimate = 0
-        streams: list[int] = []
         for pub in self._publications.values():
-            ssrcs: list[int] = []  # a simulcast publication: one REMB for all its layers
-            worst = 0.0
-            for stream in pub.streams():
-                streams.append(id(stream))
-                if stream.ssrc is None or not stream.stats.started:
-                    continue
-                stats = stream.stats
-                fraction, _ = stats.interval()
-                worst = max(worst, fraction)
-                up_jitter = max(up_jitter, stats.jitter / pub.codec.clock_rate * 1000)
-                key = id(stream)
-                up_bytes += stats.bytes - received.get(key, 0)
-                received[key] = stats.bytes
-                lsr = dlsr = 0
-                if stream.last_sr is not None:
-                    lsr = (stream.last_sr[0] >> 16) & 0xFFFFFFFF
-                    dlsr = int((now - stream.last_sr[2]) * 65536)
-                blocks.append(stats.report_block(stream.ssrc, fraction, lsr, dlsr))
-                ssrcs.append(stream.ssrc)
-            up_loss = max(up_loss, worst)
-            if pub.kind == "video" and ssrcs:
-                pub.estimate_bps = self.estimate(pub, worst)
+            if pub.ssrc is None or not pub.stats.started:
+                continue
+            fraction, _ = pub.stats.interval()
+            up_loss = max(up_loss, fraction)
+            up_jitter = max(up_jitter, pub.stats.jitter / pub.codec.clock_rate * 1000)
+            key = id(pub)
+            up_bytes += pub.stats.bytes - received.get(key, 0)
+            received[key] = pub.stats.bytes
+            lsr = dlsr = 0
+            if pub.last_sr is not None:
+                lsr = (pub.last_sr[0] >> 16) & 0xFFFFFFFF
+                dlsr = int((now - pub.last_sr[2]) * 65536)
+            blocks.append(pub.stats.report_block(pub.ssrc, fraction, lsr, dlsr))
+            if pub.kind == "video":
+                pub.estimate_bps = self.estimate(pub, fraction)
                 estimate += pub.estimate_bps
-                rembs.append(rtcp.remb(self._rtcp_ssrc, pub.estimate_bps, ssrcs))
+                rembs.append(rtcp.remb(self._rtcp_ssrc, pub.estimate_bps, [pub.ssrc]))
         # Always one report: an empty RR keeps a client's media watchdog fed (reconnection).
         self._send(rtcp.receiver_report(self._rtcp_ssrc, blocks) + b"".join(rembs))
         down_loss = down_jitter = 0.0
@@ -166,7 +154,7 @@ class Reporter:
                 rtts.append(sub.rtt)
             if sub.remb_bps is not None:
                 remb = sub.remb_bps if remb is None else min(remb, sub.remb_bps)
-        _keep_only(received, streams)  # departed tracks' go
+        _keep_only(received, map(id, self._publications.values()))  # departed tracks' go
         _keep_only(sent, map(id, self._subscriptions.values()))
         rtt_ms = sum(rtts) / len(rtts) * 1000 if rtts else None
         up.loss, up.jitter_ms, up.rtt_ms = up_loss, up_jitter, rtt_ms
@@ -176,30 +164,6 @@ class Reporter:
         down.bitrate_bps = int(down_bytes * 8 / elapsed) if elapsed > 0 else 0
         down.estimated_bps = remb
         self.tick(now)
-        self._grade(now)
-
-    def _grade(self, now: float) -> None:
-        """The quality signal (quality.py): each direction's grade, reported on change."""
-        if self._emit_quality is None:
-            return
-        fallback = self._fallback
-        modes = fallback.modes()
-        stalled = fallback.stalled(now)
-        for direction, stats, drop in (
-            ("uplink", self.link.uplink, 0),
-            ("downlink", self.link.downlink, fallback.layer_drop),
-        ):
-            quality = grade(
-                loss=stats.loss,
-                rtt_ms=stats.rtt_ms,
-                jitter_ms=stats.jitter_ms,
-                mode=modes[direction],
-                layer_drop=drop,
-                stalled=stalled,
-            )
-            change = self._quality.update(direction, quality)
-            if change is not None:
-                self._emit_quality(direction, change.value)
 
     def estimate(self, pub: Publication, loss: float) -> int:
         """Loss-based rate control (Galene), capped by what its subscribers can take, and by
@@ -213,9 +177,7 @@ class Reporter:
             est = int(est * (1 - 0.5 * loss))
         elif loss < 0.02:
             est = int(est * 1.08)
-        # A simulcast publisher sends every layer; each subscriber takes the one it can.
-        subs = [] if pub.layers else pub.subscriptions
-        caps = [s.remb_bps for s in subs if s.remb_bps and not s.paused]
+        caps = [s.remb_bps for s in pub.subscriptions if s.remb_bps and not s.paused]
         if caps:
             est = min(est, int(min(caps) * 1.5))
         elif pub.subscriptions and all(s.paused for s in pub.subscriptions):
@@ -228,10 +190,9 @@ class Reporter:
         if not self._connected():
             return
         for pub in self._publications.values():
-            ssrcs = [s.ssrc for s in pub.streams() if s.ssrc is not None]
-            if pub.kind == "video" and ssrcs:
+            if pub.kind == "video" and pub.ssrc is not None:
                 pub.estimate_bps = self.estimate(pub, 0.0)
-                self._send(rtcp.remb(self._rtcp_ssrc, pub.estimate_bps, ssrcs))
+                self._send(rtcp.remb(self._rtcp_ssrc, pub.estimate_bps, [pub.ssrc]))
 
 
 def _keep_only(counters: dict[int, int], keys: Iterable[int]) -> None:

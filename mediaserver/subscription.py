@@ -61,13 +61,6 @@ class Subscription(Emitter):
         self._overdue_upto: int | None = None  # counted as lost (overdue) up to this sequence
         self._overdue_from = 0  # ... from past this one (valid while _overdue_upto is set)
         self.paused = False
-        # Simulcast: the layer forwarded now and the one being switched to (on its keyframe);
-        # `layer_drop`: rungs below the best layer (the downlink ladder, fallback.py).
-        self.layer: Publication | None = None
-        self.target_layer: Publication | None = None
-        self.layer_drop = 0
-        self.layer_switches = 0
-        self._paused_at: float | None = None
         self._send_rtp = send_rtp
         self._counters = counters
         self._sr_sent: dict[int, float] = {}
@@ -107,19 +100,17 @@ class Subscription(Emitter):
             first_seq=first_seq,
             first_ts=first_ts,
             first_rtx_seq=first_rtx_seq,
-            vp8=bool(self.publication.rids) and self.publication.codec.name.upper() == "VP8",
         )
         self.highest_reported = None
         self._upstream_at_report = None
         self._sent_at_report = self._overdue_upto = None
         self.publication.attach(self)
         if self.kind == "video":
-            (self.layer or self.publication).request_keyframe(force=True)
+            self.publication.request_keyframe(force=True)
 
     def transport_lost(self) -> None:
         """The subscriber's transport is being replaced (reconnection): stop until `start`."""
         self.publication.detach(self)
-        self.layer = self.target_layer = None
         self.forwarder = None
         self.rtt = None
         self.remb_bps = None
@@ -135,7 +126,7 @@ class Subscription(Emitter):
         packet = fwd.rewrite(data, off, seq, ts, keyframe, abs3, level)  # type: ignore[union-attr]
         if packet is None:
             if not fwd.started and self.kind == "video":  # type: ignore[union-attr]
-                (self.layer or self.publication).request_keyframe()  # throttled
+                self.publication.request_keyframe()  # throttled
             return
         if self._send_rtp(packet):
             self.packets_sent += 1
@@ -143,79 +134,6 @@ class Subscription(Emitter):
             counters = self._counters
             counters.packets_forwarded += 1
             counters.bytes_forwarded += len(packet)
-
-    def send_layer(
-        self,
-        layer: Publication,
-        data: bytes,
-        off: int,
-        seq: int,
-        ts: int,
-        keyframe: bool,
-        abs3: bytes,
-        level: int,
-    ) -> None:
-        """A packet of a simulcast layer: forwarded if it is this subscription's layer, or
-        the keyframe that completes a switch to the target layer."""
-        if layer is not self.layer:
-            if layer is not self.target_layer or self.paused:
-                return
-            if not keyframe:
-                layer.request_keyframe()  # throttled
-                return
-            self._switch(layer, (self.publication.codec.clock_rate or 90000) // 30)
-        self.send(data, off, seq, ts, keyframe, abs3, level)
-
-    # -- simulcast layers ------------------------------------------------------------------
-
-    def choose_layer(self, ranked: list[Publication]) -> None:
-        """Aim at the layer `layer_drop` rungs below the best of `ranked` (lowest bitrate
-        first). Forwarding switches on that layer's keyframe (requested); before the first
-        packet, or while paused, the switch is immediate (a keyframe starts it anyway)."""
-        if not ranked or self.forwarder is None or self.closed:
-            return
-        want = ranked[max(0, len(ranked) - 1 - self.layer_drop)]
-        if want is self.layer:
-            if self.target_layer is not None:  # the switch is called off
-                self.target_layer.detach(self)
-                self.target_layer = None
-            return
-        if want is self.target_layer:
-            return
-        if self.target_layer is not None:
-            self.target_layer.detach(self)
-            self.target_layer = None
-        if self.layer is None or self.paused or not self.forwarder.started:
-            gap = 0
-            if self._paused_at is not None and self.layer is not None:
-                gap = int((time.monotonic() - self._paused_at) * self.publication.codec.clock_rate)
-            self._switch(want, max(gap, 1))
-            if self.layer is not None and not self.paused:
-                want.request_keyframe(force=True)
-            return
-        self.target_layer = want
-        want.feed(self)
-        want.request_keyframe(force=True)
-
-    def _switch(self, layer: Publication, ts_gap: int) -> None:
-        old = self.layer
-        if old is not None:
-            old.detach(self)
-            self.layer_switches += 1
-            fwd = self.forwarder
-            if fwd is not None:
-                fwd.switch_layer(ts_gap)
-                self._paused_at = None if not self.paused else self._paused_at
-        self.layer = layer
-        self.target_layer = None
-        layer.feed(self)
-
-    def drop_layer(self) -> None:
-        """The publication's layers are gone (its publisher reconnected)."""
-        for layer in (self.layer, self.target_layer):
-            if layer is not None:
-                layer.detach(self)
-        self.layer = self.target_layer = None
 
     # -- RTCP from the subscriber -----------------------------------------------------------
 
@@ -230,14 +148,10 @@ class Subscription(Emitter):
             # (a browser keeps asking for the video it lost before the pause; at 150 kbit/s
             # those retransmissions cost the audio left on the link 5-14% loss, issue 20).
             return
-        source = self.layer or self.publication
-        cache = source.cache
-        layered = self.layer is not None
+        cache = self.publication.cache
         missing: list[int] = []
         abs3 = (int(time.monotonic() * 262144) & 0xFFFFFF).to_bytes(3, "big")
         for out_seq in lost:
-            if layered and not fwd.covers(out_seq):
-                continue  # sent from another layer before a switch: not in this cache
             src = fwd.source_seq(out_seq)
             data = cache.get(src)
             if data is None:
@@ -247,11 +161,11 @@ class Subscription(Emitter):
             if self._send_rtp(fwd.retransmission(data, payload_offset(data), abs3)):
                 counters.retransmissions += 1
         if missing:
-            source.resend_upstream(missing)
+            self.publication.resend_upstream(missing)
 
     def on_keyframe_request(self) -> None:
         self._counters.plis_received += 1
-        (self.layer or self.publication).request_keyframe()
+        self.publication.request_keyframe()
 
     def set_paused(self, paused: bool) -> None:
         """Stop or resume forwarding (bandwidth fallback).
@@ -262,15 +176,14 @@ class Subscription(Emitter):
         if paused == self.paused:
             return
         self.paused = paused
-        self._paused_at = time.monotonic() if paused else self._paused_at
         fwd = self.forwarder
         if fwd is not None:
             fwd.pause()
         if not paused and self.kind == "video":
-            (self.layer or self.publication).request_keyframe(force=True)
+            self.publication.request_keyframe(force=True)
 
     def on_report(self, block: rtcp.ReportBlock) -> None:
-        stats = (self.layer or self.publication).stats
+        stats = self.publication.stats
         upstream = (stats.expected, stats.received)
         if self.highest_reported is not None:  # low 16 bits: aiortc reports no cycles
             expected = (block.highest_seq - self.highest_reported) & 0xFFFF
@@ -367,7 +280,7 @@ class Subscription(Emitter):
             return None
         now = time.monotonic()
         wall = time.time()
-        pub = self.layer or self.publication
+        pub = self.publication
         rate = pub.codec.clock_rate
         if pub.last_sr is not None:
             ntp_src, rtp_src, arrival = pub.last_sr

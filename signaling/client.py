@@ -132,8 +132,6 @@ class ConsultClient:
         self._media_started = 0.0
         self._media_wanted = False
         self.modes: dict[tuple[str, str], dict[str, Any]] = {}
-        # (participant, direction) -> the last `quality` (excellent | good | poor | lost)
-        self.quality: dict[tuple[str, str], str] = {}
         self.paused_sources: set[str] = set()
         self.reconnects = 0
         self.resumes = 0
@@ -317,9 +315,6 @@ class ConsultClient:
             self._spawn(self._answer_offer(msg))
         elif kind == "mode":
             self.modes[(str(msg.get("participant")), str(msg.get("direction")))] = msg
-        elif kind == "quality":
-            key = (str(msg.get("participant")), str(msg.get("direction")))
-            self.quality[key] = str(msg.get("quality"))
         elif kind == "pause":
             self.paused_sources = {str(s) for s in msg.get("sources") or []}
             self._apply_pause()

@@ -35,7 +35,6 @@ from mediaserver.api import (
     ParticipantKind,
     ParticipantSnapshot,
     PauseChanged,
-    QualityChanged,
     RecordingStopped,
     Role,
     RoomFull,
@@ -614,15 +613,6 @@ class Consultation:
             self._on_media_mode(session, event.direction, event.mode, event.reason)
         elif isinstance(event, PauseChanged):
             self._on_media_pause(session, list(event.sources), event.reason)
-        elif isinstance(event, QualityChanged):
-            self.broadcast(
-                {
-                    "type": "quality",
-                    "participant": session.id,
-                    "direction": event.direction,
-                    "quality": event.quality,
-                }
-            )
         elif isinstance(event, DeviceState):
             self.broadcast(
                 {"type": "device-state", "participant": session.id, "state": event.state},

@@ -115,7 +115,7 @@ class BrowserCall:
         media = self.media()
         if media is None:
             return 0
-        return sum(p.packets_received for p in media.publications.values() if p.source == source)
+        return sum(p.stats.received for p in media.publications.values() if p.source == source)
 
     async def diag(self) -> str:
         page = "(no page)"

@@ -5,8 +5,6 @@ export declare const PROTOCOL_VERSION: 1;
 
 export type Source = "camera" | "microphone" | "stethoscope" | "exam-camera" | "screen";
 export declare const SOURCES: Readonly<Record<Source, "audio" | "video">>;
-/** Default simulcast layers per video source, lowest first (docs/client.md, "Simulcast"). */
-export declare const SIMULCAST_LAYERS: Readonly<Partial<Record<Source, readonly RTCRtpEncodingParameters[]>>>;
 
 export declare const DEVICE_AUDIO_CONSTRAINTS: Readonly<MediaTrackConstraints>;
 export declare function openDeviceAudio(deviceId?: string): Promise<MediaStreamTrack>;
@@ -64,12 +62,6 @@ export interface ConsultationEventMap {
   "chat": CustomEvent<{ message: ChatMessage; earlier?: boolean }>;
   "mode": CustomEvent<ModeDetail>;
   "pause": CustomEvent<{ sources: Source[]; reason: ModeReason | null }>;
-  /** A participant's link quality per direction, on change (docs/protocol.md, `quality`). */
-  "quality": CustomEvent<{
-    participant: string;
-    direction: "uplink" | "downlink";
-    quality: "excellent" | "good" | "poor" | "lost";
-  }>;
   "track": CustomEvent<TrackDetail>;
   "track-ended": CustomEvent<TrackDetail>;
   "connectionstatechange": CustomEvent<{ state: RTCPeerConnectionState }>;
@@ -119,17 +111,7 @@ export declare class Consultation extends EventTarget {
   end(): Promise<unknown>;
   leave(): Promise<void>;
   sendTelemetry(readings: object[]): Promise<unknown>;
-  /** `simulcast` (video, client-negotiated): true for the source's default layers
-   * (SIMULCAST_LAYERS), false for one layer, or the encodings (each with a distinct rid). */
-  publish(
-    track: MediaStreamTrack,
-    options: {
-      source: Source;
-      negotiate?: "client" | "server";
-      channels?: 1 | 2;
-      simulcast?: boolean | RTCRtpEncodingParameters[];
-    },
-  ): Publication;
+  publish(track: MediaStreamTrack, options: { source: Source; negotiate?: "client" | "server"; channels?: 1 | 2 }): Publication;
   unpublish(trackOrPublication: MediaStreamTrack | Publication): void;
   replaceTrack(publication: Publication, track: MediaStreamTrack | null): Promise<void>;
   attach<E extends HTMLMediaElement>(trackInfo: TrackDetail | Publication | MediaStreamTrack, element: E): E;

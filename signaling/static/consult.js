@@ -48,39 +48,6 @@ export const TELEMETRY_UNITS = Object.freeze({
   blood_pressure: "mm[Hg]", ecg: "mV",
 });
 const DEVICE_AUDIO_SOURCES = new Set(["stethoscope"]);
-
-// -- simulcast (docs/client.md, "Simulcast") -----------------------------------------------
-// Video layers a publication sends by default, lowest first (`sendEncodings`); the node
-// forwards each subscriber the layer its link carries (docs/media.md, "Simulcast"). The
-// webcam: three layers (the browser drops the ones its capture is too small for); the exam
-// camera: two, sized for detail (full and half resolution, more bits); screen: one.
-export const SIMULCAST_LAYERS = Object.freeze({
-  camera: Object.freeze([
-    { rid: "q", scaleResolutionDownBy: 4, maxBitrate: 150_000 },
-    { rid: "h", scaleResolutionDownBy: 2, maxBitrate: 500_000 },
-    { rid: "f", scaleResolutionDownBy: 1, maxBitrate: 1_500_000 },
-  ]),
-  "exam-camera": Object.freeze([
-    { rid: "h", scaleResolutionDownBy: 2, maxBitrate: 700_000 },
-    { rid: "f", scaleResolutionDownBy: 1, maxBitrate: 2_500_000 },
-  ]),
-});
-
-/** The sendEncodings of a video publication: `simulcast` true (the source's default
- * layers), false (one layer), or an array of encodings with distinct rids. */
-function sendEncodings(source, simulcast) {
-  if (simulcast === false) return null;
-  if (Array.isArray(simulcast)) {
-    const rids = simulcast.map((e) => e?.rid);
-    if (simulcast.length < 2 || rids.some((r) => typeof r !== "string" || !r) || new Set(rids).size !== rids.length) {
-      throw new TypeError("simulcast layers need at least two encodings with distinct rids");
-    }
-    return simulcast.map((e) => ({ ...e }));
-  }
-  if (simulcast !== true) throw new TypeError("simulcast must be true, false or an array of encodings");
-  const layers = SIMULCAST_LAYERS[source];
-  return layers ? layers.map((e) => ({ ...e })) : null;
-}
 const PROCESSING = ["echoCancellation", "noiseSuppression", "autoGainControl"];
 /** Speech processing a track's settings report on (what is not reported is not assumed). */
 function processingOn(track) {
@@ -211,7 +178,6 @@ function supportedCodecs() {
  *   connectionstatechange {state}       signalingstatechange {state}
  *   reconnecting {attempt, delay, code} resumed              ended {reason}
  *   pause {sources, reason} (our senders the server stopped)   reconnecting {media: true, attempt}
- *   quality {participant, direction, quality} (excellent|good|poor|lost, on change)
  *   error {code, message, ref}          closed {reason}
  */
 export class Consultation extends EventTarget {
@@ -547,8 +513,6 @@ export class Consultation extends EventTarget {
         return this._setMode(msg.participant, msg.direction, msg.mode, msg.reason);
       case "pause": // bandwidth fallback (issue 5)
         return this._onPause(msg);
-      case "quality": // per direction, on change: excellent | good | poor | lost
-        return this._emit("quality", { participant: msg.participant, direction: msg.direction, quality: msg.quality });
       case "offer":
         return this._enqueue(() => this._onServerOffer(msg));
       case "candidate":
@@ -909,7 +873,7 @@ export class Consultation extends EventTarget {
    * `{id, source, kind, track}`. Before admission the track waits and goes out once admitted.
    * `negotiate: "server"` asks the server to offer a recvonly m-line instead of offering.
    */
-  publish(track, { source, negotiate = "client", channels, simulcast = true } = {}) {
+  publish(track, { source, negotiate = "client", channels } = {}) {
     if (!track || typeof track.kind !== "string" || typeof track.stop !== "function") {
       throw new TypeError("publish() needs a MediaStreamTrack");
     }
@@ -926,8 +890,7 @@ export class Consultation extends EventTarget {
     if (this.publications.some((p) => p.track === track || p.appTrack === track)) {
       throw new ConsultError("already-published", "this track is already published");
     }
-    const encodings = track.kind === "video" && negotiate === "client" ? sendEncodings(source, simulcast) : null;
-    const pub = { id: `p${this._nextId++}`, source, kind: track.kind, track, negotiate, encodings };
+    const pub = { id: `p${this._nextId++}`, source, kind: track.kind, track, negotiate };
     this._prepareDeviceTrack(pub, channels); // devices: stethoscope audio untouched
     if (!DEVICE_AUDIO_SOURCES.has(source)) {
       pub.ready = Promise.resolve(pub);
@@ -973,9 +936,7 @@ export class Consultation extends EventTarget {
       );
       return;
     }
-    const init = { direction: "sendonly" };
-    if (pub.encodings) init.sendEncodings = pub.encodings; // simulcast layers
-    const tr = this._pc.addTransceiver(pub.track, init);
+    const tr = this._pc.addTransceiver(pub.track, { direction: "sendonly" });
     pub.transceiver = tr;
     this._published.set(tr, pub);
   }
